@@ -1,0 +1,246 @@
+"""The ``seqtext`` command line: a thin layer over the Python API.
+
+Every user error (bad recipe, missing file, wrong model directory, bad option value) is
+printed as one ``error: ...`` line and exits with status 2; ``--debug`` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import click
+
+from .errors import SeqtextError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except SeqtextError as e:
+            self._fail(ctx, str(e))
+        except (MemoryError, RuntimeError) as e:
+            if isinstance(e, MemoryError) or "out of memory" in str(e).lower():
+                self._fail(ctx, "out of memory: lower [train] batch_size / batch_tokens (e.g. --set "
+                                "train.batch_size=16) or data.max_length")
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+    @staticmethod
+    def _fail(ctx, message: str):
+        if ctx.obj and ctx.obj.get("debug"):
+            traceback.print_exc()
+        click.echo(f"error: {message.splitlines()[0] if message else 'failed'}", err=True)
+        ctx.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(package_name="seqtext")
+@click.pass_context
+def main(ctx, debug):
+    """seqtext: BiLSTM text classification, NER tagging and language modelling from TOML recipes.
+
+    \b
+    Typical use:
+      seqtext train recipes/demo_sentiment.toml
+      seqtext evaluate runs/demo_sentiment
+      seqtext predict runs/demo_sentiment "A wonderful, moving film."
+    """
+    ctx.ensure_object(dict)["debug"] = debug
+
+
+# ---------------------------------------------------------------------- train
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override a recipe value (repeatable), e.g. --set train.epochs=3.")
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path),
+              help="Run/model directory (default: runs/<recipe name>).")
+@click.option("--data-dir", type=click.Path(path_type=Path), envvar="SEQTEXT_DATA_DIR",
+              help="Directory with local train/dev/test files used instead of the recipe's source "
+                   "(env SEQTEXT_DATA_DIR).")
+@click.option("--resume", is_flag=True, help="Continue the run in the output directory from its last checkpoint.")
+@click.option("--force", is_flag=True, help="Overwrite an output directory that holds another run.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Override train.device.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or log lines.")
+def train(recipe, overrides, output, data_dir, resume, force, device, quiet):
+    """Train a model from a TOML RECIPE and write its model directory.
+
+    Prints progress (loss, tokens/s, MFU) and dev metrics; Ctrl-C saves a checkpoint that
+    --resume continues from.
+    """
+    from .train import train as run
+
+    out = run(recipe, list(overrides), output=output, data_dir=data_dir, resume=resume, force=force,
+              device=device, quiet=quiet)
+    click.echo(str(out))
+
+
+# ---------------------------------------------------------------------- evaluate
+@main.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "dev", "test"]),
+              help="Split of the recipe's data to score.")
+@click.option("--data", "data_file", type=click.Path(path_type=Path), help="Score this file instead.")
+@click.option("--data-dir", type=click.Path(path_type=Path), envvar="SEQTEXT_DATA_DIR",
+              help="Directory with local copies of the recipe's data.")
+@click.option("--mode", type=click.Choice(["default", "strict"]), default="default", show_default=True,
+              help="tag: seqeval mode (default = conlleval-compatible).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def evaluate(model_dir, split, data_file, data_dir, mode, as_json, device):
+    """Score a trained model: accuracy/F1 (classify), entity F1 (tag) or perplexity (lm)."""
+    from .model import load
+
+    model = load(model_dir, device)
+    kw = {"mode": mode} if model.task.name == "tag" else {}
+    metrics = model.evaluate(split=split, data=str(data_file) if data_file else None,
+                             data_dir=str(data_dir) if data_dir else None, **kw)
+    if as_json:
+        click.echo(json.dumps(metrics))
+        return
+    _print_metrics(metrics)
+
+
+def _print_metrics(metrics: dict) -> None:
+    for k, v in metrics.items():
+        if isinstance(v, float):
+            click.echo(f"{k:>18}: {v:.4f}")
+        elif isinstance(v, int):
+            click.echo(f"{k:>18}: {v}")
+    for table in ("per_class", "per_type"):
+        if table in metrics:
+            click.echo(f"\n{'':>18}  precision  recall      f1  support")
+            for name, m in metrics[table].items():
+                click.echo(f"{name:>18}  {m['precision']:9.4f} {m['recall']:7.4f} {m['f1']:7.4f} {m['support']:8d}")
+    if "confusion_matrix" in metrics:
+        click.echo("\nconfusion matrix (rows: gold, columns: predicted)")
+        for row in metrics["confusion_matrix"]:
+            click.echo("  " + " ".join(f"{x:7d}" for x in row))
+
+
+# ---------------------------------------------------------------------- predict
+def _read_inputs(texts, file) -> list[str] | None:
+    if file is not None:
+        return None
+    if texts == ("-",):
+        return [line.rstrip("\n") for line in sys.stdin]
+    return list(texts)
+
+
+def _chunks(lines, size: int = 1000):
+    chunk = []
+    for line in lines:
+        chunk.append(line.rstrip("\r\n"))
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+@main.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("texts", nargs=-1)
+@click.option("--file", "-f", type=click.Path(dir_okay=False, path_type=Path),
+              help="Read inputs from a file (one text per line; CoNLL with --format conll).")
+@click.option("--format", "fmt", type=click.Choice(["text", "conll"]), default="text", show_default=True,
+              help="tag: input file format.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="tag + conll: write the input columns plus a predicted tag column here.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per input line.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def predict(model_dir, texts, file, fmt, output, as_json, batch_size, device):
+    """Predict labels (classify) or entities (tag) for TEXTS, a --file, or stdin ('-').
+
+    Inputs are processed in batches of 1000 lines, so large files use bounded memory.
+    """
+    from .model import load
+
+    model = load(model_dir, device)
+    if model.task.name == "lm":
+        raise SeqtextError(f"{model_dir}: is a language model; use 'seqtext generate --model {model_dir}'")
+    if fmt == "conll":
+        if model.task.name != "tag" or file is None:
+            raise SeqtextError("--format conll needs a tagger model and --file")
+        n = model.task.predict_conll(model.net, file, output, model.device, batch_size=batch_size)
+        click.echo(f"wrote {n} sentences to {output}" if output else "", err=bool(output))
+        return
+    inputs = _read_inputs(texts, file)
+    if inputs is not None and not inputs:
+        raise SeqtextError("no input: give TEXTS, --file FILE, or '-' for stdin")
+    if file is not None:
+        if not file.is_file():
+            raise SeqtextError(f"{file}: no such file")
+        handle = open(file, encoding="utf-8", errors="strict")
+        source = _chunks(handle)
+    else:
+        handle, source = None, [inputs]
+    try:
+        for chunk in source:
+            for text, result in zip(chunk, model.predict(chunk, batch_size=batch_size)):
+                click.echo(json.dumps({"text": text, **result}) if as_json else _format_result(text, result))
+    except UnicodeDecodeError as e:
+        raise SeqtextError(f"{file}: not valid UTF-8 ({e.reason} at byte {e.start} of a chunk)") from None
+    finally:
+        if handle:
+            handle.close()
+
+
+def _format_result(text: str, result: dict) -> str:
+    if "label" in result:
+        return f"{result['label']}\t{result['probs'][result['label']]:.4f}\t{text}"
+    ents = ", ".join(f"{e['text']} [{e['label']}] {e['start']}-{e['end']}" for e in result.get("entities", []))
+    return f"{text}\n  -> {ents or '(no entities)'}"
+
+
+# ---------------------------------------------------------------------- info
+@main.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def info(model_dir, as_json):
+    """Summarise a model directory: task, recipe, size, labels and metrics."""
+    from .model import load
+
+    model = load(model_dir, "cpu")
+    r = model.recipe
+    metrics = model.metrics()
+    summary = {
+        "directory": str(model_dir), "task": r.task, "name": r.name,
+        "parameters": model.num_parameters(), "vocab_size": len(model.task.vocab),
+        "tokenizer": r.tokenizer.kind,
+        "model": {k: v for k, v in r.to_dict()["model"].items()},
+        "labels": model.task.meta.get("labels"),
+        "dev": {k: v for k, v in metrics.get("dev", {}).items() if isinstance(v, (int, float))},
+        "test": {k: v for k, v in metrics.get("test", {}).items() if isinstance(v, (int, float))},
+        "train": metrics.get("train", {}),
+    }
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    click.echo(f"{summary['directory']}: {r.task} model '{r.name}'")
+    click.echo(f"  parameters: {summary['parameters']:,}   vocab: {summary['vocab_size']:,} ({r.tokenizer.kind})")
+    m = r.model
+    click.echo(f"  encoder: {m.layers} layer(s), hidden {m.hidden_size}, "
+               f"{'bi' if m.bidirectional else 'uni'}directional, embedding {m.embedding_dim}")
+    if summary["labels"]:
+        click.echo(f"  labels: {', '.join(summary['labels'])}")
+    for split in ("dev", "test"):
+        if summary[split]:
+            click.echo(f"  {split}: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                                                 for k, v in summary[split].items()))
+    if summary["train"]:
+        t = summary["train"]
+        click.echo(f"  training: {t.get('steps')} steps, {t.get('seconds', 0):.0f}s, "
+                   f"{t.get('tokens_per_second', 0) / 1000:.1f}k tokens/s")
+
+
+if __name__ == "__main__":
+    main()

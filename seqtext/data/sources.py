@@ -1,0 +1,165 @@
+"""Where a recipe's data comes from: the Hugging Face hub, local files, or a --data-dir mirror.
+
+Everything ends up as ``datasets.Dataset`` splits named ``train``, ``dev`` and ``test``.
+Local json/csv/parquet/text files go through ``datasets.load_dataset`` so they are
+Arrow-backed and memory-mapped, and later ``map`` results are cached on disk.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from ..errors import SeqtextError
+from ..recipe import Recipe
+
+SPLIT_ALIASES = {"train": ("train",), "dev": ("dev", "valid", "validation"), "test": ("test",)}
+EXTENSIONS = (".jsonl.gz", ".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt", ".conll", ".txt.gz")
+DATA_DIR_ENV = "SEQTEXT_DATA_DIR"
+
+
+def find_split_files(directory: Path) -> dict[str, Path]:
+    """Files named like train.jsonl.gz / valid.txt / test.csv in ``directory``."""
+    if not directory.is_dir():
+        raise SeqtextError(f"--data-dir {directory}: no such directory")
+    found: dict[str, Path] = {}
+    for split, aliases in SPLIT_ALIASES.items():
+        for alias in aliases:
+            for ext in EXTENSIONS:
+                p = directory / f"{alias}{ext}"
+                if p.is_file() and split not in found:
+                    found[split] = p
+    if "train" not in found:
+        raise SeqtextError(f"--data-dir {directory}: no train file (expected e.g. train.jsonl.gz, "
+                           f"train.txt, train.csv)")
+    return found
+
+
+def file_format(path: Path, fmt: str, task: str) -> str:
+    if fmt != "auto":
+        return fmt
+    name = path.name.lower()
+    for ext, kind in ((".jsonl.gz", "json"), (".jsonl", "json"), (".json", "json"), (".csv", "csv"),
+                      (".tsv", "tsv"), (".parquet", "parquet"), (".conll", "conll")):
+        if name.endswith(ext):
+            return kind
+    if name.endswith((".txt", ".txt.gz")):
+        return "conll" if task == "tag" else "text"
+    raise SeqtextError(f"{path}: cannot tell the file format from the extension; set [data] format")
+
+
+def load_splits(recipe: Recipe, data_dir: str | Path | None = None,
+                only: tuple[str, ...] | None = None) -> dict:
+    """Load train/dev/test as datasets.Dataset objects (``only`` limits which are loaded)."""
+    data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
+    d = recipe.data
+    if data_dir:
+        files = find_split_files(Path(data_dir))
+    elif d.files:
+        files = {k: Path(v) for k, v in d.files.items()}
+    elif d.hub:
+        return _load_hub(recipe, only)
+    else:
+        raise SeqtextError(f"{recipe.source}: [data] names no source: set hub = '...' or files = {{...}}, "
+                           f"or pass --data-dir")
+    if only:
+        files = {k: v for k, v in files.items() if k in only or k == "train" and "dev" in only}
+    splits = {split: load_file(path, d.format, recipe) for split, path in files.items()}
+    return _finish(recipe, splits, only)
+
+
+def load_file(path: Path, fmt: str, recipe: Recipe):
+    """Load one local file as a Dataset with clear errors for missing/empty/undecodable files."""
+    import datasets
+
+    path = Path(path)
+    if not path.is_file():
+        raise SeqtextError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise SeqtextError(f"{path}: file is empty")
+    kind = file_format(path, fmt, recipe.task)
+    if kind == "conll":
+        from .conll import conll_to_records
+
+        d = recipe.data
+        records = conll_to_records(path, token_column=d.token_index, tag_column=d.tag_index)
+        if not records["tokens"]:
+            raise SeqtextError(f"{path}: no sentences found")
+        ds = datasets.Dataset.from_dict({d.tokens_column: records["tokens"], d.tags_column: records["tags"]})
+        return ds
+    builder, kwargs = {"json": ("json", {}), "csv": ("csv", {}), "tsv": ("csv", {"delimiter": "\t"}),
+                       "parquet": ("parquet", {}), "text": ("text", {})}[kind]
+    _check_utf8(path, kind)
+    try:
+        ds = datasets.load_dataset(builder, data_files={"data": str(path)}, split="data", **kwargs)
+    except Exception as e:  # datasets/pyarrow errors are long and unhelpful: summarise
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise SeqtextError(f"{path}: could not read as {kind} ({msg})") from None
+    if len(ds) == 0:
+        raise SeqtextError(f"{path}: no examples")
+    return ds
+
+
+def _check_utf8(path: Path, kind: str) -> None:
+    """Find the first undecodable line so the error can name it (pyarrow only says 'invalid')."""
+    if kind == "parquet":
+        return
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            for line_no, line in enumerate(f, 1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise SeqtextError(f"{path}:{line_no}: not valid UTF-8 (byte {e.start} of the line)") from None
+    except (OSError, EOFError) as e:
+        raise SeqtextError(f"{path}: cannot read ({e})") from None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = urlparse(endpoint).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _load_hub(recipe: Recipe, only) -> dict:
+    import datasets
+
+    d = recipe.data
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+    if not offline and not _hub_reachable():
+        raise SeqtextError(
+            f"cannot reach the Hugging Face hub to load {d.hub!r}: pass --data-dir DIR (or set "
+            f"{DATA_DIR_ENV}) with local train/test files, or set [data] files in the recipe")
+    wanted = {k: v for k, v in d.splits.items() if not only or k in only or k == "train" and "dev" in only}
+    try:
+        splits = {k: datasets.load_dataset(d.hub, d.hub_config, split=v) for k, v in wanted.items()}
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise SeqtextError(f"hub dataset {d.hub!r}: {msg} (use --data-dir for local files)") from None
+    return _finish(recipe, splits, only)
+
+
+def _finish(recipe: Recipe, splits: dict, only) -> dict:
+    """Carve a dev split from train if needed and apply max_examples."""
+    d, seed = recipe.data, recipe.train.seed
+    if "dev" not in splits and "train" in splits and (not only or "dev" in only):
+        if recipe.task == "lm":
+            raise SeqtextError(f"{recipe.source}: the language model needs a dev/valid file or split")
+        parts = splits["train"].train_test_split(test_size=d.dev_fraction or 0.1, seed=seed, shuffle=True)
+        splits["train"], splits["dev"] = parts["train"], parts["test"]
+    if d.max_examples:
+        for k, ds in splits.items():
+            if len(ds) > d.max_examples:
+                ds = ds.shuffle(seed=seed) if recipe.task != "lm" else ds
+                splits[k] = ds.select(range(d.max_examples))
+    if only:
+        splits = {k: v for k, v in splits.items() if k in only}
+    return splits

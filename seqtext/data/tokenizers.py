@@ -1,0 +1,166 @@
+"""Tokenizers behind one small interface.
+
+``regex``: fast word-level splitting (words, numbers, punctuation); ``whitespace``: split on
+spaces (pre-tokenized corpora such as WikiText); ``spacy``: the rule-based tokenizer of
+``spacy.blank(lang)`` (no model download); ``sentencepiece``: unigram/BPE subwords, trained
+on the train split or loaded from a ``.model`` file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+from ..errors import SeqtextError
+from ..recipe import TokenizerConfig
+
+_HTML = re.compile(r"<[^>]{0,100}>")
+_WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*|\d+(?:[.,]\d+)*|\S")
+SPM_FILE = "tokenizer.model"
+
+
+class Tokenizer:
+    """Text → list of token strings (and back, for generation)."""
+
+    lowercase = False
+    strip_html = False
+
+    def normalize(self, text: str) -> str:
+        if self.strip_html:
+            text = _HTML.sub(" ", text)
+        return text.lower() if self.lowercase else text
+
+    def tokenize(self, text: str) -> list[str]:
+        return self.tokenize_batch([text])[0]
+
+    def tokenize_batch(self, texts: list[str]) -> list[list[str]]:
+        raise NotImplementedError
+
+    def detokenize(self, tokens: list[str]) -> str:
+        return " ".join(tokens)
+
+    def fingerprint(self) -> str:
+        """Changes whenever tokenization output could change (keys the datasets cache)."""
+        return f"{type(self).__name__}:{self.lowercase}:{self.strip_html}"
+
+    def save(self, directory: Path) -> None:
+        """Write whatever files the tokenizer needs into a model directory."""
+
+
+class RegexTokenizer(Tokenizer):
+    def __init__(self, lowercase: bool = True, strip_html: bool = True):
+        self.lowercase, self.strip_html = lowercase, strip_html
+
+    def tokenize_batch(self, texts):
+        return [_WORD.findall(self.normalize(t)) for t in texts]
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        return [m.span() for m in _WORD.finditer(text)]
+
+
+class WhitespaceTokenizer(Tokenizer):
+    def __init__(self, lowercase: bool = False, strip_html: bool = False):
+        self.lowercase, self.strip_html = lowercase, strip_html
+
+    def tokenize_batch(self, texts):
+        return [self.normalize(t).split() for t in texts]
+
+
+class SpacyTokenizer(Tokenizer):
+    def __init__(self, lang: str = "en", lowercase: bool = False, strip_html: bool = False):
+        import spacy
+
+        try:
+            self.nlp = spacy.blank(lang)
+        except Exception as e:
+            raise SeqtextError(f"[tokenizer] lang: spaCy has no language {lang!r} ({e})") from None
+        self.lang, self.lowercase, self.strip_html = lang, lowercase, strip_html
+
+    def tokenize_batch(self, texts):
+        docs = self.nlp.tokenizer.pipe([self.normalize(t) for t in texts], batch_size=256)
+        return [[t.text for t in doc if not t.is_space] for doc in docs]
+
+    def detokenize(self, tokens):
+        return " ".join(tokens)
+
+    def fingerprint(self):
+        return super().fingerprint() + f":{self.lang}"
+
+
+class SentencePieceTokenizer(Tokenizer):
+    def __init__(self, model_file: str | Path, strip_html: bool = True, lowercase: bool = False):
+        import sentencepiece as spm
+
+        self.model_file = Path(model_file)
+        if not self.model_file.is_file():
+            raise SeqtextError(f"{model_file}: sentencepiece model file not found")
+        self.sp = spm.SentencePieceProcessor(model_file=str(self.model_file))
+        self.strip_html, self.lowercase = strip_html, lowercase
+
+    @classmethod
+    def train(cls, texts: Iterable[str], directory: Path, vocab_size: int, model_type: str,
+              strip_html: bool = True, lowercase: bool = False) -> "SentencePieceTokenizer":
+        import sentencepiece as spm
+
+        helper = cls.__new__(cls)
+        helper.strip_html, helper.lowercase = strip_html, lowercase
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            corpus = Path(tmp) / "corpus.txt"
+            with open(corpus, "w", encoding="utf-8") as f:
+                for t in texts:
+                    f.write(helper.normalize(t).replace("\n", " ") + "\n")
+            spm.SentencePieceTrainer.train(
+                input=str(corpus), model_prefix=str(Path(tmp) / "spm"), vocab_size=vocab_size,
+                model_type=model_type, input_sentence_size=200_000, shuffle_input_sentence=True,
+                character_coverage=0.9995, hard_vocab_limit=False, minloglevel=2,
+                num_threads=1,  # deterministic output
+            )
+            shutil.copy(Path(tmp) / "spm.model", directory / SPM_FILE)
+        return cls(directory / SPM_FILE, strip_html=strip_html, lowercase=lowercase)
+
+    def tokenize_batch(self, texts):
+        return self.sp.encode([self.normalize(t) for t in texts], out_type=str)
+
+    def detokenize(self, tokens):
+        return self.sp.decode_pieces(tokens)
+
+    def fingerprint(self):
+        digest = hashlib.sha1(self.model_file.read_bytes()).hexdigest()[:16]
+        return super().fingerprint() + f":{digest}"
+
+    def save(self, directory):
+        target = Path(directory) / SPM_FILE
+        if self.model_file.resolve() != target.resolve():
+            from ..io import atomic_write
+
+            with atomic_write(target, "wb") as f:
+                f.write(self.model_file.read_bytes())
+
+
+def build_tokenizer(cfg: TokenizerConfig, directory: Path | None = None,
+                    train_texts: Iterable[str] | None = None) -> Tokenizer:
+    """Create the tokenizer a recipe asks for.
+
+    ``directory``: a model directory holding a saved sentencepiece model (loading), or the
+    run directory where a new one is trained from ``train_texts``.
+    """
+    if cfg.kind == "regex":
+        return RegexTokenizer(cfg.lowercase, cfg.strip_html)
+    if cfg.kind == "whitespace":
+        return WhitespaceTokenizer(cfg.lowercase, cfg.strip_html)
+    if cfg.kind == "spacy":
+        return SpacyTokenizer(cfg.lang, cfg.lowercase, cfg.strip_html)
+    saved = directory / SPM_FILE if directory else None
+    if saved is not None and saved.is_file():
+        return SentencePieceTokenizer(saved, cfg.strip_html, cfg.lowercase)
+    if cfg.model_file:
+        return SentencePieceTokenizer(cfg.model_file, cfg.strip_html, cfg.lowercase)
+    if train_texts is None or directory is None:
+        raise SeqtextError("[tokenizer] sentencepiece: no model_file given and no saved tokenizer.model")
+    return SentencePieceTokenizer.train(train_texts, directory, cfg.vocab_size, cfg.model_type,
+                                        cfg.strip_html, cfg.lowercase)

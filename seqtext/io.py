@@ -1,0 +1,102 @@
+"""Crash-safe file writing and model-directory path checks.
+
+Every file seqtext writes goes through :func:`atomic_write`: a temporary file in the
+same directory, flushed and fsynced, then renamed over the target. A killed process
+leaves either the old file or the new one, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Iterator
+
+from .errors import SeqtextError
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+    """Open a temporary file beside ``path``; on success fsync and rename it to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    binary = "b" in mode
+    try:
+        with os.fdopen(fd, mode, encoding=None if binary else encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The rename itself is durable only once the directory entry is on disk.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_write(path) as f:
+        f.write(text)
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """Append one line durably (used for metrics.jsonl; a torn last line is skipped on read)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line.rstrip("\n") + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file atomically (contiguous CPU copies, no pickle)."""
+    from safetensors.torch import save
+
+    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+
+
+def load_tensors(path: str | os.PathLike) -> dict:
+    from safetensors.torch import load_file
+
+    if not Path(path).is_file():
+        raise SeqtextError(f"{path}: missing weights file")
+    try:
+        return load_file(str(path))
+    except Exception as e:  # corrupt or not a safetensors file
+        raise SeqtextError(f"{path}: not a valid safetensors file ({e})") from None
+
+
+def read_json(path: str | os.PathLike):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SeqtextError(f"{path}: missing file") from None
+    except json.JSONDecodeError as e:
+        raise SeqtextError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+
+
+def inside(directory: str | os.PathLike, name: str) -> Path:
+    """Resolve ``name`` inside ``directory``; refuse names that escape it (``../``, absolute)."""
+    base = Path(directory).resolve()
+    target = (base / name).resolve()
+    if target != base and base not in target.parents:
+        raise SeqtextError(f"{name!r} points outside the model directory {directory}")
+    return target

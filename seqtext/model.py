@@ -1,0 +1,174 @@
+"""The model directory and the user-facing :class:`Model` (``seqtext.load(dir)``).
+
+A model directory holds everything needed to predict and nothing that executes:
+
+    recipe.toml          resolved recipe (``seqtext train DIR/recipe.toml`` reproduces the run)
+    vocab.txt            one token per line, specials first
+    tokenizer.model      sentencepiece model (sentencepiece tokenizers only)
+    meta.json            labels and other task facts (tag scheme, char vocab, ...)
+    weights.safetensors  best weights (safetensors: tensors only, no pickle)
+    metrics.json(l)      final and per-evaluation metrics; curves.png
+    checkpoint.safetensors  resume state (weights, optimizer, RNG; JSON in its metadata)
+
+Only these names are ever read; stray files (a planted ``*.pt`` or ``*.bin``) are ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .data.tokenizers import build_tokenizer
+from .data.vocab import Vocab
+from .errors import SeqtextError
+from .io import inside, load_tensors, read_json, save_tensors, write_json, write_text
+from .recipe import Recipe, load_recipe
+
+RECIPE_FILE, META_FILE, WEIGHTS_FILE = "recipe.toml", "meta.json", "weights.safetensors"
+METRICS_FILE, HISTORY_FILE, CURVES_FILE = "metrics.json", "metrics.jsonl", "curves.png"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+
+
+def task_class(name: str):
+    if name == "classify":
+        from .tasks.classify import ClassifyTask as cls
+    elif name == "tag":
+        from .tasks.tag import TagTask as cls
+    elif name == "lm":
+        from .tasks.lm import LMTask as cls
+    else:
+        raise SeqtextError(f"unknown task {name!r}")
+    return cls
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SeqtextError("--device cuda: no CUDA device is available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def set_threads(threads: int = 0) -> None:
+    torch.set_num_threads(threads or len(os.sched_getaffinity(0)))
+
+
+def save_state_dict(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """safetensors refuses tensors that share storage (tied LM weights): store each once."""
+    seen, tensors = {}, {}
+    for k, v in state.items():
+        key = (v.data_ptr(), v.shape, v.stride()) if v.numel() else None
+        if key is not None and key in seen:
+            metadata = {**(metadata or {}), f"tied:{k}": seen[key]}
+            continue
+        seen[key] = k
+        tensors[k] = v
+    save_tensors(path, tensors, metadata)
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    tensors = load_tensors(path)
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    for k, source in meta.items():
+        if k.startswith("tied:"):
+            tensors[k[5:]] = tensors[source]
+    return tensors
+
+
+def write_model_files(directory: Path, task) -> None:
+    """Everything but weights and metrics: recipe, vocab, tokenizer, task facts."""
+    directory.mkdir(parents=True, exist_ok=True)
+    write_text(directory / RECIPE_FILE, task.recipe.to_toml())
+    task.vocab.save(directory)
+    task.tokenizer.save(directory)
+    write_json(directory / META_FILE, {"task": task.name, **task.meta})
+
+
+def check_model_dir(directory: str | Path, task: str | None = None) -> Path:
+    path = Path(directory)
+    if not path.is_dir():
+        raise SeqtextError(f"{directory}: no such model directory")
+    for name in (RECIPE_FILE, META_FILE, "vocab.txt", WEIGHTS_FILE):
+        if not (path / name).is_file():
+            hint = " (training has not finished; resume with --resume)" if name == WEIGHTS_FILE else ""
+            raise SeqtextError(f"{directory}: incomplete model directory, missing {name}{hint}")
+    if task is not None:
+        actual = read_json(path / META_FILE).get("task")
+        if actual != task:
+            raise SeqtextError(f"{directory}: is a {actual!r} model, this command needs a {task!r} model")
+    return path
+
+
+def load_task(directory: Path):
+    recipe = load_recipe(inside(directory, RECIPE_FILE))
+    meta = read_json(inside(directory, META_FILE))
+    if meta.get("task") != recipe.task:
+        raise SeqtextError(f"{directory}: meta.json and recipe.toml disagree about the task")
+    tokenizer = build_tokenizer(recipe.tokenizer, directory)
+    vocab = Vocab.load(directory)
+    meta = {k: v for k, v in meta.items() if k != "task"}
+    return task_class(recipe.task)(recipe, tokenizer, vocab, meta)
+
+
+class Model:
+    """A trained seqtext model: ``predict``, ``evaluate`` and (language models) ``generate``."""
+
+    def __init__(self, directory: Path, task, net, device: torch.device):
+        self.directory, self.task, self.net, self.device = directory, task, net, device
+        self.net.eval()
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.task.recipe
+
+    def predict(self, texts: list[str], batch_size: int = 64) -> list[dict]:
+        """Predictions for raw texts (batched): classify → label + probs; tag → entities."""
+        if isinstance(texts, str):
+            texts = [texts]
+        return self.task.predict(self.net, list(texts), self.device, batch_size=batch_size)
+
+    def evaluate(self, split: str = "test", data: str | None = None, data_dir: str | None = None,
+                 **kw) -> dict:
+        """Metrics on a split of the recipe's data (or ``data``, a file in the training format)."""
+        from .data.sources import load_file, load_splits
+
+        if data:
+            raw = load_file(Path(data), self.recipe.data.format, self.recipe)
+        else:
+            splits = load_splits(self.recipe, data_dir, only=(split,))
+            if split not in splits:
+                raise SeqtextError(f"the recipe's data has no {split!r} split; pass --data FILE")
+            raw = splits[split]
+        encoded = self.task.encode_split(self.task.tokenize_split(raw, split), split)
+        return self.task.evaluate(self.net, encoded, self.device, **kw)
+
+    def generate(self, prompt: str = "", **kw):
+        if not hasattr(self.task, "generate"):
+            raise SeqtextError(f"{self.directory}: is a {self.task.name!r} model; generate needs an 'lm' model")
+        return self.task.generate(self.net, prompt, self.device, **kw)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())
+
+    def metrics(self) -> dict:
+        path = self.directory / METRICS_FILE
+        return read_json(path) if path.is_file() else {}
+
+
+def load(directory: str | Path, device: str = "auto", task: str | None = None) -> Model:
+    """Load a model directory (safetensors + text files only; nothing is unpickled)."""
+    path = check_model_dir(directory, task)
+    t = load_task(path)
+    net = t.build_net()
+    state = load_state_dict(inside(path, WEIGHTS_FILE))
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise SeqtextError(f"{directory}: weights do not match the recipe (missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]})")
+    dev = resolve_device(device)
+    return Model(path, t, net.to(dev), dev)

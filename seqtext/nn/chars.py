@@ -1,0 +1,80 @@
+"""Character-level word encoder: a CNN over each word's characters, max-pooled (Ma & Hovy, 2016)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+class CharCNN(nn.Module):
+    """Encode words given as padded character-id rows into ``output_dim``-sized vectors.
+
+    Args:
+        num_chars: character vocabulary size (including padding and unknown ids).
+        char_dim: character embedding size.
+        filters: number of convolution filters, which is the output size.
+        kernel_size: characters seen by each filter.
+        dropout: dropout on the character embeddings (training only).
+        padding_idx: character id used for padding.
+
+    Padding never changes a word's vector: padded positions are zeroed before the
+    convolution and excluded from the max. A word with no characters encodes to zeros.
+    """
+
+    def __init__(self, num_chars: int, char_dim: int = 30, filters: int = 50, kernel_size: int = 3,
+                 dropout: float = 0.0, padding_idx: int = 0):
+        super().__init__()
+        self.padding_idx = padding_idx
+        self.output_dim = filters
+        self.embedding = nn.Embedding(num_chars, char_dim, padding_idx=padding_idx)
+        self.dropout = nn.Dropout(dropout)
+        # Zero-pad so there is one output per character and the character mask applies as
+        # is; done by hand because Conv1d's padding="same" warns for even kernel sizes.
+        self._pad = ((kernel_size - 1) // 2, kernel_size // 2)
+        self.conv = nn.Conv1d(char_dim, filters, kernel_size)
+
+    def forward(self, char_ids: Tensor) -> Tensor:
+        """Word vectors ``[N, filters]``.
+
+        Args:
+            char_ids: long ``[N, L]`` character ids, each row padded with ``padding_idx``.
+        """
+        n, length = char_ids.shape
+        if n == 0 or length == 0:
+            return self.conv.weight.new_zeros(n, self.output_dim)
+        mask = char_ids != self.padding_idx  # [N, L]
+        # Zero padded embeddings explicitly: the conv sees zeros past a short row's end, so
+        # padding inside a longer batch must look exactly the same.
+        emb = self.dropout(self.embedding(char_ids)) * mask.unsqueeze(2)
+        feats = self.conv(F.pad(emb.transpose(1, 2), self._pad))  # [N, filters, L]
+        feats = feats.masked_fill(~mask.unsqueeze(1), float("-inf"))
+        pooled = feats.max(dim=2).values
+        # Empty words have only -inf; give them zeros instead.
+        return torch.where(mask.any(dim=1, keepdim=True), pooled, pooled.new_zeros(()))
+
+
+def words_to_char_ids(words: list[str], char_to_id: dict[str, int], unk_id: int = 1,
+                      max_word_len: int = 30) -> Tensor:
+    """Padded character ids ``[N, min(max_word_len, longest word)]`` (at least one column).
+
+    Args:
+        words: the words to encode.
+        char_to_id: character → id; id 0 is padding and must not be used for a character.
+        unk_id: id for characters missing from ``char_to_id``.
+        max_word_len: longer words keep their first ``max_word_len // 2`` and last
+            ``max_word_len - max_word_len // 2`` characters (prefix and suffix carry the
+            most signal, and this bounds memory for junk such as URLs or base64 blobs).
+    """
+    if max_word_len < 1:
+        raise ValueError(f"max_word_len must be positive, got {max_word_len}")
+    head = max_word_len // 2
+    tail = max_word_len - head
+    clipped = [w if len(w) <= max_word_len else w[:head] + w[-tail:] for w in words]
+    width = max([1, *map(len, clipped)])
+    if not clipped:
+        return torch.zeros(0, width, dtype=torch.long)
+    get = char_to_id.get
+    # One tensor from a padded nested list: far faster than filling rows one by one.
+    rows = [[get(c, unk_id) for c in w] + [0] * (width - len(w)) for w in clipped]
+    return torch.tensor(rows, dtype=torch.long)

@@ -1,0 +1,201 @@
+"""Batched linear-chain CRF: log-likelihood by the forward algorithm, Viterbi decoding.
+
+Both loop over time only; every step is vectorized over the batch and the tags. Optional
+masks of allowed transitions (see :func:`constraints_for`) keep decoded paths well-formed
+for a tag scheme.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..data.tagging import normalize_scheme, transition_ok
+
+# Added to the score of a forbidden transition. Finite rather than -inf so that gradients
+# and logsumexp stay finite even when emissions leave no allowed path with real mass.
+FORBIDDEN = -1e4
+
+
+def constraints_for(labels: list[str], scheme: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Allowed-transition masks ``(allowed [K, K], allowed_start [K], allowed_end [K])``.
+
+    ``allowed[i, j]`` says whether label ``j`` may follow label ``i``. IOB2: I-X only after
+    B-X or I-X, never first. IOB1: B-X only after B-X or I-X. BIOES: I-X/E-X only after
+    B-X/I-X, which must be followed by I-X/E-X; never start with I-/E-, never end with B-/I-.
+    Labels without a B/I/E/S prefix (e.g. padding) are left unconstrained.
+
+    Args:
+        labels: tag strings in label-id order, e.g. ``["O", "B-PER", "I-PER"]``.
+        scheme: IOB1, IOB2 (or BIO), BIOES (or IOBES/BILOU).
+    """
+    scheme = normalize_scheme(scheme)
+    k = len(labels)
+    allowed = torch.ones(k, k, dtype=torch.bool)
+    for i, prev in enumerate(labels):
+        for j, tag in enumerate(labels):
+            allowed[i, j] = transition_ok(prev, tag, scheme)
+    start = torch.tensor([transition_ok(None, tag, scheme) for tag in labels], dtype=torch.bool)
+    end = torch.tensor([transition_ok(tag, None, scheme) for tag in labels], dtype=torch.bool)
+    return allowed, start, end
+
+
+class CRF(nn.Module):
+    """Linear-chain CRF over ``num_tags`` tags.
+
+    Args:
+        num_tags: number of tags K.
+        allowed: bool ``[K, K]``, ``allowed[i, j]`` permits tag j after tag i (default: all).
+        allowed_start: bool ``[K]``, tags a sequence may start with (default: all).
+        allowed_end: bool ``[K]``, tags a sequence may end with (default: all).
+
+    The masks are persistent buffers, so they are saved and loaded with the weights.
+    Masks are left-aligned: True for the first ``length`` positions of each sequence, and
+    every sequence must have at least one position.
+    """
+
+    def __init__(self, num_tags: int, allowed: Tensor | None = None,
+                 allowed_start: Tensor | None = None, allowed_end: Tensor | None = None):
+        super().__init__()
+        if num_tags < 1:
+            raise ValueError(f"num_tags must be positive, got {num_tags}")
+        self.num_tags = num_tags
+        self.transitions = nn.Parameter(torch.empty(num_tags, num_tags))
+        self.start_transitions = nn.Parameter(torch.empty(num_tags))
+        self.end_transitions = nn.Parameter(torch.empty(num_tags))
+        self.register_buffer("allowed", _mask(allowed, (num_tags, num_tags), "allowed"))
+        self.register_buffer("allowed_start", _mask(allowed_start, (num_tags,), "allowed_start"))
+        self.register_buffer("allowed_end", _mask(allowed_end, (num_tags,), "allowed_end"))
+        self.reset_parameters()
+
+    @classmethod
+    def for_labels(cls, labels: list[str], scheme: str | None) -> CRF:
+        """A CRF over ``labels``, constrained to ``scheme`` when one is given."""
+        if scheme is None:
+            return cls(len(labels))
+        return cls(len(labels), *constraints_for(labels, scheme))
+
+    constraints_for = staticmethod(constraints_for)
+
+    def reset_parameters(self) -> None:
+        for p in (self.transitions, self.start_transitions, self.end_transitions):
+            nn.init.uniform_(p, -0.1, 0.1)
+
+    def extra_repr(self) -> str:
+        return f"num_tags={self.num_tags}"
+
+    def _scores(self) -> tuple[Tensor, Tensor, Tensor]:
+        # Transition scores with the penalty for forbidden moves folded in.
+        trans = self.transitions + (~self.allowed) * FORBIDDEN
+        start = self.start_transitions + (~self.allowed_start) * FORBIDDEN
+        end = self.end_transitions + (~self.allowed_end) * FORBIDDEN
+        return trans, start, end
+
+    def _check(self, emissions: Tensor, mask: Tensor | None, tags: Tensor | None = None) -> Tensor:
+        if emissions.dim() != 3 or emissions.size(2) != self.num_tags:
+            raise ValueError(f"emissions must be [batch, time, {self.num_tags}], got {tuple(emissions.shape)}")
+        if emissions.size(1) == 0:
+            raise ValueError("emissions have no time steps")
+        if mask is None:
+            mask = torch.ones(emissions.shape[:2], dtype=torch.bool, device=emissions.device)
+        mask = mask.bool()
+        if mask.shape != emissions.shape[:2] or (tags is not None and tags.shape != mask.shape):
+            raise ValueError("emissions, tags and mask disagree on [batch, time]")
+        if not bool(mask[:, 0].all()):
+            raise ValueError("every sequence needs at least one position (mask[:, 0] must be True)")
+        if not bool((mask[:, 1:] <= mask[:, :-1]).all()):
+            raise ValueError("mask must be left-aligned (True for the first length positions)")
+        return mask
+
+    def forward(self, emissions: Tensor, tags: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Log-likelihood ``log p(tags | emissions)`` per sequence, shape ``[B]``.
+
+        Args:
+            emissions: float ``[B, T, K]`` unnormalized tag scores.
+            tags: long ``[B, T]`` gold tags; values at padded positions are ignored.
+            mask: bool ``[B, T]``, True at real positions (default: all real).
+        """
+        mask = self._check(emissions, mask, tags)
+        trans, start, end = self._scores()
+        # Padded positions may hold any filler id (e.g. -100); keep the gathers in range.
+        tags = tags.masked_fill(~mask, 0)
+        return self._path_score(emissions, tags, mask, trans, start, end) - \
+            self._log_partition(emissions, mask, trans, start, end)
+
+    def neg_log_likelihood(self, emissions: Tensor, tags: Tensor, mask: Tensor | None = None,
+                           reduction: str = "mean") -> Tensor:
+        """Negative log-likelihood, the training loss.
+
+        Args:
+            emissions, tags, mask: as for :meth:`forward`.
+            reduction: ``"mean"`` over sequences, ``"sum"``, or ``"none"`` (shape ``[B]``).
+        """
+        nll = -self.forward(emissions, tags, mask)
+        if reduction == "mean":
+            return nll.mean()
+        if reduction == "sum":
+            return nll.sum()
+        if reduction == "none":
+            return nll
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+    @staticmethod
+    def _path_score(emissions: Tensor, tags: Tensor, mask: Tensor, trans: Tensor, start: Tensor,
+                    end: Tensor) -> Tensor:
+        zero = emissions.new_zeros(())
+        emit = emissions.gather(2, tags.unsqueeze(2)).squeeze(2)  # [B, T]
+        score = start[tags[:, 0]] + torch.where(mask, emit, zero).sum(1)
+        if tags.size(1) > 1:
+            step = trans[tags[:, :-1], tags[:, 1:]]  # [B, T-1]
+            score = score + torch.where(mask[:, 1:], step, zero).sum(1)
+        last = tags.gather(1, (mask.sum(1, keepdim=True) - 1)).squeeze(1)
+        return score + end[last]
+
+    @staticmethod
+    def _log_partition(emissions: Tensor, mask: Tensor, trans: Tensor, start: Tensor,
+                       end: Tensor) -> Tensor:
+        alpha = start + emissions[:, 0]  # [B, K]: log-sum of all prefixes ending in each tag
+        for t in range(1, emissions.size(1)):
+            nxt = torch.logsumexp(alpha.unsqueeze(2) + trans + emissions[:, t].unsqueeze(1), dim=1)
+            # Finished sequences carry their alpha through the padding unchanged.
+            alpha = torch.where(mask[:, t].unsqueeze(1), nxt, alpha)
+        return torch.logsumexp(alpha + end, dim=1)
+
+    @torch.no_grad()
+    def decode(self, emissions: Tensor, mask: Tensor | None = None) -> list[list[int]]:
+        """Viterbi best tag path of each sequence, each as long as its mask.
+
+        Args:
+            emissions: float ``[B, T, K]`` unnormalized tag scores.
+            mask: bool ``[B, T]``, True at real positions (default: all real).
+        """
+        mask = self._check(emissions, mask)
+        trans, start, end = self._scores()
+        batch, steps, k = emissions.shape
+        score = start + emissions[:, 0]
+        # At padded steps the backpointer is the identity, so backtracking from the last
+        # column walks unchanged through the padding to each sequence's own last tag.
+        identity = torch.arange(k, device=emissions.device).expand(batch, k)
+        history = []
+        for t in range(1, steps):
+            best, idx = (score.unsqueeze(2) + trans + emissions[:, t].unsqueeze(1)).max(dim=1)
+            keep = mask[:, t].unsqueeze(1)
+            score = torch.where(keep, best, score)
+            history.append(torch.where(keep, idx, identity))
+        tag = (score + end).argmax(dim=1)  # [B]
+        path = [tag]
+        for idx in reversed(history):
+            tag = idx.gather(1, tag.unsqueeze(1)).squeeze(1)
+            path.append(tag)
+        paths = torch.stack(path[::-1], dim=1).tolist()
+        lengths = mask.sum(1).tolist()
+        return [p[:n] for p, n in zip(paths, lengths)]
+
+
+def _mask(mask: Tensor | None, shape: tuple[int, ...], name: str) -> Tensor:
+    if mask is None:
+        return torch.ones(shape, dtype=torch.bool)
+    mask = torch.as_tensor(mask, dtype=torch.bool)
+    if tuple(mask.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(mask.shape)}")
+    return mask.clone()

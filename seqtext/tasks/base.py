@@ -1,0 +1,208 @@
+"""What every task shares, and the hooks a task fills in.
+
+A task turns raw splits into id columns (through cached ``datasets.map``), builds the
+model (shared :class:`Net`: embedder → encoder → its head), yields training batches,
+computes the loss and metrics, and predicts. The trainer, the model directory and the CLI
+only talk to this interface.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.batching import Batch, Ragged, bucket_batches, pad, ragged_column
+from ..data.tokenizers import Tokenizer, build_tokenizer
+from ..data.vocab import Vocab
+from ..errors import SeqtextError
+from ..nn.embeddings import Embedder
+from ..nn.encoder import Encoder
+from ..recipe import Recipe
+
+
+class Net(nn.Module):
+    """Embedder → Encoder → head. One class for every task; ``head`` differs."""
+
+    def __init__(self, embedder: Embedder, encoder: Encoder, head: nn.Module):
+        super().__init__()
+        self.embedder, self.encoder, self.head = embedder, encoder, head
+
+    def forward(self, fn, *args):
+        """Run ``fn(self, *args)``: lets a task's loss go through DistributedDataParallel's forward."""
+        return fn(self, *args)
+
+    def encode(self, batch: Batch, state=None, return_directions: bool = False):
+        x = self.embedder(batch.ids, batch.chars, batch.casing)
+        return self.encoder(x, batch.lengths, state, return_directions=return_directions)
+
+    def flops_per_token(self) -> float:
+        """Forward FLOPs per token of the matmul work (LSTM gates + output layers)."""
+        total = 0.0
+        for stack in (self.encoder.fwd, self.encoder.bwd or []):
+            for lstm in stack:
+                total += 2 * 4 * lstm.hidden_size * (lstm.input_size + lstm.hidden_size)
+        for m in self.head.modules():
+            if isinstance(m, nn.Linear):
+                total += 2 * m.in_features * m.out_features
+        return total
+
+
+class Split:
+    """An encoded split: the Arrow-backed dataset plus numpy views of its id columns.
+
+    The views are made once per split (not per batch); row ``i`` of column ``c`` is
+    ``split.cols[c].row(i)``.
+    """
+
+    def __init__(self, ds, ragged: tuple[str, ...] = ("ids",), flat: tuple[str, ...] = ()):
+        self.ds = ds
+        self.cols: dict[str, Ragged] = {c: ragged_column(ds, c) for c in ragged}
+        self.flat: dict[str, np.ndarray] = {c: np.asarray(ds.data.column(c).to_numpy()) for c in flat}
+        self.lengths = self.cols["ids"].lengths
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+
+def fingerprint(*parts: Any) -> str:
+    return hashlib.sha1("|".join(map(str, parts)).encode()).hexdigest()[:16]
+
+
+class Task:
+    """Base class: shared tokenization, vocab and bucketing; subclasses fill in the rest."""
+
+    name = "task"
+    metric = "accuracy"  # dev metric that drives early stopping and best-model selection
+    higher_is_better = True
+    text_column = "text"
+
+    def __init__(self, recipe: Recipe, tokenizer: Tokenizer | None = None, vocab: Vocab | None = None,
+                 meta: dict | None = None):
+        self.recipe = recipe
+        self.tokenizer = tokenizer
+        self.vocab = vocab
+        self.meta: dict = meta or {}
+
+    # ------------------------------------------------------------------ data preparation
+    def setup(self, splits: dict, run_dir: Path) -> dict[str, Any]:
+        """Fit tokenizer, vocab and labels on train (unless given) and encode every split."""
+        if self.tokenizer is None:
+            texts = (t for t in splits["train"][self.recipe.data.text_column]) \
+                if self.recipe.tokenizer.kind == "sentencepiece" else None
+            self.tokenizer = build_tokenizer(self.recipe.tokenizer, run_dir, texts)
+        tokenized = {k: self.tokenize_split(ds, k) for k, ds in splits.items()}
+        if self.vocab is None:
+            self.vocab = self.build_vocab(tokenized["train"])
+        self.fit_labels(tokenized["train"])
+        return {k: self.encode_split(ds, k) for k, ds in tokenized.items()}
+
+    def tokenize_split(self, ds, split: str):
+        """Add a ``tokens`` column (cached datasets.map)."""
+        col = self.recipe.data.text_column
+        if col not in ds.column_names:
+            raise SeqtextError(f"{split} data has no column {col!r} (columns: {', '.join(ds.column_names)}); "
+                               f"set [data] text_column")
+        tok = self.tokenizer
+
+        def fn(batch):
+            return {"tokens": tok.tokenize_batch([t or "" for t in batch[col]])}
+
+        return self._map(ds, fn, f"tokenize {split}", tok.fingerprint(), col)
+
+    def build_vocab(self, train) -> Vocab:
+        counts: Counter = Counter()
+        for chunk in train.iter(batch_size=2048):
+            for tokens in chunk["tokens"]:
+                counts.update(tokens)
+        v = self.recipe.vocab
+        return Vocab.build(counts, v.min_freq, v.max_size)
+
+    def fit_labels(self, train) -> None:
+        """Learn label names from the training data (classify/tag)."""
+
+    def encode_split(self, ds, split: str):
+        raise NotImplementedError
+
+    def _map(self, ds, fn, desc: str, *key, remove=None):
+        """Batched, disk-cached datasets.map with a fingerprint we control (stable across runs)."""
+        new_fp = fingerprint(getattr(ds, "_fingerprint", ""), desc.split()[0], *key)
+        return ds.map(fn, batched=True, batch_size=1000, num_proc=self._num_proc(ds), desc=desc,
+                      new_fingerprint=new_fp, remove_columns=remove)
+
+    def _num_proc(self, ds):
+        n = self.recipe.data.num_proc
+        return n if n > 1 and len(ds) >= 2 * n else None
+
+    # ------------------------------------------------------------------ model
+    def build_net(self) -> Net:
+        raise NotImplementedError
+
+    def make_embedder(self, **extra) -> Embedder:
+        m = self.recipe.model
+        return Embedder(len(self.vocab), m.embedding_dim, m.embedding_dropout, **extra)
+
+    def make_encoder(self, input_size: int, joint: bool = True) -> Encoder:
+        m = self.recipe.model
+        return Encoder(input_size, m.hidden_size, m.layers, m.bidirectional, joint=self.meta.get("joint", joint),
+                       dropout=m.dropout, weight_dropout=m.weight_dropout)
+
+    @property
+    def output_dropout(self) -> float:
+        m = self.recipe.model
+        return m.dropout if m.output_dropout < 0 else m.output_dropout
+
+    # ------------------------------------------------------------------ training
+    def train_batches(self, data, epoch: int, rank: int = 0, world: int = 1) -> Iterator[Batch]:
+        t = self.recipe.train
+        batches = bucket_batches(data.lengths, t.batch_size, t.batch_tokens, shuffle=True,
+                                 seed=t.seed * 1000 + epoch)
+        for i, idx in enumerate(batches):
+            if i % world == rank:
+                yield self.collate(data, idx)
+
+    def steps_per_epoch(self, data, world: int = 1) -> int:
+        t = self.recipe.train
+        n = len(bucket_batches(data.lengths, t.batch_size, t.batch_tokens, shuffle=True, seed=0))
+        return n // world
+
+    def collate(self, data, idx: np.ndarray) -> Batch:
+        raise NotImplementedError
+
+    def word_dropout(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        p = self.recipe.model.word_dropout
+        if p <= 0:
+            return ids
+        drop = (torch.rand(ids.shape, device=ids.device) < p) & mask
+        return ids.masked_fill(drop, Vocab.unk_id)
+
+    def loss(self, net: Net, batch: Batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def evaluate(self, net: Net, data, device, **kw) -> dict:
+        raise NotImplementedError
+
+    def train_state(self) -> dict[str, torch.Tensor]:
+        """Tensors a resumed run needs besides weights and optimizer (the LM's carried state)."""
+        return {}
+
+    def load_train_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        pass
+
+    def reset_epoch(self) -> None:
+        pass
+
+    # ------------------------------------------------------------------ helpers
+    def pad_rows(self, rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ids, lengths = pad(rows, self.vocab.pad_id)
+        mask = torch.arange(ids.size(1)).unsqueeze(0) < lengths.unsqueeze(1)
+        return ids, lengths, mask
+
+    def eval_batches(self, data, batch_size: int = 64) -> Iterator[Batch]:
+        for idx in bucket_batches(data.lengths, batch_size, batch_tokens=batch_size * 256, shuffle=False):
+            yield self.collate(data, idx)

@@ -1,0 +1,489 @@
+"""One training loop for every task.
+
+AdamW, gradient clipping, warmup + linear/cosine (or reduce-on-plateau) schedule, early
+stopping on the task's dev metric, best weights kept, and a single-file resume checkpoint
+(weights, optimizer, scheduler, RNG, loop position) written atomically every
+``checkpoint_every`` steps. Because data order is a pure function of (seed, epoch) and the
+RNG state is saved, a killed run resumed with ``--resume`` ends with exactly the weights of
+an uninterrupted one (on CPU).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import distributed as dist
+from .data.sources import load_splits
+from .errors import SeqtextError
+from .io import append_line, atomic_write, read_json, write_json
+from .model import (CHECKPOINT_FILE, CURVES_FILE, HISTORY_FILE, METRICS_FILE, RECIPE_FILE, WEIGHTS_FILE,
+                    load_state_dict, load_task, resolve_device, save_state_dict, set_threads, task_class,
+                    write_model_files)
+from .recipe import Recipe, load_recipe
+
+_PEAK: dict[str, float] = {}
+
+
+def matmul_peak_flops(device: torch.device, seconds: float = 0.3) -> float:
+    """Measured fp32 matmul FLOP/s of this machine (the MFU denominator), cached per device."""
+    key = str(device)
+    if key not in _PEAK:
+        n = 1024 if device.type == "cpu" else 8192
+        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+        torch.matmul(a, b)
+        reps, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            torch.matmul(a, b)
+            reps += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        _PEAK[key] = 2 * n**3 * reps / (time.perf_counter() - start)
+    return _PEAK[key]
+
+
+@dataclass
+class LoopState:
+    """Where training is; saved as JSON inside the checkpoint."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    best: float | None = None
+    best_step: int = 0
+    bad_evals: int = 0
+    bad_steps: int = 0
+    seconds: float = 0.0
+    tokens: int = 0
+    done: bool = False
+    losses: list = field(default_factory=list)  # (step, mean loss) for curves
+
+
+class Trainer:
+    def __init__(self, task, net: nn.Module, data: dict, run_dir: Path, device: torch.device,
+                 quiet: bool = False):
+        self.task, self.net, self.data, self.run_dir, self.device = task, net, data, run_dir, device
+        self.recipe: Recipe = task.recipe
+        self.cfg = self.recipe.train
+        self.quiet = quiet or not dist.is_main()
+        self.rank, self.world = dist.rank(), dist.world_size()
+        self.steps_per_epoch = max(1, task.steps_per_epoch(data["train"], self.world))
+        self.total_steps = self.cfg.max_steps or self.cfg.epochs * self.steps_per_epoch
+        self.model = dist.wrap(net, device)
+        self.optimizer = self._optimizer()
+        self.scheduler = self._scheduler()
+        self.state = LoopState()
+        self.sign = 1.0 if task.higher_is_better else -1.0
+        self.flops_per_token = net.flops_per_token() * 3  # forward + backward ≈ 3× forward
+        self.peak = matmul_peak_flops(device) * (self.world if device.type == "cpu" else 1)
+
+    # ------------------------------------------------------------------ setup
+    def _param_groups(self):
+        encoder = [p for n, p in self.net.named_parameters() if n.startswith(("embedder.", "encoder."))]
+        head = [p for n, p in self.net.named_parameters() if not n.startswith(("embedder.", "encoder."))]
+        lr = self.cfg.lr
+        return [{"params": encoder, "lr": lr * self.cfg.encoder_lr_factor}, {"params": head, "lr": lr}]
+
+    def _optimizer(self):
+        return torch.optim.AdamW(self._param_groups(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+
+    def _scheduler(self):
+        c = self.cfg
+        if c.schedule == "plateau":
+            mode = "max" if self.task.higher_is_better else "min"
+            return torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode=mode, factor=0.5, patience=0)
+        warmup = int(c.warmup * self.total_steps)
+        total = self.total_steps
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            if c.schedule == "linear":
+                return max(0.0, 1.0 - progress)
+            if c.schedule == "cosine":
+                return 0.5 * (1 + math.cos(math.pi * progress))
+            return 1.0
+
+        return torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> None:
+        if not dist.is_main():
+            return
+        tensors = {f"model.{k}": v for k, v in self.net.state_dict().items()}
+        osd = self.optimizer.state_dict()
+        scalars = {}
+        for pid, st in osd["state"].items():
+            for k, v in st.items():
+                if torch.is_tensor(v):
+                    tensors[f"optim.{pid}.{k}"] = v
+                else:
+                    scalars[f"{pid}.{k}"] = v
+        tensors["rng.cpu"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                tensors[f"rng.cuda{i}"] = s
+        for k, v in self.task.train_state().items():
+            tensors[f"task.{k}"] = v
+        meta = {
+            "loop": json.dumps(self.state.__dict__),
+            "optim_groups": json.dumps(osd["param_groups"]),
+            "optim_scalars": json.dumps(scalars),
+            "scheduler": json.dumps(self.scheduler.state_dict()),
+        }
+        save_state_dict(self.run_dir / CHECKPOINT_FILE, tensors, meta)
+
+    def load_checkpoint(self) -> bool:
+        from safetensors import safe_open
+
+        path = self.run_dir / CHECKPOINT_FILE
+        if not path.is_file():
+            return False
+        tensors = load_state_dict(path)
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata()
+        self.net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        state: dict = {}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, pid, name = k.split(".", 2)
+                state.setdefault(int(pid), {})[name] = v
+        for k, v in json.loads(meta["optim_scalars"]).items():
+            pid, name = k.split(".", 1)
+            state.setdefault(int(pid), {})[name] = v
+        self.optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["optim_groups"])})
+        self.scheduler.load_state_dict(json.loads(meta["scheduler"]))
+        self.state = LoopState(**json.loads(meta["loop"]))
+        torch.set_rng_state(tensors["rng.cpu"])
+        if torch.cuda.is_available():
+            cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda")]
+            if cuda:
+                torch.cuda.set_rng_state_all(cuda)
+        self.task.load_train_state({k[5:]: v.to(self.device) for k, v in tensors.items() if k.startswith("task.")})
+        self._trim_history()
+        return True
+
+    def _trim_history(self) -> None:
+        """Drop metrics.jsonl lines written after the checkpoint (they will be written again)."""
+        path = self.run_dir / HISTORY_FILE
+        if not path.is_file() or not dist.is_main():
+            return
+        keep = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line)["step"] <= self.state.global_step:
+                    keep.append(line)
+            except (ValueError, KeyError):
+                continue  # torn last line from a kill
+        with atomic_write(path) as f:
+            f.write("".join(x + "\n" for x in keep))
+
+    # ------------------------------------------------------------------ loop
+    def _set_frozen(self, frozen: bool) -> None:
+        for n, p in self.net.named_parameters():
+            if n.startswith(("embedder.", "encoder.")):
+                p.requires_grad_(not frozen and not (n == "embedder.words.weight" and self.recipe.model.freeze_embeddings))
+
+    def fit(self) -> dict:
+        s, c = self.state, self.cfg
+        start_time = time.perf_counter() - s.seconds
+        interrupted = False
+
+        def on_sigint(signum, frame):
+            nonlocal interrupted
+            interrupted = True
+
+        old_handler = signal.signal(signal.SIGINT, on_sigint) if dist.is_main() else None
+        try:
+            while not s.done and s.epoch < c.epochs:
+                self._set_frozen(s.epoch < c.freeze_epochs)
+                if s.step_in_epoch == 0:
+                    self.task.reset_epoch()
+                self.model.train()
+                batches = self.task.train_batches(self.data["train"], s.epoch, self.rank, self.world)
+                bar = tqdm(total=self.steps_per_epoch, initial=s.step_in_epoch, disable=self.quiet,
+                           desc=f"epoch {s.epoch + 1}/{c.epochs}", unit="step", mininterval=1.0,
+                           file=sys.stderr, leave=False, dynamic_ncols=True)
+                window_tokens, window_start, window_loss, window_n = 0, time.perf_counter(), 0.0, 0
+                for i, batch in enumerate(batches):
+                    if i < s.step_in_epoch:
+                        continue  # resumed mid-epoch: data order is deterministic, skip what was seen
+                    loss = self._step(batch)
+                    s.step_in_epoch += 1
+                    s.global_step += 1
+                    s.tokens += batch.num_tokens * self.world
+                    window_tokens += batch.num_tokens * self.world
+                    if loss is not None:
+                        window_loss, window_n = window_loss + loss, window_n + 1
+                    bar.update(1)
+                    if s.global_step % 20 == 0 or i == 0:
+                        dt = max(1e-9, time.perf_counter() - window_start)
+                        tps = window_tokens / dt
+                        mfu = tps * self.flops_per_token / self.peak
+                        bar.set_postfix_str(f"loss {window_loss / max(1, window_n):.4f} "
+                                            f"{tps / 1000:.1f}k tok/s MFU {100 * mfu:.1f}%")
+                        s.losses.append((s.global_step, window_loss / max(1, window_n)))
+                        window_tokens, window_start, window_loss, window_n = 0, time.perf_counter(), 0.0, 0
+                    s.seconds = time.perf_counter() - start_time
+                    out_of_time = c.max_minutes and s.seconds > 60 * c.max_minutes
+                    if c.max_steps and s.global_step >= c.max_steps or out_of_time:
+                        s.done = True
+                    if c.eval_every and s.global_step % c.eval_every == 0 and not s.done:
+                        self._evaluate()
+                    if s.global_step % c.checkpoint_every == 0 or s.done or interrupted:
+                        self.save_checkpoint()
+                    if interrupted:
+                        raise KeyboardInterrupt
+                    if s.done:
+                        break
+                bar.close()
+                if s.step_in_epoch >= self.steps_per_epoch or not s.done:
+                    s.epoch += 1
+                    s.step_in_epoch = 0
+                self._evaluate()
+                if c.patience and s.bad_evals >= c.patience:
+                    s.done = True
+                self.save_checkpoint()
+        finally:
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
+        s.done = True
+        self.save_checkpoint()
+        return {"steps": s.global_step, "seconds": s.seconds, "tokens": s.tokens,
+                "tokens_per_second": s.tokens / max(1e-9, s.seconds), "best_dev": s.best, "best_step": s.best_step}
+
+    def _step(self, batch) -> float | None:
+        c, s = self.cfg, self.state
+        batch = batch.to(self.device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=c.bf16 and self.device.type == "cuda"):
+            loss = self.model(self.task.loss, batch)
+        if not torch.isfinite(loss):
+            s.bad_steps += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            if s.bad_steps > c.max_bad_steps:
+                raise SeqtextError(
+                    f"loss became {loss.item()} at step {s.global_step + 1}; the last good checkpoint is kept in "
+                    f"{self.run_dir / CHECKPOINT_FILE}. Lower [train] lr or clip, or allow skips with "
+                    f"train.max_bad_steps")
+            return None
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if c.clip:
+            nn.utils.clip_grad_norm_(self.net.parameters(), c.clip)
+        self.optimizer.step()
+        if c.schedule != "plateau":
+            self.scheduler.step()
+        return loss.item()
+
+    def _evaluate(self) -> None:
+        s = self.state
+        metrics = self.task.evaluate(self.net, self.data["dev"], self.device)
+        metrics = dist.average_metrics(metrics)
+        value = metrics[self.task.metric]
+        if self.cfg.schedule == "plateau":
+            self.scheduler.step(value)
+        improved = s.best is None or self.sign * (value - s.best) > 0
+        if improved:
+            s.best, s.best_step, s.bad_evals = value, s.global_step, 0
+            if dist.is_main():
+                save_state_dict(self.run_dir / WEIGHTS_FILE, self.net.state_dict())
+        else:
+            s.bad_evals += 1
+        tps = s.tokens / max(1e-9, s.seconds)
+        record = {"step": s.global_step, "epoch": s.epoch, "seconds": round(s.seconds, 1),
+                  "train_loss": s.losses[-1][1] if s.losses else None, "tokens_per_second": round(tps),
+                  "mfu": round(tps * self.flops_per_token / self.peak, 4),
+                  "lr": self.optimizer.param_groups[-1]["lr"],
+                  **{f"dev_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
+        if dist.is_main():
+            append_line(self.run_dir / HISTORY_FILE, json.dumps(record))
+        if not self.quiet:
+            mark = " *" if improved else ""
+            tqdm.write(f"step {s.global_step} | epoch {s.epoch} | loss {record['train_loss'] or float('nan'):.4f} | "
+                       f"dev {self.task.metric} {value:.4f}{mark} | {tps / 1000:.1f}k tok/s | "
+                       f"MFU {100 * record['mfu']:.1f}% | {s.seconds:.0f}s", file=sys.stderr)
+        self.net.train()
+
+
+# ---------------------------------------------------------------------- entry point
+
+def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, force: bool) -> bool:
+    """Decide whether to start fresh or resume; refuse to clobber another run. Returns resume."""
+    saved = run_dir / RECIPE_FILE
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return False
+    if force:
+        for name in (CHECKPOINT_FILE, WEIGHTS_FILE, HISTORY_FILE, METRICS_FILE, CURVES_FILE):
+            (run_dir / name).unlink(missing_ok=True)
+        return False
+    if not saved.is_file():
+        raise SeqtextError(f"{run_dir}: exists and is not a seqtext run; choose another --output or use --force")
+    previous = load_recipe(saved).to_dict()
+    current = recipe.to_dict()
+    if previous != current:
+        diff = sorted(f"{s}.{k}" for s in current if isinstance(current[s], dict)
+                      for k in current[s] if current[s].get(k) != previous.get(s, {}).get(k))
+        raise SeqtextError(f"{run_dir}: holds a run of a different recipe (differs in: "
+                           f"{', '.join(diff[:5]) or 'top-level keys'}); use --force to overwrite or another --output")
+    if resume:
+        return (run_dir / CHECKPOINT_FILE).is_file()
+    raise SeqtextError(f"{run_dir}: already holds this run; use --resume to continue it or --force to retrain")
+
+
+def init_from(net: nn.Module, source_dir: str) -> list[str]:
+    """Copy embedding and encoder weights from another run (e.g. a language model)."""
+    from .model import check_model_dir
+
+    path = check_model_dir(source_dir)
+    source = load_state_dict(path / WEIGHTS_FILE)
+    own = net.state_dict()
+    copied = []
+    for k, v in source.items():
+        if not k.startswith(("embedder.words.", "encoder.")) or k not in own:
+            continue
+        if own[k].shape != v.shape:
+            raise SeqtextError(f"init_from {source_dir}: {k} has shape {tuple(v.shape)}, this recipe's model "
+                               f"needs {tuple(own[k].shape)}; match [model] sizes to the source run")
+        own[k] = v
+        copied.append(k)
+    if not copied:
+        raise SeqtextError(f"init_from {source_dir}: no embedding/encoder weights match this model")
+    net.load_state_dict(own)
+    return copied
+
+
+def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None = None,
+          output: str | Path | None = None, data_dir: str | None = None, resume: bool = False,
+          force: bool = False, device: str | None = None, quiet: bool = False) -> Path:
+    """Train a recipe; return the model directory. The CLI's ``train`` is a thin layer over this."""
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe, overrides)
+    if output:
+        recipe.output.dir = str(output)
+    if device:
+        recipe.train.device = device
+    dist.init()
+    run_dir = recipe.output_dir
+    dev = dist.device_for_rank(resolve_device(recipe.train.device))
+    set_threads(recipe.train.threads)
+    resuming = prepare_run_dir(run_dir, recipe, resume, force) if dist.is_main() else resume
+    splits = load_splits(recipe, data_dir)
+
+    cls = task_class(recipe.task)
+    if resuming or (resume and (run_dir / "vocab.txt").is_file()):
+        task = load_task(run_dir)  # identical tokenizer/vocab/labels to the interrupted run
+        task.recipe = recipe
+    elif recipe.init_from:
+        source = load_task(Path(recipe.init_from))
+        task = cls(recipe, source.tokenizer, source.vocab, {"joint": source.meta.get("joint", True)})
+    else:
+        task = cls(recipe)
+    staging = Path(tempfile.mkdtemp(prefix="seqtext-"))
+    try:
+        data = task.setup(splits, staging)
+        torch.manual_seed(recipe.train.seed)
+        net = task.build_net()
+        if recipe.init_from and not resuming:
+            copied = init_from(net, recipe.init_from)
+            if not quiet:
+                print(f"initialised {len(copied)} tensors from {recipe.init_from}", file=sys.stderr)
+        if recipe.model.pretrained_vectors and not resuming:
+            stats = net.embedder.load_vectors(recipe.model.pretrained_vectors, task.vocab.itos,
+                                              recipe.model.freeze_embeddings)
+            task.meta["vectors"] = stats
+            if not quiet:
+                print(f"pretrained vectors: {stats['vectors_found']}/{stats['vocab']} words "
+                      f"({100 * stats['coverage']:.1f}%)", file=sys.stderr)
+        net.to(dev)
+        if dist.is_main():
+            write_model_files(run_dir, task)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    trainer = Trainer(task, net, data, run_dir, dev, quiet)
+    if resuming and trainer.load_checkpoint() and not quiet:
+        print(f"resumed {run_dir} at step {trainer.state.global_step} (epoch {trainer.state.epoch + 1})",
+              file=sys.stderr)
+    if not quiet:
+        n = sum(p.numel() for p in net.parameters())
+        print(f"training {recipe.name}: {recipe.task}, {n / 1e6:.2f}M parameters, {len(task.vocab)} vocab, "
+              f"{trainer.steps_per_epoch} steps/epoch, device {dev}, {torch.get_num_threads()} threads",
+              file=sys.stderr)
+    try:
+        summary = trainer.fit()
+    except KeyboardInterrupt:
+        raise SeqtextError(f"interrupted; checkpoint saved. Resume with: seqtext train "
+                           f"{run_dir / RECIPE_FILE} --resume") from None
+    if dist.is_main():
+        finish(run_dir, task, net, data, dev, summary, quiet)
+    dist.barrier()
+    return run_dir
+
+
+def finish(run_dir: Path, task, net, data: dict, device, summary: dict, quiet: bool) -> dict:
+    """Load the best weights, score dev (and test), write metrics.json and curves.png."""
+    if (run_dir / WEIGHTS_FILE).is_file():
+        net.load_state_dict(load_state_dict(run_dir / WEIGHTS_FILE))
+    else:
+        save_state_dict(run_dir / WEIGHTS_FILE, net.state_dict())
+    metrics = {"task": task.name, "metric": task.metric, "train": summary,
+               "dev": task.evaluate(net, data["dev"], device)}
+    if "test" in data:
+        metrics["test"] = task.evaluate(net, data["test"], device)
+    write_json(run_dir / METRICS_FILE, metrics)
+    write_curves(run_dir)
+    if not quiet:
+        line = f"{run_dir}: dev {task.metric} {metrics['dev'][task.metric]:.4f}"
+        if "test" in metrics:
+            line += f", test {task.metric} {metrics['test'][task.metric]:.4f}"
+        print(line + f" ({summary['seconds']:.0f}s training)", file=sys.stderr)
+    return metrics
+
+
+def write_curves(run_dir: Path) -> None:
+    """Training loss and dev metric curves as a PNG (written atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    history = [json.loads(x) for x in (run_dir / HISTORY_FILE).read_text().splitlines() if x.strip()] \
+        if (run_dir / HISTORY_FILE).is_file() else []
+    from safetensors import safe_open
+
+    losses = []
+    if (run_dir / CHECKPOINT_FILE).is_file():
+        with safe_open(str(run_dir / CHECKPOINT_FILE), "pt") as f:
+            losses = json.loads(f.metadata()["loop"])["losses"]
+    metric = read_json(run_dir / "meta.json").get("task")
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    if losses:
+        a.plot([x[0] for x in losses], [x[1] for x in losses])
+    a.set_xlabel("step")
+    a.set_ylabel("training loss")
+    dev_keys = [k for k in (history[0] if history else {}) if k.startswith("dev_")]
+    key = next((k for k in ("dev_accuracy", "dev_f1", "dev_perplexity") if k in dev_keys), None)
+    if key:
+        b.plot([h["step"] for h in history], [h[key] for h in history], marker="o")
+        b.set_ylabel(key.replace("_", " "))
+    b.set_xlabel("step")
+    fig.suptitle(f"{run_dir.name} ({metric})")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    with atomic_write(run_dir / CURVES_FILE, "wb") as f:
+        f.write(buf.getvalue())

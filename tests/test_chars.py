@@ -1,0 +1,71 @@
+"""Character CNN: padding invariance, empty and huge words, unknown characters."""
+
+from __future__ import annotations
+
+import torch
+
+from seqtext.nn.chars import CharCNN, words_to_char_ids
+
+CHARS = {c: i for i, c in enumerate("abcdefghijklmnopqrstuvwxyz", start=2)}  # 0 pad, 1 unk
+
+
+def _model(**kwargs) -> CharCNN:
+    torch.manual_seed(0)
+    model = CharCNN(len(CHARS) + 2, char_dim=8, filters=6, **kwargs)
+    model.eval()
+    return model
+
+
+def test_ids_pad_and_unknown():
+    ids = words_to_char_ids(["ab", "", "zé!"], CHARS)
+    assert ids.dtype == torch.long
+    assert ids.tolist() == [[2, 3, 0], [0, 0, 0], [27, 1, 1]]
+    assert words_to_char_ids([""], CHARS).shape == (1, 1)
+    assert words_to_char_ids([], CHARS).shape == (0, 1)
+    assert words_to_char_ids(["é"], CHARS, unk_id=5).tolist() == [[5]]
+
+
+def test_long_words_keep_prefix_and_suffix():
+    word = "ab" + "x" * 10_000 + "yz"
+    ids = words_to_char_ids([word, "c"], CHARS, max_word_len=7)
+    assert ids.shape == (2, 7)
+    # First 7 // 2 = 3 and last 4 characters.
+    assert ids[0].tolist() == [CHARS[c] for c in "abx" + "xxyz"]
+    assert words_to_char_ids(["abc"], CHARS, max_word_len=1).tolist() == [[CHARS["c"]]]
+    out = _model()(words_to_char_ids([word], CHARS))
+    assert out.shape == (1, 6) and bool(torch.isfinite(out).all())
+
+
+def test_padding_invariance():
+    model = _model(kernel_size=3)
+    alone = model(words_to_char_ids(["cat"], CHARS))
+    batch = model(words_to_char_ids(["cat", "catastrophically", "a"], CHARS))
+    torch.testing.assert_close(batch[0], alone[0])
+    torch.testing.assert_close(batch[2], model(words_to_char_ids(["a"], CHARS))[0])
+    assert not torch.allclose(batch[0], batch[1])
+
+
+def test_padding_invariance_even_kernel_and_dirty_padding_row():
+    model = _model(kernel_size=4)
+    with torch.no_grad():  # a padding embedding that drifted from zero must not leak in
+        model.embedding.weight[0].fill_(3.0)
+    alone = model(words_to_char_ids(["dog"], CHARS))
+    batch = model(words_to_char_ids(["dog", "doghouses"], CHARS))
+    torch.testing.assert_close(batch[0], alone[0])
+
+
+def test_empty_words_and_batches():
+    model = _model()
+    out = model(words_to_char_ids(["", "ab", ""], CHARS))
+    assert out.shape == (3, model.output_dim)
+    assert bool((out[0] == 0).all()) and bool((out[2] == 0).all())
+    assert model(torch.zeros(0, 4, dtype=torch.long)).shape == (0, 6)
+
+
+def test_gradients_and_dropout():
+    model = _model(dropout=0.5)
+    model.train()
+    out = model(words_to_char_ids(["abc", "", "de"], CHARS))
+    out.sum().backward()
+    assert bool(torch.isfinite(model.conv.weight.grad).all())
+    assert bool((model.embedding.weight.grad[0] == 0).all())

@@ -1,0 +1,198 @@
+"""CRF against brute-force enumeration of all tag paths, plus constraints and padding."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from seqtext.nn.crf import CRF, FORBIDDEN, constraints_for
+
+IOB2_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+BIOES_LABELS = ["O", "B-PER", "I-PER", "E-PER", "S-PER", "B-LOC", "I-LOC", "E-LOC", "S-LOC"]
+
+
+def _effective(crf: CRF) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # The brute force applies the same penalty for forbidden transitions as the CRF.
+    trans = crf.transitions + (~crf.allowed) * FORBIDDEN
+    start = crf.start_transitions + (~crf.allowed_start) * FORBIDDEN
+    end = crf.end_transitions + (~crf.allowed_end) * FORBIDDEN
+    return trans, start, end
+
+
+def _path_score(crf: CRF, emissions: torch.Tensor, path: tuple[int, ...]) -> torch.Tensor:
+    trans, start, end = _effective(crf)
+    score = start[path[0]] + emissions[0, path[0]]
+    for t in range(1, len(path)):
+        score = score + trans[path[t - 1], path[t]] + emissions[t, path[t]]
+    return score + end[path[-1]]
+
+
+def _brute_force(crf: CRF, emissions: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Log partition and best path of one unpadded sequence ``[T, K]``."""
+    paths = list(itertools.product(range(crf.num_tags), repeat=emissions.size(0)))
+    scores = torch.stack([_path_score(crf, emissions, p) for p in paths])
+    return torch.logsumexp(scores, 0), paths[int(scores.argmax())]
+
+
+def _batch(lengths: list[int], k: int, gen: torch.Generator):
+    t = max(lengths)
+    emissions = torch.randn(len(lengths), t, k, generator=gen, dtype=torch.double) * 2
+    tags = torch.randint(0, k, (len(lengths), t), generator=gen)
+    mask = torch.arange(t).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
+    return emissions, tags.masked_fill(~mask, -100), mask
+
+
+def _crf(k: int, seed: int, *masks) -> CRF:
+    torch.manual_seed(seed)
+    crf = CRF(k, *masks).double()
+    with torch.no_grad():  # larger than the default init, so paths differ clearly
+        for p in crf.parameters():
+            p.uniform_(-1.5, 1.5)
+    return crf
+
+
+@pytest.mark.parametrize("k,lengths", [(3, [4, 1, 3, 2]), (4, [1]), (4, [3, 4, 2])])
+def test_matches_brute_force(k, lengths):
+    gen = torch.Generator().manual_seed(k * 10 + len(lengths))
+    crf = _crf(k, seed=k)
+    emissions, tags, mask = _batch(lengths, k, gen)
+    ll = crf(emissions, tags, mask)
+    paths = crf.decode(emissions, mask)
+    for b, n in enumerate(lengths):
+        log_z, best = _brute_force(crf, emissions[b, :n])
+        gold = _path_score(crf, emissions[b, :n], tuple(tags[b, :n].tolist()))
+        torch.testing.assert_close(ll[b], gold - log_z)
+        assert paths[b] == list(best)
+        assert len(paths[b]) == n
+
+
+def test_matches_brute_force_with_constraints():
+    gen = torch.Generator().manual_seed(7)
+    crf = _crf(len(IOB2_LABELS), 7, *constraints_for(IOB2_LABELS, "IOB2"))
+    emissions, tags, mask = _batch([3, 1, 2], len(IOB2_LABELS), gen)
+    ll = crf(emissions, tags, mask)
+    for b, n in enumerate([3, 1, 2]):
+        log_z, best = _brute_force(crf, emissions[b, :n])
+        gold = _path_score(crf, emissions[b, :n], tuple(tags[b, :n].tolist()))
+        torch.testing.assert_close(ll[b], gold - log_z)
+        assert crf.decode(emissions[b : b + 1, :n])[0] == list(best)
+
+
+def test_padding_invariance():
+    gen = torch.Generator().manual_seed(3)
+    crf = _crf(5, 3)
+    emissions, tags, mask = _batch([2, 6, 1, 4], 5, gen)
+    ll = crf(emissions, tags, mask)
+    paths = crf.decode(emissions, mask)
+    for b, n in enumerate([2, 6, 1, 4]):
+        alone_ll = crf(emissions[b : b + 1, :n], tags[b : b + 1, :n])
+        torch.testing.assert_close(alone_ll[0], ll[b])
+        assert crf.decode(emissions[b : b + 1, :n]) == [paths[b]]
+    # Garbage in the padded emissions changes nothing either.
+    noisy = torch.where(mask.unsqueeze(2), emissions, torch.full_like(emissions, 1e3))
+    torch.testing.assert_close(crf(noisy, tags, mask), ll)
+    assert crf.decode(noisy, mask) == paths
+
+
+def test_length_one_and_probabilities_sum_to_one():
+    crf = _crf(3, 11)
+    emissions = torch.randn(1, 1, 3, dtype=torch.double)
+    total = sum(math.exp(crf(emissions, torch.tensor([[j]])).item()) for j in range(3))
+    assert total == pytest.approx(1.0)
+    assert len(crf.decode(emissions)[0]) == 1
+
+
+def test_nll_reductions_and_gradients():
+    gen = torch.Generator().manual_seed(5)
+    crf = CRF(4, *constraints_for(["O", "B-X", "I-X", "S-X"], "IOB2"))
+    emissions, tags, mask = _batch([3, 5, 1], 4, gen)
+    emissions = emissions.float().requires_grad_()
+    per_seq = crf.neg_log_likelihood(emissions, tags, mask, reduction="none")
+    assert per_seq.shape == (3,) and bool((per_seq > 0).all())
+    torch.testing.assert_close(crf.neg_log_likelihood(emissions, tags, mask, "sum"), per_seq.sum())
+    loss = crf.neg_log_likelihood(emissions, tags, mask)
+    torch.testing.assert_close(loss, per_seq.mean())
+    loss.backward()
+    for g in (emissions.grad, crf.transitions.grad, crf.start_transitions.grad, crf.end_transitions.grad):
+        assert g is not None and bool(torch.isfinite(g).all())
+    assert bool((emissions.grad[~mask] == 0).all())  # padding gets no gradient
+    with pytest.raises(ValueError, match="reduction"):
+        crf.neg_log_likelihood(emissions, tags, mask, reduction="avg")
+
+
+def test_bad_masks_are_rejected():
+    crf = CRF(3)
+    emissions = torch.zeros(2, 3, 3)
+    with pytest.raises(ValueError, match="left-aligned"):
+        crf.decode(emissions, torch.tensor([[True, False, True], [True, True, True]]))
+    with pytest.raises(ValueError, match="at least one"):
+        crf.decode(emissions, torch.tensor([[False, False, False], [True, True, True]]))
+
+
+def _valid_iob2(tags: list[str]) -> bool:
+    prev = "O"
+    for tag in tags:
+        if tag.startswith("I-") and prev[2:] != tag[2:]:
+            return False
+        prev = tag
+    return True
+
+
+def _valid_bioes(tags: list[str]) -> bool:
+    prev = "O"
+    for tag in [*tags, "O"]:
+        inside = prev[:2] in ("B-", "I-")
+        if tag[:2] in ("I-", "E-"):
+            if not inside or prev[2:] != tag[2:]:
+                return False
+        elif inside:
+            return False
+        prev = tag
+    return True
+
+
+@pytest.mark.parametrize("labels,scheme,valid", [(IOB2_LABELS, "IOB2", _valid_iob2),
+                                                 (BIOES_LABELS, "BIOES", _valid_bioes)])
+def test_constrained_decode_is_always_valid(labels, scheme, valid):
+    gen = torch.Generator().manual_seed(len(labels))
+    crf = CRF(len(labels), *constraints_for(labels, scheme))
+    lengths = [int(n) for n in torch.randint(1, 9, (64,), generator=gen)]
+    # Emissions scaled far above the transition scores: unconstrained decoding would pick
+    # ill-formed paths all the time.
+    emissions, _, mask = _batch(lengths, len(labels), gen)
+    paths = crf.decode(emissions.float() * 5, mask)
+    assert [len(p) for p in paths] == lengths
+    for path in paths:
+        assert valid([labels[i] for i in path]), [labels[i] for i in path]
+    unconstrained = CRF(len(labels)).decode(emissions.float() * 5, mask)
+    assert not all(valid([labels[i] for i in p]) for p in unconstrained)
+
+
+def test_constraints_for():
+    allowed, start, end = constraints_for(IOB2_LABELS, "BIO")
+    ix = {t: i for i, t in enumerate(IOB2_LABELS)}
+    assert allowed[ix["B-PER"], ix["I-PER"]] and allowed[ix["I-PER"], ix["I-PER"]]
+    assert not allowed[ix["O"], ix["I-PER"]] and not allowed[ix["B-LOC"], ix["I-PER"]]
+    assert start.tolist() == [True, True, False, True, False]
+    assert end.all()
+    allowed, start, end = constraints_for(BIOES_LABELS, "BIOES")
+    ix = {t: i for i, t in enumerate(BIOES_LABELS)}
+    assert not allowed[ix["B-PER"], ix["O"]] and not allowed[ix["I-PER"], ix["S-LOC"]]
+    assert allowed[ix["E-PER"], ix["B-LOC"]] and allowed[ix["B-PER"], ix["E-PER"]]
+    assert [BIOES_LABELS[i] for i in range(len(BIOES_LABELS)) if start[i]] == \
+        ["O", "B-PER", "S-PER", "B-LOC", "S-LOC"]
+    assert [BIOES_LABELS[i] for i in range(len(BIOES_LABELS)) if end[i]] == \
+        ["O", "E-PER", "S-PER", "E-LOC", "S-LOC"]
+
+
+def test_constraints_are_saved_with_weights():
+    crf = CRF.for_labels(IOB2_LABELS, "IOB2")
+    state = crf.state_dict()
+    assert {"allowed", "allowed_start", "allowed_end"} <= set(state)
+    fresh = CRF(len(IOB2_LABELS))
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.allowed, crf.allowed)
+    assert torch.equal(fresh.allowed_start, crf.allowed_start)
