@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
 from ..errors import SeqtextError
 from ..recipe import Recipe
@@ -120,12 +118,20 @@ def _check_utf8(path: Path, kind: str) -> None:
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    host = urlparse(endpoint).hostname or "huggingface.co"
+    """One HTTPS request with a short timeout: any HTTP answer means the hub is there.
+
+    datasets itself retries for ~25 s before failing offline; this lets us fail in seconds.
+    """
+    import urllib.error
+    import urllib.request
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
     try:
-        socket.create_connection((host, 443), timeout=timeout).close()
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/api/datasets", method="HEAD"), timeout=timeout)
         return True
-    except OSError:
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
         return False
 
 

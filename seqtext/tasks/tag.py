@@ -1,0 +1,478 @@
+"""Named-entity tagging: word + char-CNN + casing features → BiLSTM → per-token scores → CRF.
+
+Data are pre-split sentences: a token-list column and a tag-list column (``[data] tokens_column``
+/ ``tags_column``), from CoNLL column files or hub datasets whose tags may be integers with
+``ClassLabel`` names. Tags are read in the data's own scheme (``[data] scheme``, or detected on
+train), trained in BIOES (its S-/E- tags tell the CRF where single-token and multi-token
+entities end), and converted back to the data's scheme for scoring and output, so predictions
+are always scored against the dataset's original gold tags.
+
+Word lookup uses a normalized form (lowercased when ``[tokenizer] lowercase``, digits → 0), while
+the char CNN and the casing feature see the original token, so case and shape information is
+not lost by sharing one embedding row between "Paris", "PARIS" and "paris".
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.batching import Batch, bucket_batches
+from ..data.tagging import convert, detect_scheme, entities, normalize_scheme, split_tag, validate
+from ..errors import SeqtextError
+from ..nn.crf import CRF
+from ..nn.embeddings import casing_id
+from ..nn.heads import TaggerHead
+from .base import Net, Split, Task, fingerprint
+
+TRAIN_SCHEME = "BIOES"
+MAX_WORD_LEN = 30  # chars per word seen by the char CNN (head + tail of longer words)
+PAD_CHAR, UNK_CHAR = 0, 1
+_DIGIT = re.compile(r"\d")
+CHUNK_SENTENCES = 1000  # predict_conll: sentences held in memory at once
+
+
+def warn(message: str) -> None:
+    """A non-fatal data problem, printed as one ``warning:`` line on stderr."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def clip_word(word: str, max_len: int = MAX_WORD_LEN) -> str:
+    """Keep the first and last characters of an overlong word (same rule as ``words_to_char_ids``)."""
+    if len(word) <= max_len:
+        return word
+    head = max_len // 2
+    return word[:head] + word[-(max_len - head):]
+
+
+def scoring_tag(tag: str) -> str:
+    """A tag as seqeval should read it: L-/U- as E-/S-, and a prefix-less tag ``X`` as ``I-X``.
+
+    seqeval splits the prefix off at the first character, so without this BILOU and IO tags
+    would be misread; the mapping matches :func:`seqtext.data.tagging.entities`.
+    """
+    prefix, typ = split_tag(tag)
+    if prefix == "O":
+        return "O"
+    if prefix is None:
+        return f"I-{typ}"
+    return tag if tag[0] == prefix else f"{prefix}-{typ}"
+
+
+class TagTask(Task):
+    name = "tag"
+    metric = "f1"
+
+    # ------------------------------------------------------------------ meta
+    @property
+    def labels(self) -> list[str]:
+        """BIOES training labels in id order (``O`` first)."""
+        return self.meta["labels"]
+
+    @property
+    def source_scheme(self) -> str:
+        """Scheme of the data's own tags: IOB1, IOB2, BIOES or BILOU; predictions are written in it."""
+        return self.meta.get("source_scheme", "IOB2")
+
+    @property
+    def char_index(self) -> dict[str, int]:
+        if getattr(self, "_char_index", None) is None:
+            self._char_index = {c: i + 2 for i, c in enumerate(self.meta.get("chars", ""))}
+        return self._char_index
+
+    def word_key(self, token: str) -> str:
+        """The vocabulary form of a token: lowercased (per the recipe) and digits replaced by 0."""
+        if self.recipe.tokenizer.lowercase:
+            token = token.lower()
+        if self.meta.get("zero_digits", True):
+            token = _DIGIT.sub("0", token)
+        return token
+
+    # ------------------------------------------------------------------ data preparation
+    def setup(self, splits: dict, run_dir: Path):
+        if self.recipe.tokenizer.kind == "sentencepiece":
+            raise SeqtextError(f"{self.recipe.source}: [tokenizer] kind: the tag task reads pre-split tokens and "
+                               "tokenizes raw text with spaCy; use kind = \"spacy\"")
+        return super().setup(splits, run_dir)
+
+    def tokenize_split(self, ds, split: str):
+        """Columns ``tokens`` (vocabulary forms), ``words`` (original tokens) and ``gold`` (tag strings).
+
+        Integer tags with ``ClassLabel`` names (hub datasets) become their names; all other
+        columns are dropped.
+        """
+        d = self.recipe.data
+        tok_col, tag_col = d.tokens_column, d.tags_column
+        if tok_col not in ds.column_names:
+            raise SeqtextError(f"{split} data has no column {tok_col!r} (columns: {', '.join(ds.column_names)}); "
+                               f"set [data] tokens_column")
+        has_tags = tag_col in ds.column_names
+        names = _class_names(ds.features.get(tag_col)) if has_tags else None
+        word_key = self.word_key
+        key = (self.recipe.tokenizer.lowercase, self.meta.get("zero_digits", True), tok_col,
+               tag_col if has_tags else None, names)
+
+        def fn(batch, indices):
+            out: dict[str, list] = {"tokens": [], "words": []}
+            if has_tags:
+                out["gold"] = []
+            for row, i in enumerate(indices):
+                words = batch[tok_col][row]
+                if not isinstance(words, list):
+                    raise SeqtextError(f"{split} data, row {i}: column {tok_col!r} must hold a list of tokens, "
+                                       f"got {type(words).__name__}")
+                words = ["" if w is None else str(w) for w in words]
+                out["words"].append(words)
+                out["tokens"].append([word_key(w) for w in words])
+                if has_tags:
+                    tags = batch[tag_col][row] or []
+                    if len(tags) != len(words):
+                        raise SeqtextError(f"{split} data, row {i}: {len(words)} tokens but {len(tags)} tags "
+                                           f"(columns {tok_col!r}, {tag_col!r})")
+                    out["gold"].append([_tag_name(t, names, split, i) for t in tags])
+            return out
+
+        new_fp = fingerprint(getattr(ds, "_fingerprint", ""), "tokenize-tag", *key)
+        return ds.map(fn, batched=True, batch_size=1000, with_indices=True, num_proc=self._num_proc(ds),
+                      desc=f"tokenize {split}", new_fingerprint=new_fp, remove_columns=ds.column_names)
+
+    def fit_labels(self, train) -> None:
+        """Source scheme, BIOES label set and character vocabulary from train (unless loaded)."""
+        if "labels" in self.meta:
+            return
+        if "gold" not in train.column_names:
+            raise SeqtextError(f"train data has no tag column {self.recipe.data.tags_column!r}; set [data] "
+                               f"tags_column")
+        gold = train["gold"]
+        scheme = self.recipe.data.scheme
+        if scheme == "auto":
+            scheme = detect_scheme(gold)
+            # BILOU is read as BIOES; remember it so output files keep the data's L-/U- prefixes.
+            if scheme == "BIOES" and any(t[:2] in ("L-", "U-") for tags in gold for t in tags):
+                scheme = "BILOU"
+        else:
+            scheme = normalize_scheme(scheme)
+        types = sorted({typ for tags in gold for typ, _, _ in entities(tags, scheme)})
+        if not types:
+            raise SeqtextError("train data: no entities found in the tag column "
+                               f"{self.recipe.data.tags_column!r}; is [data] tags_column / tag_index right?")
+        chars: Counter = Counter()
+        for words in train["words"]:
+            for w in words:
+                chars.update(clip_word(w))
+        self.meta.update({
+            "labels": ["O"] + [f"{p}-{t}" for t in types for p in "BIES"],
+            "types": types,
+            "source_scheme": scheme,
+            "train_scheme": TRAIN_SCHEME,
+            "zero_digits": self.meta.get("zero_digits", True),
+            # Most frequent first; ties by code point so the order is deterministic.
+            "chars": "".join(c for c, _ in sorted(chars.items(), key=lambda x: (-x[1], x[0]))),
+        })
+        self._char_index = None
+
+    def encode_tokens(self, words: list[str], keys: list[str] | None = None) -> dict[str, list[int]]:
+        """Ids for one sentence: word ids, casing ids, concatenated char ids and chars per word.
+
+        Args:
+            words: the original tokens.
+            keys: their vocabulary forms (computed from ``words`` when not given).
+        """
+        keys = [self.word_key(w) for w in words] if keys is None else keys
+        get, index = self.char_index.get, self.vocab.stoi
+        unk = self.vocab.unk_id
+        clipped = [clip_word(w) for w in words]
+        return {
+            "ids": [index.get(k, unk) for k in keys],
+            "casing": [casing_id(w) for w in words],
+            "char_ids": [get(c, UNK_CHAR) for w in clipped for c in w],
+            "char_lens": [len(w) for w in clipped],
+        }
+
+    def encode_split(self, ds, split: str) -> Split:
+        has_tags = "gold" in ds.column_names
+        source = self.source_scheme
+        index = {name: i for i, name in enumerate(self.labels)}
+        encode = self.encode_tokens
+        if has_tags:
+            issues = validate(ds["gold"], source)
+            if issues:
+                shown = ", ".join(f"{k} ×{n}" for k, n in issues.most_common(5))
+                more = f" and {len(issues) - 5} more kinds" if len(issues) > 5 else ""
+                warn(f"{split} data: {sum(issues.values())} malformed tags for {source}: {shown}{more} "
+                     "(read like conlleval does)")
+
+        def fn(batch):
+            out: dict[str, list] = {k: [] for k in ("ids", "casing", "char_ids", "char_lens")}
+            if has_tags:
+                out["target"] = []
+            for i, words in enumerate(batch["words"]):
+                for k, v in encode(words, batch["tokens"][i]).items():
+                    out[k].append(v)
+                if has_tags:
+                    # Types unseen in training become O: they can never be predicted anyway.
+                    out["target"].append([index.get(t, 0) for t in convert(batch["gold"][i], source, TRAIN_SCHEME)])
+            return out
+
+        key = (fingerprint(*self.vocab.itos), self.labels, self.meta.get("chars", ""), source, has_tags)
+        ds = self._map(ds, fn, f"encode {split}", *key, remove=["tokens"])
+        lengths = np.asarray([len(x) for x in ds["ids"]]) if len(ds) else np.zeros(0, dtype=int)
+        if (lengths == 0).any():
+            # A CRF needs at least one position; empty sentences hold no entities either.
+            warn(f"{split} data: skipped {int((lengths == 0).sum())} empty sentences")
+            ds = ds.select(np.flatnonzero(lengths > 0))
+        if len(ds) == 0:
+            raise SeqtextError(f"{split} data: no non-empty sentences")
+        cols = ("ids", "casing", "char_ids", "char_lens") + (("target",) if has_tags else ())
+        return Split(ds, cols)
+
+    # ------------------------------------------------------------------ model
+    def build_net(self) -> Net:
+        m = self.recipe.model
+        extra = {"casing": m.casing}
+        if m.char_encoder == "cnn":
+            extra.update(num_chars=len(self.meta.get("chars", "")) + 2, char_dim=m.char_dim,
+                         char_filters=m.char_filters)
+        embedder = self.make_embedder(**extra)
+        encoder = self.make_encoder(embedder.output_dim)
+        crf = CRF.for_labels(self.labels, TRAIN_SCHEME) if m.crf else None
+        head = TaggerHead(encoder.output_size, len(self.labels), self.output_dropout, crf)
+        return Net(embedder, encoder, head)
+
+    # ------------------------------------------------------------------ batches
+    def collate(self, data: Split, idx: np.ndarray) -> Batch:
+        cols = data.cols
+        rows = [{k: c.row(i) for k, c in cols.items()} for i in idx]
+        batch = self.collate_rows(rows)
+        batch.index = idx
+        return batch
+
+    def collate_rows(self, rows: list[dict]) -> Batch:
+        """Pad encoded sentences (dicts of id sequences, see :meth:`encode_tokens`) into a Batch."""
+        ids, lengths, mask = self.pad_rows([r["ids"] for r in rows])
+        B, T = ids.shape
+        casing = np.zeros((B, T), dtype=np.int64)
+        width = max([1, *(int(np.max(r["char_lens"])) for r in rows if len(r["char_lens"]))])
+        chars = np.zeros((B, T, width), dtype=np.int64)
+        targets = np.zeros((B, T), dtype=np.int64) if all("target" in r for r in rows) else None
+        for b, r in enumerate(rows):
+            n = len(r["ids"])
+            casing[b, :n] = r["casing"]
+            if targets is not None:
+                targets[b, :n] = r["target"]
+            c, lens = np.asarray(r["char_ids"]), np.asarray(r["char_lens"])
+            if len(c):
+                # Scatter the sentence's concatenated chars to (word, position-in-word) cells.
+                word = np.repeat(np.arange(n), lens)
+                pos = np.arange(len(c)) - np.repeat(np.cumsum(lens) - lens, lens)
+                chars[b, word, pos] = c
+        return Batch(ids, lengths, mask, None if targets is None else torch.from_numpy(targets),
+                     torch.from_numpy(chars), torch.from_numpy(casing))
+
+    # ------------------------------------------------------------------ training / scoring
+    def loss(self, net: Net, batch: Batch) -> torch.Tensor:
+        batch.ids = self.word_dropout(batch.ids, batch.mask)
+        states, _ = net.encode(batch)
+        return net.head.loss(states, batch.mask, batch.targets)
+
+    def emissions(self, net: Net, batch: Batch) -> torch.Tensor:
+        """Per-token tag scores ``[B, T, K]`` (before the CRF)."""
+        states, _ = net.encode(batch)
+        return net.head.emissions(states)
+
+    @torch.no_grad()
+    def decode(self, net: Net, batch: Batch) -> list[list[str]]:
+        """Best BIOES tag sequence of each sentence in ``batch``."""
+        states, _ = net.encode(batch)
+        labels = self.labels
+        return [[labels[i] for i in path] for path in net.head.decode(states, batch.mask)]
+
+    @torch.no_grad()
+    def predict_split(self, net: Net, data: Split, device, batch_size: int = 64) -> list[list[str]]:
+        """Predicted tags in the data's own scheme, in the split's row order."""
+        net.eval()
+        out: list[list[str]] = [[] for _ in range(len(data))]
+        for batch in self.eval_batches(data, batch_size):
+            for i, tags in zip(batch.index, self.decode(net, batch.to(device))):
+                out[i] = convert(tags, TRAIN_SCHEME, self.source_scheme)
+        return out
+
+    def evaluate(self, net: Net, data: Split, device, mode: str = "default", **kw) -> dict:
+        """Entity-level micro P/R/F1 (seqeval), per-type scores and token accuracy.
+
+        Args:
+            net, data, device: the model, an encoded split with gold tags, and where to run.
+            mode: ``"default"`` (conlleval-compatible: ill-formed chunks are read, not dropped)
+                or ``"strict"`` (seqeval strict mode: only well-formed chunks of the scheme count).
+        """
+        from seqeval.metrics import classification_report
+
+        if "target" not in data.cols:
+            raise SeqtextError("evaluation data has no tags "
+                               f"(column {self.recipe.data.tags_column!r}; set [data] tags_column)")
+        if mode not in ("default", "strict"):
+            raise SeqtextError(f"evaluate: mode must be 'default' or 'strict', got {mode!r}")
+        gold = getattr(data, "gold", None)
+        if gold is None:
+            gold = data.gold = data.ds["gold"]
+        pred = self.predict_split(net, data, device)
+        tokens = sum(len(g) for g in gold)
+        correct = sum(p == g for ps, gs in zip(pred, gold) for p, g in zip(ps, gs))
+        y_true, y_pred, kwargs = self._scoring_tags(gold, pred, mode)
+        report = classification_report(y_true, y_pred, output_dict=True, zero_division=0, **kwargs)
+        micro = report.get("micro avg", {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0})
+        types = [k for k in report if not k.endswith(" avg")]
+        return {
+            "f1": float(micro["f1-score"]),
+            "precision": float(micro["precision"]),
+            "recall": float(micro["recall"]),
+            "token_accuracy": correct / max(1, tokens),
+            "per_type": {t: {"precision": float(report[t]["precision"]), "recall": float(report[t]["recall"]),
+                             "f1": float(report[t]["f1-score"]), "support": int(report[t]["support"])}
+                         for t in sorted(types)},
+            "entities": int(micro["support"]),
+            "predicted_entities": sum(len(entities(p, "IOB2")) for p in y_pred),
+            "sentences": len(gold),
+            "tokens": tokens,
+            "mode": mode,
+            "scheme": self.source_scheme,
+        }
+
+    def _scoring_tags(self, gold: list[list[str]], pred: list[list[str]], mode: str):
+        """Gold and predicted tags in the form seqeval reads, plus its keyword arguments."""
+        gold = [[scoring_tag(t) for t in tags] for tags in gold]
+        pred = [[scoring_tag(t) for t in tags] for tags in pred]
+        if mode == "default":
+            return gold, pred, {}
+        from seqeval.scheme import IOB2, IOBES
+
+        source = normalize_scheme(self.source_scheme)
+        if source == "IOB1":
+            # seqeval's strict mode has no IOB1; rewrite both sides to IOB2 first (a lossless
+            # rewrite for well-formed IOB1, which is the only IOB1 strict mode accepts anyway).
+            gold = [convert(t, "IOB1", "IOB2") for t in gold]
+            pred = [convert(t, "IOB1", "IOB2") for t in pred]
+        scheme = IOBES if source == "BIOES" else IOB2
+        allowed = "OBIES" if scheme is IOBES else "OBI"
+        # Tags foreign to the scheme would make seqeval raise; as O they simply score no entity.
+        gold = [[t if t[0] in allowed else "O" for t in tags] for tags in gold]
+        return gold, pred, {"mode": "strict", "scheme": scheme}
+
+    # ------------------------------------------------------------------ prediction
+    def _nlp(self):
+        if getattr(self, "_spacy", None) is None:
+            import spacy
+
+            lang = self.recipe.tokenizer.lang
+            try:
+                self._spacy = spacy.blank(lang)
+            except Exception as e:
+                raise SeqtextError(f"[tokenizer] lang: spaCy has no language {lang!r} ({e})") from None
+        return self._spacy
+
+    @torch.no_grad()
+    def tag_tokens(self, net: Net, sentences: list[list[str]], device, batch_size: int = 64) -> list[list[str]]:
+        """BIOES tags for pre-split sentences, batched by length (empty sentences get [])."""
+        net.eval()
+        rows = [self.encode_tokens(words) for words in sentences]
+        lengths = np.asarray([len(r["ids"]) for r in rows])
+        out: list[list[str]] = [[] for _ in rows]
+        nonempty = np.flatnonzero(lengths > 0)
+        for batch_idx in bucket_batches(lengths[nonempty], batch_size, batch_size * 256, shuffle=False):
+            idx = nonempty[batch_idx]
+            batch = self.collate_rows([rows[i] for i in idx]).to(device)
+            for i, tags in zip(idx, self.decode(net, batch)):
+                out[i] = tags
+        return out
+
+    @torch.no_grad()
+    def predict(self, net: Net, texts: list[str], device, batch_size: int = 64) -> list[dict]:
+        """Entities with character offsets for raw texts, tokenized with spaCy's tokenizer.
+
+        Returns one dict per text: ``entities`` (``text``, ``label``, ``start``, ``end``; ``end``
+        exclusive), ``tokens`` and ``tags`` (in the training data's scheme).
+        """
+        docs = list(self._nlp().tokenizer.pipe([t or "" for t in texts], batch_size=256))
+        toks = [[t for t in doc if not t.is_space] for doc in docs]
+        tagged = self.tag_tokens(net, [[t.text for t in ts] for ts in toks], device, batch_size)
+        results = []
+        for text, ts, tags in zip(texts, toks, tagged):
+            ents = []
+            for typ, start, end in entities(tags, TRAIN_SCHEME):
+                s, e = ts[start].idx, ts[end - 1].idx + len(ts[end - 1].text)
+                ents.append({"text": text[s:e], "label": typ, "start": s, "end": e})
+            results.append({"entities": ents, "tokens": [t.text for t in ts],
+                            "tags": convert(tags, TRAIN_SCHEME, self.source_scheme)})
+        return results
+
+    def predict_conll(self, net: Net, file: str | Path, output: str | Path | None, device,
+                      batch_size: int = 64) -> int:
+        """Tag a CoNLL file: write its columns plus a predicted tag column (data's scheme).
+
+        The token is read from column ``[data] token_index``; all columns are kept. Sentences
+        are processed in chunks, so memory stays bounded for large files. ``output=None``
+        writes to stdout. Returns the number of sentences.
+
+        Args:
+            net, device: the model and where to run it.
+            file: input column file (tags optional).
+            output: output path (written atomically), or None for stdout.
+            batch_size: sentences per forward pass.
+        """
+        from ..data.conll import read_conll, write_conll
+
+        sentences = read_conll(file, token_column=self.recipe.data.token_index, tag_column=None)
+        count = 0
+
+        def tagged() -> Iterator[tuple[list[list[str]], list[str]]]:
+            nonlocal count
+            for chunk in _chunks(sentences, CHUNK_SENTENCES):
+                tags = self.tag_tokens(net, [s.tokens for s in chunk], device, batch_size)
+                for s, t in zip(chunk, tags):
+                    count += 1
+                    yield s.lines, convert(t, TRAIN_SCHEME, self.source_scheme)
+
+        if output is not None:
+            write_conll(tagged(), output)
+        else:
+            for lines, tags in tagged():
+                sys.stdout.write("".join(" ".join([*cols, tag]) + "\n" for cols, tag in zip(lines, tags)) + "\n")
+        return count
+
+
+# ---------------------------------------------------------------------- helpers
+
+def _class_names(feature) -> list[str] | None:
+    """Names of a ``Sequence(ClassLabel)`` / ``List(ClassLabel)`` feature, else None."""
+    inner = getattr(feature, "feature", None)
+    names = getattr(inner, "names", None)
+    return list(names) if names else None
+
+
+def _tag_name(value, names: list[str] | None, split: str, row: int) -> str:
+    if isinstance(value, str):
+        return value
+    if names is not None and isinstance(value, int) and 0 <= value < len(names):
+        return names[value]
+    if value is None:
+        raise SeqtextError(f"{split} data, row {row}: missing tag")
+    if names is not None:
+        raise SeqtextError(f"{split} data, row {row}: tag id {value} out of range (0..{len(names) - 1})")
+    return str(value)
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

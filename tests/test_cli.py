@@ -1,0 +1,57 @@
+import json
+
+from click.testing import CliRunner
+
+from seqtext.cli import main
+
+
+def run(*args, input=None):
+    return CliRunner().invoke(main, [str(a) for a in args], input=input)
+
+
+def test_help_everywhere():
+    for cmd in ([], ["train"], ["evaluate"], ["predict"], ["info"]):
+        r = run(*cmd, "--help")
+        assert r.exit_code == 0 and "Usage" in r.output
+
+
+def test_train_evaluate_predict_info(tiny, tmp_path):
+    out = tmp_path / "run"
+    r = run("train", tiny, "--output", out, "--set", "train.epochs=2", "-q")
+    assert r.exit_code == 0, r.output
+    r = run("evaluate", out, "--json")
+    assert r.exit_code == 0
+    m = json.loads(r.output)
+    assert {"accuracy", "macro_f1", "per_class", "confusion_matrix", "roc_auc"} <= set(m)
+    r = run("evaluate", out)
+    assert "accuracy" in r.output and "confusion matrix" in r.output
+    r = run("predict", out, "a great great film", "awful boring plot", "--json")
+    lines = [json.loads(x) for x in r.output.splitlines()]
+    assert len(lines) == 2 and set(lines[0]["probs"]) == {"neg", "pos"}
+    r = run("predict", out, "-", input="one\ntwo\nthree\n")
+    assert r.exit_code == 0 and len(r.output.splitlines()) == 3
+    f = tmp_path / "in.txt"
+    f.write_text("".join(f"line {i} great\n" for i in range(2500)))
+    r = run("predict", out, "--file", f)
+    assert r.exit_code == 0 and len(r.output.splitlines()) == 2500
+    r = run("info", out)
+    assert r.exit_code == 0 and "classify" in r.output and "parameters" in r.output
+    assert json.loads(run("info", out, "--json").output)["labels"] == ["neg", "pos"]
+
+
+def test_errors_are_one_line_exit_2(tmp_path, tiny):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('task = "classify"\n[model]\nhiden_size = 4\n')
+    cases = [
+        ("train", bad),
+        ("train", tiny, "--set", "model.nope=1"),
+        ("evaluate", tmp_path / "missing"),
+        ("predict", tmp_path),
+        ("info", tmp_path),
+    ]
+    for args in cases:
+        r = run(*args)
+        assert r.exit_code == 2, (args, r.output)
+        assert "Traceback" not in r.output
+        assert len(r.output.strip().splitlines()) == 1 and r.output.startswith("error: ")
+    assert not (tmp_path / "runs").exists()

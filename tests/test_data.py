@@ -1,0 +1,159 @@
+import json
+import time
+
+import numpy as np
+import pytest
+
+from seqtext.data import sources
+from seqtext.data.batching import bucket_batches, ragged_column
+from seqtext.data.tokenizers import RegexTokenizer, SentencePieceTokenizer, SpacyTokenizer, WhitespaceTokenizer
+from seqtext.data.vocab import Vocab
+from seqtext.errors import SeqtextError
+from seqtext.recipe import load_recipe
+
+from conftest import make_reviews, tiny_recipe, write_jsonl
+
+
+def test_regex_tokenizer():
+    tok = RegexTokenizer(lowercase=True, strip_html=True)
+    assert tok.tokenize("Don't stop!<br /><br />It's 3.5 stars, e.g. GREAT") == \
+        ["don't", "stop", "!", "it's", "3.5", "stars", ",", "e", ".", "g", ".", "great"]
+    assert tok.tokenize("") == []
+
+
+def test_whitespace_and_spacy_tokenizers():
+    assert WhitespaceTokenizer().tokenize(" a <unk> b ") == ["a", "<unk>", "b"]
+    assert SpacyTokenizer("en", lowercase=False).tokenize("Hello, world!") == ["Hello", ",", "world", "!"]
+
+
+def test_sentencepiece_train_save_load(tmp_path):
+    texts = [r["text"] for r in make_reviews(300)]
+    tok = SentencePieceTokenizer.train(texts, tmp_path / "a", vocab_size=100, model_type="unigram")
+    pieces = tok.tokenize("the film was great")
+    assert pieces and tok.detokenize(pieces) == "the film was great"
+    tok.save(tmp_path / "b")
+    again = SentencePieceTokenizer(tmp_path / "b" / "tokenizer.model")
+    assert again.tokenize("the film was great") == pieces
+    assert again.fingerprint() == tok.fingerprint()
+
+
+def test_vocab_round_trip(tmp_path):
+    from collections import Counter
+
+    v = Vocab.build(Counter({"b": 3, "a": 3, "c": 1, "<pad>": 9}), min_freq=2)
+    assert v.itos == ["<pad>", "<unk>", "<bos>", "<eos>", "a", "b"]
+    assert v.encode(["a", "zzz"]) == [4, 1]
+    v.save(tmp_path)
+    assert Vocab.load(tmp_path).itos == v.itos
+    assert len(Vocab.build(Counter({str(i): 10 - i for i in range(10)}), max_size=6)) == 6
+
+
+def test_vocab_file_must_start_with_specials(tmp_path):
+    (tmp_path / "vocab.txt").write_text("a\nb\n")
+    with pytest.raises(SeqtextError, match="vocab.txt:1"):
+        Vocab.load(tmp_path)
+
+
+def test_bucket_batches_cover_all_rows_and_are_deterministic():
+    lengths = np.random.default_rng(0).integers(1, 100, size=1000)
+    a = bucket_batches(lengths, 32, seed=5)
+    b = bucket_batches(lengths, 32, seed=5)
+    assert [x.tolist() for x in a] == [x.tolist() for x in b]
+    assert sorted(np.concatenate(a).tolist()) == list(range(1000))
+    # bucketing keeps padding small compared with random batches
+    padded = sum(len(x) * lengths[x].max() for x in a)
+    assert padded < 1.2 * lengths.sum()
+    capped = bucket_batches(lengths, 32, batch_tokens=500, seed=1)
+    assert all(len(x) * lengths[x].max() <= 500 or len(x) == 1 for x in capped)
+
+
+def test_local_formats_and_columns(tmp_path):
+    import pandas as pd
+
+    rows = make_reviews(40)
+    df = pd.DataFrame(rows).rename(columns={"text": "review", "label": "stars"})
+    df.to_csv(tmp_path / "train.csv", index=False)
+    df.to_csv(tmp_path / "test.tsv", sep="\t", index=False)
+    df.to_parquet(tmp_path / "dev.parquet")
+    recipe = load_recipe({"task": "classify", "data": {"text_column": "review", "label_column": "stars"}})
+    splits = sources.load_splits(recipe, data_dir=tmp_path)
+    assert set(splits) == {"train", "dev", "test"} and all(len(s) == 40 for s in splits.values())
+    assert splits["test"][0]["review"] == rows[0]["text"]
+
+
+def test_dev_split_is_carved_deterministically(tiny):
+    r = load_recipe(tiny)
+    a = sources.load_splits(r)
+    b = sources.load_splits(r)
+    assert len(a["dev"]) == 32 and len(a["train"]) == 128
+    assert a["dev"]["text"] == b["dev"]["text"]
+
+
+@pytest.mark.parametrize("content, msg", [
+    (b"", "file is empty"),
+    (b'{"text": "ok", "label": 1}\n{"text": "bad \xff byte", "label": 0}\n', r"train.jsonl:2: not valid UTF-8"),
+    (b"not json at all\n", "could not read as json"),
+])
+def test_bad_files(tmp_path, content, msg):
+    (tmp_path / "train.jsonl").write_bytes(content)
+    r = load_recipe({"task": "classify"})
+    with pytest.raises(SeqtextError, match=msg):
+        sources.load_splits(r, data_dir=tmp_path)
+
+
+def test_missing_data_dir_and_file(tmp_path):
+    r = load_recipe({"task": "classify", "data": {"files": {"train": str(tmp_path / "nope.jsonl")}}})
+    with pytest.raises(SeqtextError, match="nope.jsonl: no such file"):
+        sources.load_splits(r)
+    with pytest.raises(SeqtextError, match="no such directory"):
+        sources.load_splits(r, data_dir=tmp_path / "missing")
+    with pytest.raises(SeqtextError, match="no train file"):
+        sources.load_splits(r, data_dir=tmp_path)
+
+
+def test_hub_offline_fails_fast_with_advice(monkeypatch):
+    monkeypatch.setattr(sources, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    r = load_recipe({"task": "classify", "data": {"hub": "stanfordnlp/imdb"}})
+    start = time.perf_counter()
+    with pytest.raises(SeqtextError, match="--data-dir"):
+        sources.load_splits(r)
+    assert time.perf_counter() - start < 5
+
+
+def test_ragged_column_is_a_view(tmp_path):
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"ids": [[1, 2, 3], [], [4]]})
+    r = ragged_column(ds, "ids")
+    assert r.lengths.tolist() == [3, 0, 1] and r.row(2).tolist() == [4]
+    sel = ds.select([2, 0])
+    assert ragged_column(sel, "ids").row(1).tolist() == [1, 2, 3]
+
+
+def test_tokenization_is_cached_between_runs(tmp_path):
+    from seqtext.tasks.classify import ClassifyTask
+
+    path = tiny_recipe(tmp_path)
+    r = load_recipe(path)
+    t1 = ClassifyTask(r)
+    d1 = t1.setup(sources.load_splits(r), tmp_path / "s1")
+    t2 = ClassifyTask(r)
+    d2 = t2.setup(sources.load_splits(r), tmp_path / "s2")
+    assert d1["train"].ds.cache_files and d1["train"].ds.cache_files == d2["train"].ds.cache_files
+
+
+def test_multiclass_string_labels(tmp_path):
+    from seqtext.tasks.classify import ClassifyTask
+
+    rows = make_reviews(30, labels=("red", "green", "blue"))
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    write_jsonl(tmp_path / "test.jsonl", rows[:5] + [{"text": "x", "label": "purple"}])
+    r = load_recipe({"task": "classify", "vocab": {"min_freq": 1}})
+    task = ClassifyTask(r)
+    splits = sources.load_splits(r, data_dir=tmp_path)
+    with pytest.raises(SeqtextError, match="label 'purple' was not seen in training"):
+        task.setup(splits, tmp_path)
+    assert task.labels == ["blue", "green", "red"]
+    json.dumps(task.meta)

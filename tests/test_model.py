@@ -1,0 +1,139 @@
+import numpy as np
+import pytest
+import torch
+
+import seqtext
+from seqtext.data.batching import Batch
+from seqtext.errors import SeqtextError
+from seqtext.nn.encoder import Encoder, reverse_padded
+from seqtext.nn.heads import masked_pool
+
+
+def test_reverse_padded_keeps_padding_in_place():
+    x = torch.arange(8).view(2, 4, 1)
+    out = reverse_padded(x, torch.tensor([3, 4]))
+    assert out[..., 0].tolist() == [[2, 1, 0, 3], [7, 6, 5, 4]]
+
+
+@pytest.mark.parametrize("joint", [True, False])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_encoder_outputs_do_not_depend_on_padding(joint, layers):
+    torch.manual_seed(0)
+    enc = Encoder(5, 7, layers=layers, bidirectional=True, joint=joint).eval()
+    x = torch.randn(1, 6, 5)
+    alone, _ = enc(x, torch.tensor([6]))
+    garbage = torch.randn(3, 10, 5) * 100  # padding content must not matter either
+    batch = garbage.clone()
+    batch[1, :6] = x[0]
+    out, _ = enc(batch, torch.tensor([10, 6, 3]))
+    torch.testing.assert_close(out[1, :6], alone[0], rtol=1e-5, atol=1e-6)
+
+
+def test_backward_direction_sees_the_future_forward_does_not():
+    torch.manual_seed(0)
+    enc = Encoder(4, 3, layers=1, bidirectional=True, joint=False).eval()
+    x = torch.randn(1, 5, 4)
+    y = x.clone()
+    y[0, 4] += 1.0
+    a, _ = enc(x, torch.tensor([5]))
+    b, _ = enc(y, torch.tensor([5]))
+    torch.testing.assert_close(a[0, :4, :3], b[0, :4, :3])  # forward half unchanged before t=4
+    assert not torch.allclose(a[0, :4, 3:], b[0, :4, 3:])
+
+
+@pytest.mark.parametrize("how", ["max", "mean", "maxmean", "last", "attention"])
+def test_pooling_ignores_padding(how):
+    torch.manual_seed(0)
+    att = torch.nn.Linear(6, 1)
+    states = torch.randn(2, 5, 6)
+    states[1, 2:] = 1e6  # padding positions hold huge values
+    mask = torch.tensor([[1] * 5, [1, 1, 0, 0, 0]], dtype=torch.bool)
+    lengths = torch.tensor([5, 2])
+    pooled = masked_pool(states, mask, lengths, how, att)
+    alone = masked_pool(states[1:, :2], mask[1:, :2], lengths[1:], how, att)
+    torch.testing.assert_close(pooled[1:], alone)
+
+
+def test_classifier_prediction_alone_equals_in_padded_batch(trained_demo):
+    model = seqtext.load(trained_demo)
+    text = "The film is a wonderful ride."
+    others = ["Avoid it. " * 30, "Dull.", "It runs for about two hours and the cast is superb " * 5]
+    alone = model.predict([text])[0]
+    together = model.predict(others[:1] + [text] + others[1:])[1]
+    assert alone["label"] == together["label"]
+    for k in alone["probs"]:
+        assert abs(alone["probs"][k] - together["probs"][k]) < 1e-5
+
+
+def test_save_load_gives_identical_predictions(trained_demo):
+    texts = ["A superb cast and a touching script.", "A tedious, lazy mess.", ""]
+    a = seqtext.load(trained_demo).predict(texts)
+    b = seqtext.load(trained_demo).predict(texts)
+    assert a == b
+    assert a[0]["label"] == "pos" and a[1]["label"] == "neg"
+    assert set(a[2]["probs"]) == {"neg", "pos"}  # empty text still gets a prediction
+
+
+def test_model_directory_contents(trained_demo):
+    names = {p.name for p in trained_demo.iterdir()}
+    assert {"recipe.toml", "vocab.txt", "meta.json", "weights.safetensors", "metrics.json", "metrics.jsonl",
+            "curves.png", "checkpoint.safetensors"} <= names
+    assert not [n for n in names if n.endswith((".pt", ".bin", ".pkl", ".tmp"))]
+    metrics = seqtext.load(trained_demo).metrics()
+    assert metrics["test"]["accuracy"] > 0.8 and "roc_auc" in metrics["test"]
+    assert set(metrics["test"]["per_class"]) == {"neg", "pos"}
+
+
+def test_evaluate_python_api(trained_demo):
+    m = seqtext.load(trained_demo).evaluate(split="test")
+    assert m["examples"] == 200 and 0.8 < m["accuracy"] <= 1 and len(m["confusion_matrix"]) == 2
+
+
+def test_planted_pickle_is_never_executed(trained_demo, tmp_path):
+    import pickle
+    import shutil
+
+    d = tmp_path / "model"
+    shutil.copytree(trained_demo, d)
+    marker = tmp_path / "pwned"
+
+    class Boom:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    for name in ("pytorch_model.bin", "model.pt", "weights.pkl"):
+        (d / name).write_bytes(pickle.dumps(Boom()))
+    seqtext.load(d).predict(["fine"])
+    assert not marker.exists()
+    # a pickle disguised as the weights file is refused, not executed
+    (d / "weights.safetensors").write_bytes(pickle.dumps(Boom()))
+    with pytest.raises(SeqtextError, match="not a valid safetensors file"):
+        seqtext.load(d)
+    assert not marker.exists()
+
+
+def test_file_names_cannot_escape_model_dir(tmp_path):
+    from seqtext.io import inside
+
+    with pytest.raises(SeqtextError, match="outside the model directory"):
+        inside(tmp_path, "../../etc/passwd")
+    assert inside(tmp_path, "vocab.txt") == (tmp_path / "vocab.txt").resolve()
+
+
+def test_pretrained_vectors_fill_rows(tmp_path):
+    from seqtext.nn.embeddings import Embedder
+
+    vec = tmp_path / "vec.txt"
+    vec.write_text("2 3\nthe 1 2 3\nParis 4 5 6\n")
+    emb = Embedder(6, 3)
+    stats = emb.load_vectors(vec, ["<pad>", "<unk>", "<bos>", "<eos>", "the", "paris"])
+    assert stats["vectors_found"] == 1 and emb.words.weight[4].tolist() == [1, 2, 3]
+    (tmp_path / "bad.txt").write_text("the 1 2\n")
+    with pytest.raises(SeqtextError, match=r"bad.txt:1: vector has 2 values, expected 3"):
+        emb.load_vectors(tmp_path / "bad.txt", ["<pad>", "the"])
+
+
+def test_batch_to_device_keeps_lengths_on_cpu():
+    b = Batch(torch.zeros(2, 3, dtype=torch.long), torch.tensor([3, 1]), torch.ones(2, 3, dtype=torch.bool),
+              index=np.array([0, 1]))
+    assert b.to("cpu").lengths.device.type == "cpu" and b.num_tokens == 4

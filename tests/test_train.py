@@ -1,0 +1,122 @@
+import json
+
+import pytest
+import torch
+
+import seqtext
+from seqtext.errors import SeqtextError
+from seqtext.model import load_state_dict
+
+
+def weights(run_dir, name="weights.safetensors"):
+    return load_state_dict(run_dir / name)
+
+
+def test_seed_gives_identical_results(tiny, tmp_path):
+    a = seqtext.train(tiny, output=tmp_path / "a", quiet=True)
+    b = seqtext.train(tiny, output=tmp_path / "b", quiet=True)
+    wa, wb = weights(a), weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+class Killed(Exception):
+    pass
+
+
+def kill_after(monkeypatch, n_calls):
+    """Make the n-th training loss call die abruptly (no checkpoint is written on the way out)."""
+    from seqtext.tasks.classify import ClassifyTask
+
+    real, calls = ClassifyTask.loss, {"n": 0}
+
+    def dying(self, net, batch):
+        calls["n"] += 1
+        if calls["n"] == n_calls:
+            raise Killed
+        return real(self, net, batch)
+
+    monkeypatch.setattr(ClassifyTask, "loss", dying)
+
+
+@pytest.mark.parametrize("kill_at", [13, 17])  # mid-epoch (after checkpoint 10) and early in epoch 2
+def test_resume_matches_uninterrupted_run(tiny, tmp_path, monkeypatch, kill_at):
+    full = seqtext.train(tiny, output=tmp_path / "full", quiet=True)
+    kill_after(monkeypatch, kill_at)
+    with pytest.raises(Killed):
+        seqtext.train(tiny, output=tmp_path / "part", quiet=True)
+    monkeypatch.undo()
+    resumed = seqtext.train(tiny, output=tmp_path / "part", resume=True, quiet=True)
+    a, b = weights(full, "checkpoint.safetensors"), weights(resumed, "checkpoint.safetensors")
+    keys = [k for k in a if k.startswith(("model.", "optim."))]
+    assert keys and all(torch.equal(a[k], b[k]) for k in keys)
+    wa, wb = weights(full), weights(resumed)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert json.loads((full / "metrics.json").read_text())["test"] == json.loads((resumed / "metrics.json").read_text())["test"]
+    steps = [json.loads(x)["step"] for x in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # no duplicated evaluations after the resume
+
+
+def test_refuses_to_overwrite_a_different_run(tiny, tmp_path):
+    out = seqtext.train(tiny, output=tmp_path / "r", quiet=True)
+    with pytest.raises(SeqtextError, match="different recipe.*model.hidden_size"):
+        seqtext.train(tiny, ["model.hidden_size=8"], output=out, quiet=True)
+    with pytest.raises(SeqtextError, match="already holds this run"):
+        seqtext.train(tiny, output=out, quiet=True)
+    seqtext.train(tiny, ["model.hidden_size=8"], output=out, force=True, quiet=True)
+    assert seqtext.load(out).recipe.model.hidden_size == 8
+
+
+def test_saved_recipe_reproduces_the_run(tiny, tmp_path):
+    a = seqtext.train(tiny, output=tmp_path / "a", quiet=True)
+    b = seqtext.train(a / "recipe.toml", output=tmp_path / "b", quiet=True)
+    wa, wb = weights(a), weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_nan_loss_stops_with_message_and_keeps_checkpoint(tiny, tmp_path, monkeypatch):
+    from seqtext.tasks.classify import ClassifyTask
+
+    calls = {"n": 0}
+    real = ClassifyTask.loss
+
+    def flaky(self, net, batch):
+        calls["n"] += 1
+        loss = real(self, net, batch)
+        return loss * float("nan") if calls["n"] > 6 else loss
+
+    monkeypatch.setattr(ClassifyTask, "loss", flaky)
+    with pytest.raises(SeqtextError, match="loss became nan at step 7.*last good checkpoint"):
+        seqtext.train(tiny, output=tmp_path / "n", quiet=True)
+    assert (tmp_path / "n" / "checkpoint.safetensors").is_file()
+
+
+def test_bad_step_budget_skips_non_finite_steps(tiny, tmp_path, monkeypatch):
+    from seqtext.tasks.classify import ClassifyTask
+
+    calls = {"n": 0}
+    real = ClassifyTask.loss
+
+    def once(self, net, batch):
+        calls["n"] += 1
+        loss = real(self, net, batch)
+        return loss * float("inf") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(ClassifyTask, "loss", once)
+    out = seqtext.train(tiny, ["train.max_bad_steps=2"], output=tmp_path / "s", quiet=True)
+    assert (out / "weights.safetensors").is_file()
+
+
+def test_sentencepiece_and_spacy_tokenizers_train(tiny, tmp_path):
+    out = seqtext.train(tiny, ["tokenizer.kind=sentencepiece", "tokenizer.vocab_size=120", "train.epochs=1"],
+                        output=tmp_path / "sp", quiet=True)
+    assert (out / "tokenizer.model").is_file()
+    assert seqtext.load(out).predict(["a great film"])[0]["label"] in {"neg", "pos"}
+    out = seqtext.train(tiny, ["tokenizer.kind=spacy", "train.epochs=1"], output=tmp_path / "spacy", quiet=True)
+    assert seqtext.load(out).predict(["a great film"])[0]["label"] in {"neg", "pos"}
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last", "attention", "maxmean"])
+def test_pooling_options_train(tiny, tmp_path, pooling):
+    out = seqtext.train(tiny, [f"model.pooling={pooling}", "train.epochs=1", "model.layers=2"],
+                        output=tmp_path / pooling, quiet=True)
+    assert seqtext.load(out).metrics()["dev"]["accuracy"] >= 0
