@@ -6,6 +6,7 @@ printed as one ``error: ...`` line and exits with status 2; ``--debug`` shows tr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import traceback
@@ -134,10 +135,14 @@ def _read_inputs(texts, file) -> list[str] | None:
     return list(texts)
 
 
-def _chunks(lines, size: int = 1000):
+def _chunks(handle, name, size: int = 1000):
+    """Yield lists of up to ``size`` decoded lines from a binary file (bounded memory)."""
     chunk = []
-    for line in lines:
-        chunk.append(line.rstrip("\r\n"))
+    for line_no, raw in enumerate(handle, 1):
+        try:
+            chunk.append(raw.decode("utf-8").rstrip("\r\n"))
+        except UnicodeDecodeError as e:
+            raise SeqtextError(f"{name}:{line_no}: not valid UTF-8 (byte {e.start} of the line)") from None
         if len(chunk) == size:
             yield chunk
             chunk = []
@@ -176,22 +181,13 @@ def predict(model_dir, texts, file, fmt, output, as_json, batch_size, device):
     inputs = _read_inputs(texts, file)
     if inputs is not None and not inputs:
         raise SeqtextError("no input: give TEXTS, --file FILE, or '-' for stdin")
-    if file is not None:
-        if not file.is_file():
-            raise SeqtextError(f"{file}: no such file")
-        handle = open(file, encoding="utf-8", errors="strict")
-        source = _chunks(handle)
-    else:
-        handle, source = None, [inputs]
-    try:
+    if file is not None and not file.is_file():
+        raise SeqtextError(f"{file}: no such file")
+    with contextlib.ExitStack() as stack:
+        source = _chunks(stack.enter_context(open(file, "rb")), file) if file is not None else [inputs]
         for chunk in source:
             for text, result in zip(chunk, model.predict(chunk, batch_size=batch_size)):
                 click.echo(json.dumps({"text": text, **result}) if as_json else _format_result(text, result))
-    except UnicodeDecodeError as e:
-        raise SeqtextError(f"{file}: not valid UTF-8 ({e.reason} at byte {e.start} of a chunk)") from None
-    finally:
-        if handle:
-            handle.close()
 
 
 def _format_result(text: str, result: dict) -> str:
@@ -199,6 +195,69 @@ def _format_result(text: str, result: dict) -> str:
         return f"{result['label']}\t{result['probs'][result['label']]:.4f}\t{text}"
     ents = ", ".join(f"{e['text']} [{e['label']}] {e['start']}-{e['end']}" for e in result.get("entities", []))
     return f"{text}\n  -> {ents or '(no entities)'}"
+
+
+# ---------------------------------------------------------------------- generate
+@main.command()
+@click.option("--model", "model_dir", type=click.Path(path_type=Path),
+              help="Language-model directory (default: runs/wikitext2_lm, the output of recipes/wikitext2_lm.toml).")
+@click.option("--prompt", default="", help="Text to continue (empty: start a new line, i.e. after <eos>).")
+@click.option("--max-tokens", default=50, show_default=True, type=int, help="Tokens to generate per sample (≥ 0).")
+@click.option("--temperature", default=1.0, show_default=True, type=float,
+              help="Softmax temperature (> 0); 0.7–0.9 reads more fluently.")
+@click.option("--top-k", default=0, show_default=True, type=int, help="Sample from the k most likely tokens (0 = off).")
+@click.option("--top-p", default=1.0, show_default=True, type=float,
+              help="Nucleus sampling: smallest token set with probability ≥ p, in (0, 1] (1 = off).")
+@click.option("--num-samples", default=1, show_default=True, type=int, help="Independent continuations.")
+@click.option("--seed", type=int, help="Sampling seed: the same seed gives the same text.")
+@click.option("--greedy", is_flag=True, help="Always take the most likely token.")
+@click.option("--allow-unk", is_flag=True, help="Allow <unk> to be generated (off by default).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per sample instead of streaming text.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def generate(model_dir, prompt, max_tokens, temperature, top_k, top_p, num_samples, seed, greedy, allow_unk,
+             as_json, device):
+    """Continue --prompt with a trained language model, streaming tokens to stdout.
+
+    The prompt is read by the LSTM once; sampling then carries the state token by token.
+    Generation speed (tokens/s) is printed to stderr.
+    """
+    from .generate import DEFAULT_MODEL_DIR, DEFAULT_RECIPE, SamplingOptions
+    from .model import load
+
+    SamplingOptions(max_tokens, temperature, top_k, top_p, greedy, num_samples, seed, allow_unk).validate()
+    if model_dir is None:
+        model_dir = Path(DEFAULT_MODEL_DIR)
+        if not model_dir.exists():
+            raise SeqtextError(f"no language model at {DEFAULT_MODEL_DIR}; create it with: seqtext train "
+                               f"{DEFAULT_RECIPE} --data-dir DIR (a local WikiText-2 copy; or omit --data-dir to "
+                               f"download it), or pass --model DIR")
+    model = load(model_dir, device, task="lm")
+    state = {"current": -1}
+
+    def on_token(i: int, piece: str) -> None:
+        if as_json:
+            return
+        if i != state["current"]:  # a new sample starts: echo the prompt first
+            if i > 0:
+                click.echo("\n" + "-" * 40)
+            state["current"] = i
+            click.echo(prompt, nl=False)
+        click.echo(piece, nl=False)
+
+    results = model.generate(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                             greedy=greedy, num_samples=num_samples, seed=seed, allow_unk=allow_unk,
+                             on_token=on_token)
+    if as_json:
+        for r in results:
+            click.echo(json.dumps({"prompt": prompt, **r}))
+        return
+    if state["current"] < 0:  # nothing generated (--max-tokens 0)
+        click.echo(prompt, nl=False)
+    if not (results[-1]["text"] or prompt).endswith("\n"):
+        click.echo()
+    n = sum(len(r["tokens"]) for r in results)
+    seconds = sum(r["seconds"] for r in results)
+    click.echo(f"[{n} tokens in {seconds:.2f}s, {n / max(seconds, 1e-9):.0f} tokens/s]", err=True)
 
 
 # ---------------------------------------------------------------------- info

@@ -11,8 +11,9 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 from .errors import SeqtextError
 
@@ -80,7 +81,7 @@ def load_tensors(path: str | os.PathLike) -> dict:
         raise SeqtextError(f"{path}: missing weights file")
     try:
         return load_file(str(path))
-    except Exception as e:  # corrupt or not a safetensors file
+    except Exception as e:  # noqa: BLE001 — corrupt or not a safetensors file (several error types)
         raise SeqtextError(f"{path}: not a valid safetensors file ({e})") from None
 
 

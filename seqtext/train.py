@@ -29,9 +29,21 @@ from . import distributed as dist
 from .data.sources import load_splits
 from .errors import SeqtextError
 from .io import append_line, atomic_write, read_json, write_json
-from .model import (CHECKPOINT_FILE, CURVES_FILE, HISTORY_FILE, METRICS_FILE, RECIPE_FILE, WEIGHTS_FILE,
-                    load_state_dict, load_task, resolve_device, save_state_dict, set_threads, task_class,
-                    write_model_files)
+from .model import (
+    CHECKPOINT_FILE,
+    CURVES_FILE,
+    HISTORY_FILE,
+    METRICS_FILE,
+    RECIPE_FILE,
+    WEIGHTS_FILE,
+    load_state_dict,
+    load_task,
+    resolve_device,
+    save_state_dict,
+    set_threads,
+    task_class,
+    write_model_files,
+)
 from .recipe import Recipe, load_recipe
 
 _PEAK: dict[str, float] = {}
@@ -204,7 +216,8 @@ class Trainer:
     def _set_frozen(self, frozen: bool) -> None:
         for n, p in self.net.named_parameters():
             if n.startswith(("embedder.", "encoder.")):
-                p.requires_grad_(not frozen and not (n == "embedder.words.weight" and self.recipe.model.freeze_embeddings))
+                fixed = n == "embedder.words.weight" and self.recipe.model.freeze_embeddings
+                p.requires_grad_(not frozen and not fixed)
 
     def fit(self) -> dict:
         s, c = self.state, self.cfg
@@ -248,7 +261,7 @@ class Trainer:
                         window_tokens, window_start, window_loss, window_n = 0, time.perf_counter(), 0.0, 0
                     s.seconds = time.perf_counter() - start_time
                     out_of_time = c.max_minutes and s.seconds > 60 * c.max_minutes
-                    if c.max_steps and s.global_step >= c.max_steps or out_of_time:
+                    if (c.max_steps and s.global_step >= c.max_steps) or out_of_time:
                         s.done = True
                     if c.eval_every and s.global_step % c.eval_every == 0 and not s.done:
                         self._evaluate()

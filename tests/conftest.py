@@ -8,7 +8,7 @@ from pathlib import Path
 os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="seqtext-test-hf-"))
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-import pytest  # noqa: E402
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "recipes" / "data" / "demo_sentiment"

@@ -3,6 +3,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import make_reviews, tiny_recipe, write_jsonl
 
 from seqtext.data import sources
 from seqtext.data.batching import bucket_batches, ragged_column
@@ -10,8 +11,6 @@ from seqtext.data.tokenizers import RegexTokenizer, SentencePieceTokenizer, Spac
 from seqtext.data.vocab import Vocab
 from seqtext.errors import SeqtextError
 from seqtext.recipe import load_recipe
-
-from conftest import make_reviews, tiny_recipe, write_jsonl
 
 
 def test_regex_tokenizer():
@@ -50,7 +49,7 @@ def test_vocab_round_trip(tmp_path):
 
 def test_vocab_file_must_start_with_specials(tmp_path):
     (tmp_path / "vocab.txt").write_text("a\nb\n")
-    with pytest.raises(SeqtextError, match="vocab.txt:1"):
+    with pytest.raises(SeqtextError, match=r"vocab\.txt:1"):
         Vocab.load(tmp_path)
 
 
@@ -103,7 +102,7 @@ def test_bad_files(tmp_path, content, msg):
 
 def test_missing_data_dir_and_file(tmp_path):
     r = load_recipe({"task": "classify", "data": {"files": {"train": str(tmp_path / "nope.jsonl")}}})
-    with pytest.raises(SeqtextError, match="nope.jsonl: no such file"):
+    with pytest.raises(SeqtextError, match=r"nope\.jsonl: no such file"):
         sources.load_splits(r)
     with pytest.raises(SeqtextError, match="no such directory"):
         sources.load_splits(r, data_dir=tmp_path / "missing")

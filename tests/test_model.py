@@ -137,3 +137,9 @@ def test_batch_to_device_keeps_lengths_on_cpu():
     b = Batch(torch.zeros(2, 3, dtype=torch.long), torch.tensor([3, 1]), torch.ones(2, 3, dtype=torch.bool),
               index=np.array([0, 1]))
     assert b.to("cpu").lengths.device.type == "cpu" and b.num_tokens == 4
+
+
+def test_reverse_padded_gradient():
+    x = torch.randn(2, 4, 3, dtype=torch.double, requires_grad=True)
+    lengths = torch.tensor([4, 2])
+    assert torch.autograd.gradcheck(lambda t: reverse_padded(t, lengths), (x,))

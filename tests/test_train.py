@@ -51,14 +51,15 @@ def test_resume_matches_uninterrupted_run(tiny, tmp_path, monkeypatch, kill_at):
     assert keys and all(torch.equal(a[k], b[k]) for k in keys)
     wa, wb = weights(full), weights(resumed)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    assert json.loads((full / "metrics.json").read_text())["test"] == json.loads((resumed / "metrics.json").read_text())["test"]
+    test_metrics = [json.loads((d / "metrics.json").read_text())["test"] for d in (full, resumed)]
+    assert test_metrics[0] == test_metrics[1]
     steps = [json.loads(x)["step"] for x in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps))  # no duplicated evaluations after the resume
 
 
 def test_refuses_to_overwrite_a_different_run(tiny, tmp_path):
     out = seqtext.train(tiny, output=tmp_path / "r", quiet=True)
-    with pytest.raises(SeqtextError, match="different recipe.*model.hidden_size"):
+    with pytest.raises(SeqtextError, match=r"different recipe.*model\.hidden_size"):
         seqtext.train(tiny, ["model.hidden_size=8"], output=out, quiet=True)
     with pytest.raises(SeqtextError, match="already holds this run"):
         seqtext.train(tiny, output=out, quiet=True)
@@ -85,7 +86,7 @@ def test_nan_loss_stops_with_message_and_keeps_checkpoint(tiny, tmp_path, monkey
         return loss * float("nan") if calls["n"] > 6 else loss
 
     monkeypatch.setattr(ClassifyTask, "loss", flaky)
-    with pytest.raises(SeqtextError, match="loss became nan at step 7.*last good checkpoint"):
+    with pytest.raises(SeqtextError, match=r"loss became nan at step 7.*last good checkpoint"):
         seqtext.train(tiny, output=tmp_path / "n", quiet=True)
     assert (tmp_path / "n" / "checkpoint.safetensors").is_file()
 

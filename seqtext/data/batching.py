@@ -63,8 +63,10 @@ class Batch:
     def num_tokens(self) -> int:
         return int(self.lengths.sum())
 
-    def to(self, device) -> "Batch":
-        move = lambda t: t.to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t  # noqa: E731
+    def to(self, device) -> Batch:
+        def move(t):
+            return t.to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t
+
         return Batch(move(self.ids), self.lengths, move(self.mask), move(self.targets), move(self.chars),
                      move(self.casing), self.index)
 

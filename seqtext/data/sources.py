@@ -64,7 +64,7 @@ def load_splits(recipe: Recipe, data_dir: str | Path | None = None,
         raise SeqtextError(f"{recipe.source}: [data] names no source: set hub = '...' or files = {{...}}, "
                            f"or pass --data-dir")
     if only:
-        files = {k: v for k, v in files.items() if k in only or k == "train" and "dev" in only}
+        files = {k: v for k, v in files.items() if k in only or (k == "train" and "dev" in only)}
     splits = {split: load_file(path, d.format, recipe) for split, path in files.items()}
     return _finish(recipe, splits, only)
 
@@ -93,7 +93,7 @@ def load_file(path: Path, fmt: str, recipe: Recipe):
     _check_utf8(path, kind)
     try:
         ds = datasets.load_dataset(builder, data_files={"data": str(path)}, split="data", **kwargs)
-    except Exception as e:  # datasets/pyarrow errors are long and unhelpful: summarise
+    except Exception as e:  # noqa: BLE001 — datasets/pyarrow raise many types; summarise as one line
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise SeqtextError(f"{path}: could not read as {kind} ({msg})") from None
     if len(ds) == 0:
@@ -144,10 +144,10 @@ def _load_hub(recipe: Recipe, only) -> dict:
         raise SeqtextError(
             f"cannot reach the Hugging Face hub to load {d.hub!r}: pass --data-dir DIR (or set "
             f"{DATA_DIR_ENV}) with local train/test files, or set [data] files in the recipe")
-    wanted = {k: v for k, v in d.splits.items() if not only or k in only or k == "train" and "dev" in only}
+    wanted = {k: v for k, v in d.splits.items() if not only or k in only or (k == "train" and "dev" in only)}
     try:
         splits = {k: datasets.load_dataset(d.hub, d.hub_config, split=v) for k, v in wanted.items()}
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 — any hub failure becomes one actionable line
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise SeqtextError(f"hub dataset {d.hub!r}: {msg} (use --data-dir for local files)") from None
     return _finish(recipe, splits, only)

@@ -12,8 +12,8 @@ import hashlib
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from ..errors import SeqtextError
 from ..recipe import TokenizerConfig
@@ -76,7 +76,7 @@ class SpacyTokenizer(Tokenizer):
 
         try:
             self.nlp = spacy.blank(lang)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 — spaCy raises several types for unknown languages
             raise SeqtextError(f"[tokenizer] lang: spaCy has no language {lang!r} ({e})") from None
         self.lang, self.lowercase, self.strip_html = lang, lowercase, strip_html
 
@@ -103,7 +103,7 @@ class SentencePieceTokenizer(Tokenizer):
 
     @classmethod
     def train(cls, texts: Iterable[str], directory: Path, vocab_size: int, model_type: str,
-              strip_html: bool = True, lowercase: bool = False) -> "SentencePieceTokenizer":
+              strip_html: bool = True, lowercase: bool = False) -> SentencePieceTokenizer:
         import sentencepiece as spm
 
         helper = cls.__new__(cls)
@@ -112,8 +112,7 @@ class SentencePieceTokenizer(Tokenizer):
         with tempfile.TemporaryDirectory() as tmp:
             corpus = Path(tmp) / "corpus.txt"
             with open(corpus, "w", encoding="utf-8") as f:
-                for t in texts:
-                    f.write(helper.normalize(t).replace("\n", " ") + "\n")
+                f.writelines(helper.normalize(t).replace("\n", " ") + "\n" for t in texts)
             spm.SentencePieceTrainer.train(
                 input=str(corpus), model_prefix=str(Path(tmp) / "spm"), vocab_size=vocab_size,
                 model_type=model_type, input_sentence_size=200_000, shuffle_input_sentence=True,

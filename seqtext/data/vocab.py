@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from ..errors import SeqtextError
 from ..io import write_text
@@ -22,7 +22,7 @@ class Vocab:
         self.stoi: dict[str, int] = {t: i for i, t in enumerate(self.itos)}
 
     @classmethod
-    def build(cls, counts: Counter, min_freq: int = 1, max_size: int = 0) -> "Vocab":
+    def build(cls, counts: Counter, min_freq: int = 1, max_size: int = 0) -> Vocab:
         """Most frequent first, ties broken alphabetically so the result is deterministic."""
         items = sorted(((c, t) for t, c in counts.items() if c >= min_freq and t not in SPECIALS),
                        key=lambda x: (-x[0], x[1]))
@@ -50,7 +50,7 @@ class Vocab:
         write_text(Path(directory) / VOCAB_FILE, "\n".join(self.itos) + "\n")
 
     @classmethod
-    def load(cls, directory: Path) -> "Vocab":
+    def load(cls, directory: Path) -> Vocab:
         path = Path(directory) / VOCAB_FILE
         try:
             lines = path.read_text(encoding="utf-8").split("\n")

@@ -113,7 +113,7 @@ class ClassifyTask(Task):
             "per_class": {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
                                  "support": int(support[i])} for i, name in enumerate(self.labels)},
             "confusion_matrix": confusion_matrix(gold, pred, labels=labels).tolist(),
-            "examples": int(len(gold)),
+            "examples": len(gold),
         }
         if len(self.labels) == 2 and len(set(gold.tolist())) == 2:
             out["roc_auc"] = float(roc_auc_score(gold, probs[:, 1]))

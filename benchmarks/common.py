@@ -1,0 +1,115 @@
+"""Shared measurement helpers for the benchmark scripts (run from the repo root).
+
+Everything printed is measured in the same process on this machine; nothing is typed in.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def machine() -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine()}
+
+
+def prepare(recipe_path: str, data_dir: str | None, overrides: list[str] | None = None):
+    """Recipe → (task, encoded data) exactly as `seqtext train` builds them."""
+    from seqtext.data.sources import load_splits
+    from seqtext.model import task_class
+    from seqtext.recipe import load_recipe
+
+    recipe = load_recipe(recipe_path, overrides or [])
+    task = task_class(recipe.task)(recipe)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = task.setup(load_splits(recipe, data_dir), Path(tmp))
+    return task, data
+
+
+def throughput(task, data, n_batches: int = 60, warmup: int = 5) -> dict:
+    """Training tokens/s of the full pipeline and of a bare nn.LSTM on the same batches.
+
+    Full pipeline = seqtext's whole training step: embedding, encoder, head, loss, backward,
+    clipping, AdamW and LR schedule. Bare = ``nn.LSTM`` (same sizes/directions/layers) forward +
+    backward of ``out.sum()`` on random inputs shaped like each batch's embeddings.
+    """
+    from seqtext.train import Trainer, matmul_peak_flops
+
+    torch.manual_seed(0)
+    net = task.build_net()
+    device = torch.device("cpu")
+    m = task.recipe.model
+    width = net.embedder.output_dim
+    lstm = nn.LSTM(width, m.hidden_size, num_layers=m.layers, batch_first=True,
+                   bidirectional=net.encoder.bidirectional)
+    batches = []
+    for b in task.train_batches(data["train"], epoch=0):
+        batches.append(b)
+        if len(batches) == warmup + n_batches:
+            break
+
+    def bare_step(b):
+        out, _ = lstm(torch.randn(*b.ids.shape, width, requires_grad=True))
+        out.sum().backward()
+
+    # Interleave the two per batch so that any load on the machine hits both equally.
+    full_s = bare_s = 0.0
+    tokens = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(task, net, data, Path(tmp), device, quiet=True)
+        net.train()
+        task.reset_epoch()
+        for i, b in enumerate(batches):
+            t0 = time.perf_counter()
+            trainer._step(b)
+            t1 = time.perf_counter()
+            bare_step(b)
+            t2 = time.perf_counter()
+            if i >= warmup:
+                full_s, bare_s, tokens = full_s + t1 - t0, bare_s + t2 - t1, tokens + b.num_tokens
+    full, bare = tokens / full_s, tokens / bare_s
+    peak = matmul_peak_flops(device, seconds=1.0)
+    flops = net.flops_per_token() * 3
+    return {"full_tokens_per_s": round(full), "bare_lstm_tokens_per_s": round(bare), "ratio": round(full / bare, 3),
+            "model_flops_per_token": flops, "matmul_peak_gflops": round(peak / 1e9, 1),
+            "achieved_gflops": round(full * flops / 1e9, 1), "mfu": round(full * flops / peak, 3),
+            "batches": n_batches}
+
+
+def inference_tokens_per_s(task, net, split) -> float:
+    net.eval()
+    tokens, start = 0, time.perf_counter()
+    with torch.no_grad():
+        for b in task.eval_batches(split):
+            task.logits(net, b) if hasattr(task, "logits") else task.loss(net, b)
+            tokens += b.num_tokens
+    return tokens / (time.perf_counter() - start)
+
+
+def table(rows: list[tuple[str, object]], title: str) -> str:
+    width = max(len(k) for k, _ in rows)
+    lines = [title, "-" * len(title)] + [f"{k:<{width}}  {v}" for k, v in rows]
+    return "\n".join(lines)
+
+
+def save(name: str, result: dict) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine(), **result}
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
