@@ -1,0 +1,39 @@
+import re
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from seqtext.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+README = (REPO / "README.md").read_text()
+
+
+def test_recipe_reference_is_current():
+    sys.path.insert(0, str(REPO / "scripts"))
+    from update_readme import render
+
+    assert render(README) == README, "run: python scripts/update_readme.py"
+
+
+def test_every_cli_command_is_documented():
+    for name in main.commands:
+        assert f"seqtext {name}" in README, name
+
+
+def test_setup_is_two_commands():
+    block = README.split("## Setup", 1)[1].split("```", 2)[1]
+    commands = [line for line in block.splitlines()[1:] if line.strip() and not line.startswith("#")]
+    assert len(commands) == 2 and "demo_sentiment" in commands[0] and "pytest" in commands[1]
+
+
+def test_shipped_recipes_parse():
+    from seqtext.recipe import load_recipe
+
+    for path in sorted((REPO / "recipes").glob("*.toml")):
+        assert load_recipe(path).task in {"classify", "tag", "lm"}
+
+
+def test_readme_mentions_no_torchtext_reason():
+    assert re.search(r"torchtext.*discontinued", README, re.S)
