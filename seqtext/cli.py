@@ -14,19 +14,24 @@ from pathlib import Path
 
 import click
 
-from .errors import SeqtextError
+from .errors import Interrupted, SeqtextError
+
+_OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory")
 
 
 class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except Interrupted as e:
+            click.echo(str(e), err=True)
+            ctx.exit(130)
         except SeqtextError as e:
             self._fail(ctx, str(e))
         except (MemoryError, RuntimeError) as e:
-            if isinstance(e, MemoryError) or "out of memory" in str(e).lower():
-                self._fail(ctx, "out of memory: lower [train] batch_size / batch_tokens (e.g. --set "
-                                "train.batch_size=16) or data.max_length")
+            if isinstance(e, MemoryError) or any(m in str(e).lower() for m in _OOM_MARKERS):
+                self._fail(ctx, "out of memory: lower [train] batch_size or batch_tokens (e.g. --set "
+                                "train.batch_size=16), [data] max_length, or the [model] sizes")
             raise
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)

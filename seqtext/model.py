@@ -109,7 +109,7 @@ def load_task(directory: Path):
     meta = read_json(inside(directory, META_FILE))
     if meta.get("task") != recipe.task:
         raise SeqtextError(f"{directory}: meta.json and recipe.toml disagree about the task")
-    tokenizer = build_tokenizer(recipe.tokenizer, directory)
+    tokenizer = build_tokenizer(recipe.tokenizer, directory, model_dir=True)
     vocab = Vocab.load(directory)
     meta = {k: v for k, v in meta.items() if k != "task"}
     return task_class(recipe.task)(recipe, tokenizer, vocab, meta)

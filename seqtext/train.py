@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from . import distributed as dist
 from .data.sources import load_splits
-from .errors import SeqtextError
+from .errors import Interrupted, SeqtextError
 from .io import append_line, atomic_write, read_json, write_json
 from .model import (
     CHECKPOINT_FILE,
@@ -347,6 +347,8 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, force: bool) ->
     saved = run_dir / RECIPE_FILE
     if not run_dir.exists() or not any(run_dir.iterdir()):
         return False
+    for stale in run_dir.glob(".*.tmp"):  # temp files of a write that a kill interrupted
+        stale.unlink(missing_ok=True)
     if force:
         for name in (CHECKPOINT_FILE, WEIGHTS_FILE, HISTORY_FILE, METRICS_FILE, CURVES_FILE):
             (run_dir / name).unlink(missing_ok=True)
@@ -447,8 +449,8 @@ def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None
     try:
         summary = trainer.fit()
     except KeyboardInterrupt:
-        raise SeqtextError(f"interrupted; checkpoint saved. Resume with: seqtext train "
-                           f"{run_dir / RECIPE_FILE} --resume") from None
+        raise Interrupted(f"interrupted; checkpoint saved. Resume with: seqtext train "
+                          f"{run_dir / RECIPE_FILE} --resume") from None
     if dist.is_main():
         finish(run_dir, task, net, data, dev, summary, quiet)
     dist.barrier()

@@ -2,8 +2,6 @@ import re
 import sys
 from pathlib import Path
 
-from click.testing import CliRunner
-
 from seqtext.cli import main
 
 REPO = Path(__file__).resolve().parent.parent

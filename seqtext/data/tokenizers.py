@@ -142,11 +142,12 @@ class SentencePieceTokenizer(Tokenizer):
 
 
 def build_tokenizer(cfg: TokenizerConfig, directory: Path | None = None,
-                    train_texts: Iterable[str] | None = None) -> Tokenizer:
+                    train_texts: Iterable[str] | None = None, model_dir: bool = False) -> Tokenizer:
     """Create the tokenizer a recipe asks for.
 
-    ``directory``: a model directory holding a saved sentencepiece model (loading), or the
-    run directory where a new one is trained from ``train_texts``.
+    ``directory``: a model directory holding a saved sentencepiece model (``model_dir=True``:
+    only that file is used, never a path named in the recipe), or the staging directory
+    where a new one is trained from ``train_texts``.
     """
     if cfg.kind == "regex":
         return RegexTokenizer(cfg.lowercase, cfg.strip_html)
@@ -157,6 +158,8 @@ def build_tokenizer(cfg: TokenizerConfig, directory: Path | None = None,
     saved = directory / SPM_FILE if directory else None
     if saved is not None and saved.is_file():
         return SentencePieceTokenizer(saved, cfg.strip_html, cfg.lowercase)
+    if model_dir:
+        raise SeqtextError(f"{directory}: incomplete model directory, missing {SPM_FILE}")
     if cfg.model_file:
         return SentencePieceTokenizer(cfg.model_file, cfg.strip_html, cfg.lowercase)
     if train_texts is None or directory is None:

@@ -1,0 +1,43 @@
+"""Run the seqtext CLI in a subprocess that SIGKILLs itself at a chosen moment.
+
+    python tests/killable.py step N  seqtext-args...   # die inside the N-th training step
+    python tests/killable.py checkpoint N seqtext-args...  # die in the N-th checkpoint write,
+                                                          # after the temp file, before the rename
+"""
+
+import os
+import signal
+import sys
+
+from seqtext.cli import main
+from seqtext.tasks.classify import ClassifyTask
+
+mode, n, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+count = 0
+
+
+def die_at_n():
+    global count
+    count += 1
+    if count == n:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+if mode == "step":
+    real_loss = ClassifyTask.loss
+
+    def loss(self, net, batch):
+        die_at_n()
+        return real_loss(self, net, batch)
+
+    ClassifyTask.loss = loss
+elif mode == "checkpoint":
+    real_replace = os.replace
+
+    def replace(src, dst, *a, **kw):
+        if str(dst).endswith("checkpoint.safetensors"):
+            die_at_n()
+        return real_replace(src, dst, *a, **kw)
+
+    os.replace = replace
+main(args)

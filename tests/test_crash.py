@@ -1,0 +1,63 @@
+"""Kill -9 and Ctrl-C a real training process, then resume (issue: crash safety)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import seqtext
+from seqtext.model import load_state_dict
+
+HERE = Path(__file__).resolve().parent
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    wa, wb = load_state_dict(a / "weights.safetensors"), load_state_dict(b / "weights.safetensors")
+    ca, cb = load_state_dict(a / "checkpoint.safetensors"), load_state_dict(b / "checkpoint.safetensors")
+    keys = [k for k in ca if k.startswith(("model.", "optim."))]
+    return all(torch.equal(wa[k], wb[k]) for k in wa) and all(torch.equal(ca[k], cb[k]) for k in keys)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    from conftest import tiny_recipe
+
+    base = tmp_path_factory.mktemp("crash")
+    recipe = tiny_recipe(base)
+    return recipe, seqtext.train(recipe, output=base / "uninterrupted", quiet=True)
+
+
+@pytest.mark.parametrize("mode, n", [("step", 7), ("step", 19), ("checkpoint", 2)])
+def test_sigkill_then_resume_reproduces_the_run(reference, tmp_path, mode, n):
+    recipe, full = reference
+    out = tmp_path / "run"
+    killed = subprocess.run([sys.executable, str(HERE / "killable.py"), mode, str(n), "train", str(recipe),
+                             "-o", str(out), "-q"], env=ENV, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-500:]
+    resumed = subprocess.run([sys.executable, "-m", "seqtext", "train", str(recipe), "-o", str(out), "--resume",
+                              "-q"], env=ENV, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-1000:]
+    assert same_weights(full, out)
+    assert not list(out.glob(".*.tmp"))  # the interrupted write left nothing behind
+
+
+def test_sigint_saves_checkpoint_and_explains_resume(reference, tmp_path):
+    recipe, _ = reference
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "seqtext", "train", str(recipe), "-o", str(out), "-q",
+                             "--set", "train.epochs=200", "--set", "train.patience=0"],
+                            env=ENV, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.safetensors").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-800:]
+    assert "--resume" in err and "Traceback" not in err
+    assert (out / "checkpoint.safetensors").is_file()
