@@ -400,6 +400,10 @@ def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None
     if device:
         recipe.train.device = device
     dist.init()
+    if quiet:
+        import datasets
+
+        datasets.disable_progress_bars()
     run_dir = recipe.output_dir
     dev = dist.device_for_rank(resolve_device(recipe.train.device))
     set_threads(recipe.train.threads)
