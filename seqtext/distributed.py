@@ -8,6 +8,7 @@ writes files, and dev metrics are averaged across ranks.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -61,6 +62,16 @@ def average_metrics(metrics: dict) -> dict:
     t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
     tdist.all_reduce(t)
     return {**metrics, **{k: v / world_size() for k, v in zip(keys, t.tolist())}}
+
+
+@contextlib.contextmanager
+def main_first():
+    """Rank 0 runs the block first (filling caches, writing files); the others follow."""
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()
 
 
 def barrier() -> None:

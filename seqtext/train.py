@@ -389,6 +389,18 @@ def init_from(net: nn.Module, source_dir: str) -> list[str]:
     return copied
 
 
+def _make_task(recipe: Recipe, run_dir: Path, resume: bool, resuming: bool):
+    cls = task_class(recipe.task)
+    if resuming or (resume and (run_dir / "vocab.txt").is_file()):
+        task = load_task(run_dir)  # identical tokenizer/vocab/labels to the interrupted run
+        task.recipe = recipe
+        return task
+    if recipe.init_from:
+        source = load_task(Path(recipe.init_from))
+        return cls(recipe, source.tokenizer, source.vocab, {"joint": source.meta.get("joint", True)})
+    return cls(recipe)
+
+
 def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None = None,
           output: str | Path | None = None, data_dir: str | None = None, resume: bool = False,
           force: bool = False, device: str | None = None, quiet: bool = False) -> Path:
@@ -407,39 +419,34 @@ def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None
     run_dir = recipe.output_dir
     dev = dist.device_for_rank(resolve_device(recipe.train.device))
     set_threads(recipe.train.threads)
-    resuming = prepare_run_dir(run_dir, recipe, resume, force) if dist.is_main() else resume
-    splits = load_splits(recipe, data_dir)
-
-    cls = task_class(recipe.task)
-    if resuming or (resume and (run_dir / "vocab.txt").is_file()):
-        task = load_task(run_dir)  # identical tokenizer/vocab/labels to the interrupted run
-        task.recipe = recipe
-    elif recipe.init_from:
-        source = load_task(Path(recipe.init_from))
-        task = cls(recipe, source.tokenizer, source.vocab, {"joint": source.meta.get("joint", True)})
-    else:
-        task = cls(recipe)
-    staging = Path(tempfile.mkdtemp(prefix="seqtext-"))
-    try:
-        data = task.setup(splits, staging)
-        torch.manual_seed(recipe.train.seed)
-        net = task.build_net()
-        if recipe.init_from and not resuming:
-            copied = init_from(net, recipe.init_from)
-            if not quiet:
-                print(f"initialised {len(copied)} tensors from {recipe.init_from}", file=sys.stderr)
-        if recipe.model.pretrained_vectors and not resuming:
-            stats = net.embedder.load_vectors(recipe.model.pretrained_vectors, task.vocab.itos,
-                                              recipe.model.freeze_embeddings)
-            task.meta["vectors"] = stats
-            if not quiet:
-                print(f"pretrained vectors: {stats['vectors_found']}/{stats['vocab']} words "
-                      f"({100 * stats['coverage']:.1f}%)", file=sys.stderr)
-        net.to(dev)
-        if dist.is_main():
-            write_model_files(run_dir, task)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with dist.main_first():  # rank 0 decides about the run dir and fills the datasets cache
+        resuming = prepare_run_dir(run_dir, recipe, resume, force) if dist.is_main() \
+            else resume and (run_dir / CHECKPOINT_FILE).is_file()
+        splits = load_splits(recipe, data_dir)
+        task = _make_task(recipe, run_dir, resume, resuming)
+        staging = Path(tempfile.mkdtemp(prefix="seqtext-"))  # a trained tokenizer waits here until saved
+        try:
+            data = task.setup(splits, staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    torch.manual_seed(recipe.train.seed)
+    net = task.build_net()
+    if recipe.init_from and not resuming:
+        copied = init_from(net, recipe.init_from)
+        if not quiet:
+            print(f"initialised {len(copied)} tensors from {recipe.init_from}", file=sys.stderr)
+    if recipe.model.pretrained_vectors and not resuming:
+        stats = net.embedder.load_vectors(recipe.model.pretrained_vectors, task.vocab.itos,
+                                          recipe.model.freeze_embeddings)
+        task.meta["vectors"] = stats
+        if not quiet:
+            print(f"pretrained vectors: {stats['vectors_found']}/{stats['vocab']} words "
+                  f"({100 * stats['coverage']:.1f}%)", file=sys.stderr)
+    net.to(dev)
+    if dist.is_main():
+        write_model_files(run_dir, task)
+    shutil.rmtree(staging, ignore_errors=True)
 
     trainer = Trainer(task, net, data, run_dir, dev, quiet)
     if resuming and trainer.load_checkpoint() and not quiet:

@@ -163,6 +163,7 @@ class Task:
         t = self.recipe.train
         batches = bucket_batches(data.lengths, t.batch_size, t.batch_tokens, shuffle=True,
                                  seed=t.seed * 1000 + epoch)
+        batches = batches[: len(batches) // world * world]  # equal step counts, or DDP would hang
         for i, idx in enumerate(batches):
             if i % world == rank:
                 yield self.collate(data, idx)
