@@ -306,5 +306,24 @@ def info(model_dir, as_json):
                    f"{t.get('tokens_per_second', 0) / 1000:.1f}k tokens/s")
 
 
+# ---------------------------------------------------------------------- export-spacy
+@main.command("export-spacy")
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--lang", help="spaCy language of the pipeline's tokenizer (default: the model's [tokenizer] lang, "
+                             "usually en).")
+@click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists and is not empty.")
+def export_spacy(model_dir, out_dir, lang, force):
+    """Write a spaCy pipeline directory that runs a tagger (seqtext_ner) or classifier (seqtext_textcat).
+
+    \b
+    spacy.load(OUT_DIR) opens it; it holds its own copy of the weights and vocabulary, so
+    MODEL_DIR is not needed afterwards. Written beside OUT_DIR first, then renamed into place.
+    """
+    from .spacy_ext import export_pipeline
+
+    click.echo(str(export_pipeline(model_dir, out_dir, lang=lang, force=force)))
+
+
 if __name__ == "__main__":
     main()

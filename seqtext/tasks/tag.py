@@ -34,6 +34,7 @@ from .base import Net, Split, Task, fingerprint
 TRAIN_SCHEME = "BIOES"
 MAX_WORD_LEN = 30  # chars per word seen by the char CNN (head + tail of longer words)
 PAD_CHAR, UNK_CHAR = 0, 1
+MIN_CHAR_COUNT = 2  # rarer train characters share the unknown-char id
 _DIGIT = re.compile(r"\d")
 CHUNK_SENTENCES = 1000  # predict_conll: sentences held in memory at once
 
@@ -172,8 +173,10 @@ class TagTask(Task):
             "source_scheme": scheme,
             "train_scheme": TRAIN_SCHEME,
             "zero_digits": self.meta.get("zero_digits", True),
-            # Most frequent first; ties by code point so the order is deterministic.
-            "chars": "".join(c for c, _ in sorted(chars.items(), key=lambda x: (-x[1], x[0]))),
+            # Most frequent first, ties by code point (deterministic). Characters seen once are
+            # left to the unknown-char id, so that id is trained for the unseen ones at test time.
+            "chars": "".join(c for c, n in sorted(chars.items(), key=lambda x: (-x[1], x[0]))
+                             if n >= MIN_CHAR_COUNT),
         })
         self._char_index = None
 
@@ -222,15 +225,16 @@ class TagTask(Task):
 
         key = (fingerprint(*self.vocab.itos), self.labels, self.meta.get("chars", ""), source, has_tags)
         ds = self._map(ds, fn, f"encode {split}", *key, remove=["tokens"])
-        lengths = np.asarray([len(x) for x in ds["ids"]]) if len(ds) else np.zeros(0, dtype=int)
-        if (lengths == 0).any():
-            # A CRF needs at least one position; empty sentences hold no entities either.
-            warn(f"{split} data: skipped {int((lengths == 0).sum())} empty sentences")
-            ds = ds.select(np.flatnonzero(lengths > 0))
-        if len(ds) == 0:
-            raise SeqtextError(f"{split} data: no non-empty sentences")
         cols = ("ids", "casing", "char_ids", "char_lens") + (("target",) if has_tags else ())
-        return Split(ds, cols)
+        data = Split(ds, cols)
+        empty = data.lengths == 0
+        if empty.any():
+            # A CRF needs at least one position; empty sentences hold no entities either.
+            warn(f"{split} data: skipped {int(empty.sum())} empty sentences")
+            data = Split(ds.select(np.flatnonzero(~empty)), cols)
+        if len(data) == 0:
+            raise SeqtextError(f"{split} data: no non-empty sentences")
+        return data
 
     # ------------------------------------------------------------------ model
     def build_net(self) -> Net:
@@ -286,14 +290,14 @@ class TagTask(Task):
         states, _ = net.encode(batch)
         return net.head.emissions(states)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def decode(self, net: Net, batch: Batch) -> list[list[str]]:
         """Best BIOES tag sequence of each sentence in ``batch``."""
         states, _ = net.encode(batch)
         labels = self.labels
         return [[labels[i] for i in path] for path in net.head.decode(states, batch.mask)]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict_split(self, net: Net, data: Split, device, batch_size: int = 64) -> list[list[str]]:
         """Predicted tags in the data's own scheme, in the split's row order."""
         net.eval()
@@ -372,11 +376,11 @@ class TagTask(Task):
             lang = self.recipe.tokenizer.lang
             try:
                 self._spacy = spacy.blank(lang)
-            except Exception as e:
+            except (ImportError, OSError, ValueError) as e:  # spaCy raises ImportError for unknown codes
                 raise SeqtextError(f"[tokenizer] lang: spaCy has no language {lang!r} ({e})") from None
         return self._spacy
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def tag_tokens(self, net: Net, sentences: list[list[str]], device, batch_size: int = 64) -> list[list[str]]:
         """BIOES tags for pre-split sentences, batched by length (empty sentences get [])."""
         net.eval()
@@ -384,14 +388,14 @@ class TagTask(Task):
         lengths = np.asarray([len(r["ids"]) for r in rows])
         out: list[list[str]] = [[] for _ in rows]
         nonempty = np.flatnonzero(lengths > 0)
-        for batch_idx in bucket_batches(lengths[nonempty], batch_size, batch_size * 256, shuffle=False):
+        for batch_idx in bucket_batches(lengths[nonempty], batch_size, shuffle=False):
             idx = nonempty[batch_idx]
             batch = self.collate_rows([rows[i] for i in idx]).to(device)
             for i, tags in zip(idx, self.decode(net, batch)):
                 out[i] = tags
         return out
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict(self, net: Net, texts: list[str], device, batch_size: int = 64) -> list[dict]:
         """Entities with character offsets for raw texts, tokenized with spaCy's tokenizer.
 

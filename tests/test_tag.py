@@ -1,0 +1,341 @@
+"""NER tagger task: data (CoNLL and hub-style), schemes, training, scoring, predict/evaluate CLI."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import seqtext
+from seqtext.cli import main
+from seqtext.data.conll import read_conll
+from seqtext.data.sources import load_splits
+from seqtext.data.tagging import convert
+from seqtext.errors import SeqtextError
+from seqtext.recipe import load_recipe
+from seqtext.tasks.tag import TagTask, clip_word, scoring_tag
+
+PER = ["Angela Merkel", "John Smith", "Maria", "Peter Blackburn", "Barack Obama", "Li Wei", "Anna Karenina"]
+LOC = ["Paris", "New York", "Berlin", "Tokyo", "Buenos Aires", "Kenya", "London", "Rio de Janeiro"]
+ORG = ["United Nations", "Google", "Reuters", "European Union", "Acme Corp", "FIFA", "Siemens"]
+NAMES = {"PER": PER, "LOC": LOC, "ORG": ORG}
+TEMPLATES = [
+    "{PER} visited {LOC} .", "{PER} works for {ORG} in {LOC} .",
+    "The {ORG} said on Monday that {PER} will travel to {LOC} .", "In {LOC} , {PER} met {PER} .",
+    "{ORG} shares rose 3 percent .", "It rained all day .", "{PER} and {PER} left {ORG} .",
+    # adjacent chunks of one type: the only place IOB1 uses B-
+    "Flights from {LOC} {LOC} resumed in 1996 .",
+]
+
+
+def make_sentences(n: int, seed: int) -> list[tuple[list[str], list[str]]]:
+    """Synthetic IOB2-tagged sentences with PER/LOC/ORG names (single and multi-token)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        tokens, tags = [], []
+        for part in rng.choice(TEMPLATES).split():
+            if part.startswith("{"):
+                typ = part[1:-1]
+                name = rng.choice(NAMES[typ]).split()
+                tokens += name
+                tags += [f"B-{typ}"] + [f"I-{typ}"] * (len(name) - 1)
+            else:
+                tokens.append(part)
+                tags.append("O")
+        out.append((tokens, tags))
+    return out
+
+
+def write_conll(path: Path, sentences, scheme: str = "IOB2", newline: str = "\n", docstart: bool = True) -> Path:
+    """CoNLL-2003 layout: token POS chunk NER; -DOCSTART-; no newline after the last line."""
+    lines = ["-DOCSTART- -X- -X- O", ""] if docstart else []
+    for tokens, tags in sentences:
+        for tok, tag in zip(tokens, convert(tags, "IOB2", scheme)):
+            lines.append(f"{tok} NNP I-NP {tag}")
+        lines.append("")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(newline.join(lines).rstrip("\n").encode("utf-8"))
+    return path
+
+
+def write_recipe(tmp_path: Path, scheme: str = "IOB2", model: dict | None = None, train: dict | None = None,
+                 name: str = "ner") -> Path:
+    data = tmp_path / "data"
+    write_conll(data / "train.txt", make_sentences(240, 1), scheme)
+    write_conll(data / "valid.txt", make_sentences(50, 2), scheme)
+    write_conll(data / "test.txt", make_sentences(60, 3), scheme)
+    m = {"embedding_dim": 32, "hidden_size": 32, "char_encoder": '"cnn"', "char_dim": 16, "char_filters": 16,
+         "casing": "true", "dropout": 0.2, "embedding_dropout": 0.1, **(model or {})}
+    t = {"epochs": 6, "batch_size": 16, "lr": 0.01, "seed": 1, "threads": 1, "patience": 0, **(train or {})}
+    text = f"""task = "tag"
+name = "{name}"
+[data]
+files = {{ train = "{data / 'train.txt'}", dev = "{data / 'valid.txt'}", test = "{data / 'test.txt'}" }}
+tokens_column = "tokens"
+tags_column = "ner_tags"
+[tokenizer]
+kind = "spacy"
+[vocab]
+min_freq = 1
+[model]
+""" + "".join(f"{k} = {v}\n" for k, v in m.items()) + "[train]\n" + "".join(f"{k} = {v}\n" for k, v in t.items())
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("tagger")
+    return seqtext.train(write_recipe(tmp), output=tmp / "run", quiet=True)
+
+
+@pytest.fixture(scope="module")
+def model(trained):
+    return seqtext.load(trained, "cpu")
+
+
+# ---------------------------------------------------------------------- data
+
+def test_conll_files_through_load_splits(tmp_path):
+    data = tmp_path / "d"
+    sents = make_sentences(5, 0)
+    write_conll(data / "train.txt", sents, newline="\r\n")
+    (data / "valid.txt").write_text("-DOCSTART- -X- -X- O\n\nParis NNP I-NP B-LOC  \t\nis VBZ B-VP O\n\n\n",
+                                    encoding="utf-8")
+    recipe = load_recipe(write_recipe(tmp_path))
+    splits = load_splits(recipe, data)
+    assert set(splits) == {"train", "dev"}
+    assert splits["train"]["tokens"] == [s[0] for s in sents]
+    assert splits["train"]["ner_tags"] == [s[1] for s in sents]
+    assert splits["dev"]["tokens"] == [["Paris", "is"]] and splits["dev"]["ner_tags"] == [["B-LOC", "O"]]
+
+    # another column layout: tag first, token third
+    (data / "train.txt").write_text("B-PER x Maria\nO x left\n", encoding="utf-8")
+    recipe = load_recipe(write_recipe(tmp_path), ["data.token_index=2", "data.tag_index=0"])
+    assert load_splits(recipe, data)["train"]["tokens"] == [["Maria", "left"]]
+
+
+def test_hub_style_classlabel_tags_and_empty_sentences(tmp_path, capsys):
+    names = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    features = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")),
+                                  "ner_tags": datasets.Sequence(datasets.ClassLabel(names=names))})
+    rows = {"tokens": [["Angela", "Merkel", "visited", "Paris"], [], ["Tom", "left"]],
+            "ner_tags": [[1, 2, 0, 3], [], [1, 0]]}
+    ds = datasets.Dataset.from_dict(rows, features=features)
+    recipe = load_recipe(write_recipe(tmp_path), ["data.tags_column=ner_tags"])
+    task = TagTask(recipe)
+    data = task.setup({"train": ds, "dev": ds}, tmp_path)
+    assert task.meta["source_scheme"] == "IOB2" and task.meta["types"] == ["LOC", "PER"]
+    assert task.meta["labels"][:5] == ["O", "B-LOC", "I-LOC", "E-LOC", "S-LOC"]
+    assert len(data["train"]) == 2  # the empty sentence is skipped, with a warning
+    assert "skipped 1 empty sentences" in capsys.readouterr().err
+    tgt = data["train"].cols["target"].row(0)
+    assert [task.labels[i] for i in tgt] == ["B-PER", "E-PER", "O", "S-LOC"]
+
+
+def test_bad_data_gives_one_line_errors(tmp_path):
+    recipe = load_recipe(write_recipe(tmp_path))
+    task = TagTask(recipe)
+    ds = datasets.Dataset.from_dict({"words": [["a"]], "ner_tags": [["O"]]})
+    with pytest.raises(SeqtextError, match=r"train data has no column 'tokens'.*tokens_column"):
+        task.setup({"train": ds, "dev": ds}, tmp_path)
+    ds = datasets.Dataset.from_dict({"tokens": [["a", "b"], ["c"]], "ner_tags": [["O", "O"], ["O", "B-PER"]]})
+    with pytest.raises(SeqtextError, match=r"train data, row 1: 1 tokens but 2 tags"):
+        TagTask(recipe).setup({"train": ds, "dev": ds}, tmp_path)
+    ds = datasets.Dataset.from_dict({"tokens": [["a", "b"]], "ner_tags": [["O", "O"]]})
+    with pytest.raises(SeqtextError, match=r"no entities found"):
+        TagTask(recipe).setup({"train": ds, "dev": ds}, tmp_path)
+
+
+def test_malformed_tags_warn_with_counts(tmp_path, capsys):
+    recipe = load_recipe(write_recipe(tmp_path), ["data.scheme=IOB2"])
+    ds = datasets.Dataset.from_dict({"tokens": [["a", "b", "c"], ["d", "e"]],
+                                     "ner_tags": [["O", "I-PER", "I-PER"], ["I-LOC", "O"]]})
+    task = TagTask(recipe)
+    data = task.setup({"train": ds, "dev": ds}, tmp_path)
+    err = capsys.readouterr().err
+    assert "warning: train data: 2 malformed tags for IOB2" in err
+    assert "I-PER after O ×1" in err and "I-LOC at sentence start ×1" in err
+    # read like conlleval: the stray I- tags open entities
+    assert [task.labels[i] for i in data["train"].cols["target"].row(0)] == ["O", "B-PER", "E-PER"]
+
+
+def test_bilou_data_is_detected_and_written_back_as_bilou(tmp_path):
+    recipe = load_recipe(write_recipe(tmp_path))
+    sents = make_sentences(30, 4)
+    ds = datasets.Dataset.from_dict({"tokens": [t for t, _ in sents],
+                                     "ner_tags": [convert(g, "IOB2", "BILOU") for _, g in sents]})
+    task = TagTask(recipe)
+    task.setup({"train": ds, "dev": ds}, tmp_path)
+    assert task.meta["source_scheme"] == "BILOU"
+    torch.manual_seed(0)
+    net = task.build_net()
+    src = write_conll(tmp_path / "in.conll", sents)
+    assert task.predict_conll(net, src, tmp_path / "out.conll", "cpu") == 30
+    tags = {s.lines[i][-1][:2] for s in read_conll(tmp_path / "out.conll") for i in range(len(s.lines))}
+    # an untrained net predicts some entities; written back, they use BILOU's L-/U- and never E-/S-
+    assert tags <= {"O", "B-", "I-", "L-", "U-"} and tags & {"L-", "U-"}
+
+
+def test_scoring_tags_for_seqeval():
+    assert [scoring_tag(t) for t in ["O", "B-PER", "L-PER", "U-LOC", "PER", "E-X"]] == \
+        ["O", "B-PER", "E-PER", "S-LOC", "I-PER", "E-X"]
+    assert clip_word("x" * 10) == "x" * 10
+    long = "a" * 20 + "b" * 20
+    assert clip_word(long) == "a" * 15 + "b" * 15
+
+
+# ---------------------------------------------------------------------- training and scoring
+
+def test_training_reaches_high_f1(trained):
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["metric"] == "f1"
+    assert metrics["dev"]["f1"] >= 0.9 and metrics["test"]["f1"] >= 0.9
+    assert set(metrics["test"]["per_type"]) == {"PER", "LOC", "ORG"}
+    meta = json.loads((trained / "meta.json").read_text())
+    assert meta["source_scheme"] == "IOB2" and meta["train_scheme"] == "BIOES"
+    assert meta["labels"][0] == "O" and len(meta["labels"]) == 13
+    history = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert all("dev_f1" in h for h in history)
+
+
+def test_save_load_reproduces_training_time_scores(trained, model):
+    """The loaded model predicts exactly what the in-memory one did when metrics.json was written."""
+    metrics = json.loads((trained / "metrics.json").read_text())
+    again = model.evaluate(split="test")
+    for key in ("f1", "precision", "recall", "token_accuracy", "predicted_entities"):
+        assert again[key] == metrics["test"][key]
+    twice = seqtext.load(trained, "cpu")
+    texts = [" ".join(t) for t, _ in make_sentences(20, 9)]
+    assert twice.predict(texts) == model.predict(texts)
+
+
+def test_iob1_data_trains_and_scores_in_its_own_scheme(tmp_path):
+    run = seqtext.train(write_recipe(tmp_path, "IOB1", train={"epochs": 5}), output=tmp_path / "run", quiet=True)
+    m = seqtext.load(run, "cpu")
+    assert m.task.meta["source_scheme"] == "IOB1"
+    # the gold tags scored are the file's own IOB1 tags
+    test_file = tmp_path / "data" / "test.txt"
+    gold = [s.tags for s in read_conll(test_file)]
+    assert any(t.startswith("B-") for g in gold for t in g) and gold[0][0] != "B-PER"
+    result = m.evaluate(split="test")
+    assert result["scheme"] == "IOB1" and result["f1"] >= 0.9
+    strict = m.evaluate(split="test", mode="strict")
+    assert strict["f1"] >= 0.9
+    # output is written back in IOB1: no B- except between adjacent same-type chunks
+    out = tmp_path / "out.conll"
+    n = m.task.predict_conll(m.net, test_file, out, m.device)
+    assert n == 60
+    pred = [s.tags for s in read_conll(out)]
+    for tags in pred:
+        assert convert(tags, "IOB1", "IOB1") == tags
+
+
+def test_strict_mode_drops_ill_formed_chunks(model):
+    from seqeval.metrics import f1_score
+
+    task = model.task
+    gold = [["B-PER", "I-PER", "O", "I-LOC"]]  # a stray I-LOC: an entity for conlleval, none in strict IOB2
+    pred = [["B-PER", "I-PER", "O", "O"]]
+    y_true, y_pred, kw = task._scoring_tags(gold, pred, "default")
+    assert kw == {} and f1_score(y_true, y_pred) == pytest.approx(2 / 3)
+    y_true, y_pred, kw = task._scoring_tags(gold, pred, "strict")
+    assert kw["mode"] == "strict" and f1_score(y_true, y_pred, **kw) == 1.0
+
+
+def test_padding_invariance(model):
+    task, net = model.task, model.net
+    short = task.encode_tokens(["Angela", "Merkel", "visited", "Paris", "."])
+    long = task.encode_tokens(["The", "United", "Nations", "said", "on", "Monday", "that", "Barack", "Obama",
+                               "will", "travel", "to", "Rio", "de", "Janeiro", "and", "then", "to",
+                               "supercalifragilisticexpialidocious-land", "."])
+    alone = task.collate_rows([short])
+    mixed = task.collate_rows([long, short, long])
+    assert mixed.chars.shape[2] > alone.chars.shape[2] and mixed.ids.shape[1] > alone.ids.shape[1]
+    with torch.no_grad():
+        e1 = task.emissions(net.eval(), alone)[0]
+        e2 = task.emissions(net, mixed)[1, : e1.shape[0]]
+    assert torch.allclose(e1, e2, atol=1e-5)
+    assert task.decode(net, alone)[0] == task.decode(net, mixed)[1]
+
+
+def test_char_encoder_handles_empty_and_very_long_words(model):
+    task, net = model.task, model.net
+    row = task.encode_tokens(["", "x" * 5000, "Paris", "\u00e9t\u00e9", "\U0001f600"])
+    assert row["char_lens"] == [0, 30, 5, 3, 1]
+    batch = task.collate_rows([row])
+    assert batch.chars.shape == (1, 5, 30)
+    with torch.no_grad():
+        assert torch.isfinite(task.emissions(net, batch)).all()
+    result = model.predict(["Paris " + "a" * 10000 + " Berlin", "", "   "])
+    assert result[1] == {"entities": [], "tokens": [], "tags": []} and result[2]["tokens"] == []
+    assert all(e["text"] == ("Paris " + "a" * 10000 + " Berlin")[e["start"]: e["end"]]
+               for e in result[0]["entities"])
+
+
+def test_pretrained_vectors_are_used(tmp_path):
+    rng = np.random.default_rng(0)
+    words = ["paris", "berlin", "visited", "works", "for", ".", "notinvocab"]
+    vectors = {w: rng.normal(size=32).round(4) for w in words}
+    path = tmp_path / "vectors.txt"
+    path.write_text("".join(f"{w} {' '.join(map(str, v))}\n" for w, v in vectors.items()), encoding="utf-8")
+    recipe = write_recipe(tmp_path, model={"pretrained_vectors": f'"{path}"', "freeze_embeddings": "true"},
+                          train={"epochs": 1})
+    run = seqtext.train(recipe, output=tmp_path / "run", quiet=True)
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["vectors"]["vectors_found"] == 6 and meta["vectors"]["coverage"] > 0
+    m = seqtext.load(run, "cpu")
+    weight = m.net.embedder.words.weight
+    for w in words[:-1]:
+        assert torch.allclose(weight[m.task.vocab.stoi[w]], torch.tensor(vectors[w], dtype=torch.float32))
+
+
+# ---------------------------------------------------------------------- CLI
+
+def test_cli_evaluate_json(trained):
+    result = CliRunner().invoke(main, ["evaluate", str(trained), "--json"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    assert {"f1", "precision", "recall", "per_type", "token_accuracy"} <= set(metrics)
+    assert {"precision", "recall", "f1", "support"} == set(metrics["per_type"]["PER"])
+    text = CliRunner().invoke(main, ["evaluate", str(trained), "--mode", "strict", "--split", "dev"])
+    assert text.exit_code == 0 and "PER" in text.output and "f1" in text.output
+
+
+def test_cli_predict_text_and_json(trained):
+    text = "Angela Merkel visited Paris ."
+    result = CliRunner().invoke(main, ["predict", str(trained), text])
+    assert result.exit_code == 0, result.output
+    assert "Angela Merkel [PER] 0-13" in result.output and "Paris [LOC] 22-27" in result.output
+    result = CliRunner().invoke(main, ["predict", str(trained), "--json", text, "John Smith works for Google."])
+    lines = [json.loads(x) for x in result.stdout.splitlines()]
+    assert lines[0]["entities"] == [{"text": "Angela Merkel", "label": "PER", "start": 0, "end": 13},
+                                    {"text": "Paris", "label": "LOC", "start": 22, "end": 27}]
+    assert {"text": "Google", "label": "ORG", "start": 21, "end": 27} in lines[1]["entities"]
+
+
+def test_cli_predict_conll_file(trained, tmp_path):
+    src = tmp_path / "in.conll"
+    src.write_bytes(b"-DOCSTART- -X- O\r\n\r\nAngela NNP x\r\nMerkel NNP x\r\nvisited VBD x\r\nParis NNP x \r\n"
+                    b"\r\n\r\nTom NNP x")
+    out = tmp_path / "out.conll"
+    result = CliRunner().invoke(main, ["predict", str(trained), "--file", str(src), "--format", "conll",
+                                       "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    lines = out.read_text(encoding="utf-8").split("\n")
+    assert lines[:5] == ["Angela NNP x B-PER", "Merkel NNP x I-PER", "visited VBD x O", "Paris NNP x B-LOC", ""]
+    assert lines[5].startswith("Tom NNP x ")
+    # stdout when no --output; missing input file → one-line error, exit 2
+    result = CliRunner().invoke(main, ["predict", str(trained), "--file", str(src), "--format", "conll"])
+    assert "Paris NNP x B-LOC" in result.output
+    result = CliRunner().invoke(main, ["predict", str(trained), "--file", str(tmp_path / "nope.conll"),
+                                       "--format", "conll", "--output", str(out)])
+    assert result.exit_code == 2 and "nope.conll: no such file" in result.output
