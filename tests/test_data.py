@@ -156,3 +156,32 @@ def test_multiclass_string_labels(tmp_path):
         task.setup(splits, tmp_path)
     assert task.labels == ["blue", "green", "red"]
     json.dumps(task.meta)
+
+
+def test_lm_stream_windows_match_contiguous_columns():
+    from seqtext.data.batching import lm_stream_batches
+
+    stream = np.arange(1001)
+    n = 1000 // 4
+    windows = list(lm_stream_batches(stream, batch_size=4, bptt=7, random_bptt=True, seed=3))
+    x = np.concatenate([w[0].numpy() for w in windows], 1)
+    y = np.concatenate([w[1].numpy() for w in windows], 1)
+    assert (x[:, 0] == np.arange(4) * n).all() and (y == x + 1).all()
+    assert (np.diff(x, axis=1) == 1).all()  # each row is one contiguous column: state can carry
+    # two ranks with half the batch each read exactly the rows of the single-process layout
+    ranks = [next(iter(lm_stream_batches(stream, 2, 7, random_bptt=True, seed=3, rank=r, world=2)))
+             for r in range(2)]
+    assert np.concatenate([ranks[0][0], ranks[1][0]]).tolist() == windows[0][0].tolist()
+
+
+def test_token_stream_is_memory_mapped(tmp_path):
+    import datasets
+
+    from seqtext.data.batching import token_stream
+
+    path = tmp_path / "rows.jsonl"
+    write_jsonl(path, [{"ids": list(range(i, i + 5))} for i in range(0, 50, 5)])
+    ds = datasets.load_dataset("json", data_files=str(path), split="train")
+    s = token_stream(ds)
+    assert isinstance(s, np.memmap) and s.tolist() == list(range(50))
+    assert token_stream(ds).tolist() == list(range(50))  # second call reuses the file

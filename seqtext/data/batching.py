@@ -47,6 +47,32 @@ def ragged_column(dataset, column: str) -> Ragged:
     return Ragged(values=values, offsets=offsets - start if start else offsets)
 
 
+def token_stream(dataset, column: str = "ids") -> np.ndarray:
+    """All rows of a list<int> column as one int32 token stream, memory-mapped from disk.
+
+    Written once (atomically) beside the dataset's Arrow cache file, chunk by chunk, then
+    opened with ``np.memmap``: peak memory does not grow with the corpus. In-memory datasets
+    (no cache file) fall back to a flat numpy array.
+    """
+    import os
+
+    if getattr(dataset, "_indices", None) is not None:
+        dataset = dataset.flatten_indices()
+    files = dataset.cache_files
+    if not files:
+        return ragged_column(dataset, column).values.astype(np.int32)
+    path = f"{files[0]['filename']}.{column}.int32"
+    if not os.path.exists(path):
+        from ..io import atomic_write
+
+        with atomic_write(path, "wb") as f:
+            for chunk in dataset.data.column(column).chunks:
+                f.write(chunk.flatten().to_numpy(zero_copy_only=False).astype(np.int32).tobytes())
+    if os.path.getsize(path) == 0:
+        return np.zeros(0, dtype=np.int32)
+    return np.memmap(path, dtype=np.int32, mode="r")
+
+
 @dataclass
 class Batch:
     """A padded batch. ``mask[b, t]`` is True for real tokens; padding is always at the end."""
@@ -124,9 +150,9 @@ def lm_stream_batches(stream: np.ndarray, batch_size: int, bptt: int, random_bpt
     n = (len(stream) - 1) // columns
     if n < 2:
         raise ValueError("token stream shorter than one batch")
-    data = torch.from_numpy(np.asarray(stream[: n * columns + 1], dtype=np.int64))
-    x = data[:-1].view(columns, n)[rank * batch_size: (rank + 1) * batch_size]
-    y = data[1:].view(columns, n)[rank * batch_size: (rank + 1) * batch_size]
+    # Read each window straight from the (possibly memory-mapped) stream: no whole-stream copy,
+    # so memory stays flat however large the corpus is.
+    starts = (np.arange(rank * batch_size, (rank + 1) * batch_size) * n)[:, None]
     rng = np.random.default_rng(seed)
     i = 0
     while i < n - 1:
@@ -135,5 +161,6 @@ def lm_stream_batches(stream: np.ndarray, batch_size: int, bptt: int, random_bpt
             base = bptt if rng.random() < 0.95 else bptt / 2
             length = max(5, int(rng.normal(base, 5)))
         length = min(length, n - i)
-        yield x[:, i: i + length], y[:, i: i + length]
+        window = torch.from_numpy(np.asarray(stream[starts + i + np.arange(length + 1)], dtype=np.int64))
+        yield window[:, :-1], window[:, 1:]
         i += length
