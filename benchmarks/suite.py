@@ -1,0 +1,160 @@
+"""The benchmark suite: one command, every task at its default recipe size, on this machine.
+
+    python benchmarks/suite.py [--tasks classify,tag,lm] [--batches 60] [--skip-memory]
+
+For each task (in its own subprocess, so peak RSS is per task, with a fresh datasets cache):
+- data preparation throughput (tokenize + numericalize), first run vs cached run;
+- training tokens/s of the full pipeline and of a bare ``nn.LSTM`` forward+backward on the same
+  batches, interleaved, and their ratio; model FLOP/s as a fraction of the measured matmul peak;
+- batched inference tokens/s, and LM generation tokens/s at batch 1;
+- peak resident memory.
+Then the LM memory check: peak RSS of preparing and streaming one epoch of a synthetic corpus
+and of one 10× larger (it should stay flat). Weights are freshly initialised: speed does not
+depend on training. Prints a table and writes benchmarks/results/suite.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+TASKS = {
+    "classify": ("recipes/imdb_sentiment.toml", "../shared/data/imdb"),
+    "tag": ("recipes/conll2003_ner.toml", "../shared/data/conll2003"),
+    "lm": ("recipes/wikitext2_lm.toml", "../shared/data/wikitext2"),
+}
+
+
+def split_tokens(split) -> int:
+    return int(split.num_tokens) if hasattr(split, "num_tokens") else int(split.lengths.sum())
+
+
+def measure_task(name: str, batches: int) -> dict:
+    import torch
+
+    from benchmarks.common import peak_rss_mb, prepare, throughput
+
+    recipe, data_dir = TASKS[name]
+    start = time.perf_counter()
+    task, data = prepare(recipe, data_dir)
+    first = time.perf_counter() - start
+    tokens = sum(split_tokens(s) for s in data.values())
+    start = time.perf_counter()
+    task, data = prepare(recipe, data_dir)
+    cached = time.perf_counter() - start
+    out = {"task": name, "recipe": recipe, "prep_tokens": tokens,
+           "prep_first_tokens_per_s": round(tokens / first), "prep_cached_tokens_per_s": round(tokens / cached)}
+    out.update(throughput(task, data, n_batches=batches))
+    torch.manual_seed(0)
+    net = task.build_net().eval()
+    cpu = torch.device("cpu")
+    test = data.get("test", data["dev"])
+    start = time.perf_counter()
+    with torch.no_grad():
+        if name == "lm":
+            task.evaluate(net, test, cpu)
+        else:
+            task.predict_split(net, test, cpu)
+    out["inference_tokens_per_s"] = round(split_tokens(test) / (time.perf_counter() - start))
+    if name == "lm":
+        n = 200
+        start = time.perf_counter()
+        task.generate(net, "the", cpu, max_tokens=n, seed=0)
+        out["generation_tokens_per_s"] = round(n / (time.perf_counter() - start))
+    out["peak_rss_mb"] = round(peak_rss_mb())
+    return out
+
+
+def synthetic_corpus(directory: Path, lines: int, seed: int = 0) -> None:
+    """Zipf-distributed words over a fixed 20k vocabulary, ~20 words a line."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    words = np.array([f"w{i}" for i in range(20000)])
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", lines), ("valid", 2000), ("test", 2000)):
+        with open(directory / f"{split}.txt", "w") as f:
+            for start in range(0, n, 10000):
+                ids = np.minimum(rng.zipf(1.2, size=(min(10000, n - start), 20)), 20000) - 1
+                f.write("".join(" ".join(row) + "\n" for row in words[ids]))
+
+
+def measure_lm_memory(data_dir: str) -> dict:
+    """Prepare a synthetic corpus and stream one epoch of LM training windows (no model)."""
+    from benchmarks.common import peak_rss_mb, prepare
+
+    task, data = prepare(TASKS["lm"][0], data_dir, ["vocab.max_size=0"])
+    windows = sum(1 for _ in task.train_batches(data["train"], epoch=0))
+    return {"train_tokens": split_tokens(data["train"]), "windows": windows, "peak_rss_mb": round(peak_rss_mb())}
+
+
+def run_child(args: list[str], cache: str) -> dict:
+    env = {**os.environ, "HF_DATASETS_CACHE": cache, "OMP_WAIT_POLICY": "PASSIVE"}
+    r = subprocess.run([sys.executable, __file__, *args], env=env, capture_output=True, text=True, cwd=ROOT)
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", default="classify,tag,lm")
+    ap.add_argument("--batches", type=int, default=60, help="Training batches timed per task.")
+    ap.add_argument("--skip-memory", action="store_true", help="Skip the LM 1x vs 10x corpus memory check.")
+    ap.add_argument("--lines", type=int, default=100_000, help="Synthetic corpus lines for the 1x memory run.")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--memory-dir", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(measure_task(args.child, args.batches)))
+        return
+    if args.memory_dir:
+        print(json.dumps(measure_lm_memory(args.memory_dir)))
+        return
+
+    from benchmarks.common import save, table
+
+    results: dict = {"tasks": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.tasks.split(","):
+            results["tasks"][name] = run_child(["--child", name, "--batches", str(args.batches)], f"{tmp}/{name}")
+        if not args.skip_memory:
+            for scale in (1, 10):
+                corpus = Path(tmp) / f"corpus{scale}"
+                synthetic_corpus(corpus, args.lines * scale)
+                results[f"lm_memory_{scale}x"] = run_child(["--memory-dir", str(corpus)], f"{tmp}/mem{scale}")
+    rows = []
+    for name, r in results["tasks"].items():
+        rows += [
+            (f"{name}: train tokens/s full / bare nn.LSTM",
+             f"{r['full_tokens_per_s']} / {r['bare_lstm_tokens_per_s']} = {r['ratio']:.2f}"),
+            (f"{name}: model GFLOP/s / matmul peak (MFU)",
+             f"{r['achieved_gflops']} / {r['matmul_peak_gflops']} ({100 * r['mfu']:.0f} %)"),
+            (f"{name}: inference tokens/s (batched)", r["inference_tokens_per_s"]),
+            (f"{name}: data prep tokens/s first / cached", f"{r['prep_first_tokens_per_s']} / "
+                                                           f"{r['prep_cached_tokens_per_s']}"),
+            (f"{name}: peak RSS MB", r["peak_rss_mb"]),
+        ]
+        if "generation_tokens_per_s" in r:
+            rows.append((f"{name}: generation tokens/s (batch 1)", r["generation_tokens_per_s"]))
+    if "lm_memory_1x" in results:
+        a, b = results["lm_memory_1x"], results["lm_memory_10x"]
+        results["lm_memory_ratio"] = round(b["peak_rss_mb"] / a["peak_rss_mb"], 3)
+        rows.append(("lm: peak RSS 1x / 10x corpus (MB)",
+                     f"{a['peak_rss_mb']} ({a['train_tokens']} tok) / {b['peak_rss_mb']} ({b['train_tokens']} tok) "
+                     f"= {results['lm_memory_ratio']}x"))
+    print(table(rows, "seqtext benchmark suite"))
+    print(f"written {save('suite', results)}")
+
+
+if __name__ == "__main__":
+    main()
