@@ -1,0 +1,166 @@
+"""WikiText-2 language-model benchmark: test perplexity, training time, tokens/s, generation speed.
+
+    python benchmarks/wikitext2_lm.py --data-dir ../shared/data/wikitext2            # ~65 min on 2 cores
+    python benchmarks/wikitext2_lm.py --skip-train                                   # re-measure a trained run
+    python benchmarks/wikitext2_lm.py --ref-minutes 60                               # + the reference at equal budget
+
+Trains recipes/wikitext2_lm.toml (target: test perplexity ≤ 100 within 60 minutes on 2 CPU
+cores), then reports test/valid perplexity, training wall time, and, measured in this process
+on the same machine:
+- training tokens/s of seqtext's full step vs a bare ``nn.LSTM`` (same sizes) on the same batches,
+- training tokens/s of pytorch/examples' word_language_model (benchmarks/lm_reference.py:
+  200/200, 2 layers, tied, full softmax, bptt 35, batch 20) on the same corpus for a fixed
+  number of windows, and optionally its perplexity after ``--ref-minutes`` of training,
+- generation tokens/s at batch 1 (CPU), with a sample.
+Writes benchmarks/results/wikitext2_lm.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+
+from benchmarks import lm_reference
+from benchmarks.common import peak_rss_mb, prepare, save, table, throughput
+
+
+def output_layer_step_speed(task, data, n_batches: int = 20) -> float:
+    """Tokens/s of a bare nn.Embedding → nn.LSTM → (seqtext's output layer) step with plain
+    AdamW on the same windows: what the LM costs without the framework around it."""
+    from seqtext.tasks.lm import LMTask
+
+    torch.manual_seed(0)
+    net = task.build_net()
+    m = task.recipe.model
+    emb = torch.nn.Embedding(len(task.vocab), m.embedding_dim)
+    lstm = torch.nn.LSTM(m.embedding_dim, m.hidden_size, m.layers, batch_first=True)
+    head = net.head  # same output layer class and size (adaptive or full), untied from emb here
+    params = [*emb.parameters(), *lstm.parameters(), *[p for n, p in head.named_parameters()]]
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    tokens, seconds = 0, 0.0
+    for i, b in enumerate(task.train_batches(data["train"], epoch=0)):
+        if i == n_batches + 3:
+            break
+        start = time.perf_counter()
+        out, _ = lstm(emb(b.ids))
+        loss = LMTask.token_nll(net, out, b.targets).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 0.25)
+        opt.step()
+        if i >= 3:
+            tokens, seconds = tokens + b.num_tokens, seconds + time.perf_counter() - start
+    return tokens / seconds
+
+
+def fit_epochs(minutes: float, tokens_per_s: float, data) -> int:
+    """Epochs that fit in ``minutes``: each costs its training tokens plus a dev evaluation
+    (forward only, about 3× the training speed per token)."""
+    per_epoch = data["train"].num_tokens / tokens_per_s + data["dev"].num_tokens / (3 * tokens_per_s)
+    return max(1, int(60 * minutes / per_epoch))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", default="recipes/wikitext2_lm.toml")
+    ap.add_argument("--data-dir", default="../shared/data/wikitext2")
+    ap.add_argument("--output", default="runs/wikitext2_lm", help="model directory (generate's default location)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads for everything measured")
+    ap.add_argument("--skip-train", action="store_true", help="reuse the trained model in --output")
+    ap.add_argument("--speed-batches", type=int, default=30, help="windows timed for the tokens/s comparisons")
+    ap.add_argument("--ref-batches", type=int, default=150, help="reference windows timed (bptt 35 × batch 20)")
+    ap.add_argument("--ref-minutes", type=float, default=0.0,
+                    help="also train the reference for this long and report its perplexity (0 = speed only)")
+    ap.add_argument("--fit-minutes", type=float, default=0.0,
+                    help="size train.epochs so that training (with its per-epoch dev evaluations) takes about "
+                         "this long at the tokens/s measured here, so the LR schedule completes within the "
+                         "budget (0 = keep the recipe's epochs)")
+    ap.add_argument("--gen-tokens", type=int, default=300)
+    ap.add_argument("--prompt", default="The game was released in")
+    args = ap.parse_args()
+
+    import seqtext
+
+    torch.set_num_threads(args.threads)
+    overrides = [*args.overrides, f"train.threads={args.threads}"]
+    task, data = prepare(args.recipe, args.data_dir, overrides)
+    speed = throughput(task, data, n_batches=args.speed_batches)
+    speed["bare_lstm_plus_output_tokens_per_s"] = round(output_layer_step_speed(task, data, args.speed_batches))
+    ref_speed = lm_reference.run(args.data_dir, epochs=1, max_batches=args.ref_batches, threads=args.threads,
+                                 evaluate_splits=False)
+    result = {"recipe": args.recipe, "overrides": overrides, "throughput": speed,
+              "train_tokens": int(data["train"].num_tokens),
+              "reference": {"tokens_per_second": round(ref_speed["tokens_per_second"]),
+                            "batches": args.ref_batches, "config": "pytorch/examples --tied: 200/200, 2 layers, "
+                                                                   "bptt 35, batch 20, SGD lr 20, full softmax"}}
+    if args.fit_minutes:
+        epochs = fit_epochs(args.fit_minutes, speed["full_tokens_per_s"], data)
+        overrides.append(f"train.epochs={epochs}")
+        result["fitted_epochs"] = epochs
+        print(f"--fit-minutes {args.fit_minutes:g}: {speed['full_tokens_per_s']} tokens/s measured → "
+              f"train.epochs={epochs}", file=sys.stderr)
+    if args.ref_minutes:
+        ref = lm_reference.run(args.data_dir, epochs=100, max_minutes=args.ref_minutes, threads=args.threads)
+        result["reference"].update({"minutes": args.ref_minutes, "valid_ppl": ref["valid_ppl"],
+                                    "test_ppl": ref["test_ppl"], "epochs": len(ref["epochs"])})
+    if not args.skip_train:
+        start = time.perf_counter()
+        seqtext.train(args.recipe, overrides, output=args.output, data_dir=args.data_dir, force=True)
+        result["wall_seconds"] = round(time.perf_counter() - start, 1)
+    model = seqtext.load(args.output, "cpu")
+    metrics = model.metrics()
+    test = model.evaluate(split="test", data_dir=args.data_dir)
+    torch.set_num_threads(args.threads)
+    model.generate(args.prompt, max_tokens=20, seed=0)  # warm-up
+    # default sampling (T = 1) samples the adaptive softmax level by level; temperature / top-k /
+    # top-p / greedy need the whole 33k-word distribution at every step, which is memory-bound
+    gen = model.generate(args.prompt, max_tokens=args.gen_tokens, seed=0)[0]
+    gen_t = model.generate(args.prompt, max_tokens=args.gen_tokens, seed=0, temperature=0.8, top_p=0.95)[0]
+    result.update({
+        "train_seconds": round(metrics["train"]["seconds"], 1),
+        "train_tokens_per_second": round(metrics["train"]["tokens_per_second"]),
+        "steps": metrics["train"]["steps"],
+        "epochs_seen": round(metrics["train"]["tokens"] / data["train"].num_tokens, 2),
+        "valid_perplexity": metrics["dev"]["perplexity"],
+        "test_perplexity": test["perplexity"],
+        "test_tokens": test["tokens"],
+        "generation_tokens_per_s": round(gen["tokens_per_second"]),
+        "generation_tokens_per_s_full_softmax": round(gen_t["tokens_per_second"]),
+        "generation_sample": args.prompt + gen_t["text"],
+        "parameters": model.num_parameters(),
+        "peak_rss_mb": round(peak_rss_mb()),
+    })
+    rows = [
+        ("test perplexity", f"{result['test_perplexity']:.2f}  (target ≤ 100; pytorch/examples --tied 6 epochs: "
+                            f"110.44)"),
+        ("valid perplexity", f"{result['valid_perplexity']:.2f}"),
+        ("training time", f"{result['train_seconds'] / 60:.1f} min, {result['epochs_seen']} epochs, "
+                          f"{result['steps']} steps"),
+        ("train tokens/s (whole run)", result["train_tokens_per_second"]),
+        ("train tokens/s (seqtext step)", speed["full_tokens_per_s"]),
+        ("train tokens/s (bare nn.LSTM only)", speed["bare_lstm_tokens_per_s"]),
+        ("train tokens/s (bare LSTM + output)", speed["bare_lstm_plus_output_tokens_per_s"]),
+        ("train tokens/s (pytorch/examples)", result["reference"]["tokens_per_second"]),
+        ("MFU (seqtext step)", f"{100 * speed['mfu']:.1f} % of {speed['matmul_peak_gflops']} GFLOP/s"),
+        ("generation tokens/s (batch 1, T=1)", result["generation_tokens_per_s"]),
+        ("generation tokens/s (T=0.8, top-p)", result["generation_tokens_per_s_full_softmax"]),
+        ("parameters", f"{result['parameters'] / 1e6:.2f} M"),
+        ("peak RSS (MB)", result["peak_rss_mb"]),
+    ]
+    if args.ref_minutes:
+        rows.append((f"pytorch/examples after {args.ref_minutes:g} min",
+                     f"test ppl {result['reference']['test_ppl']:.2f}"))
+    print(table(rows, f"WikiText-2 language model — {args.recipe}, {args.threads} threads"))
+    print(f"\nsample: {result['generation_sample'][:300]}")
+    print(f"written {save('wikitext2_lm', result)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,389 @@
+"""Next-word language modelling (and ELMo-style bidirectional LMs for transfer).
+
+Data: every row (a line of a text file, a document of a hub dataset) is tokenized once
+(cached ``datasets.map``) with ``<eos>`` appended, so the split is one long token-id stream:
+the flat values of the Arrow ``ids`` column, never copied into Python lists. Training reads
+contiguous (batch × bptt) windows of that stream; the forward LSTM state is carried from one
+window to the next (detached: truncated BPTT) and reset at the start of each epoch.
+
+Model: Embedder → Encoder (``joint=False``: separate forward / backward stacks, so the
+forward stack is a proper next-word model that never sees the future) → output layer (full
+softmax, :class:`~seqtext.nn.heads.LMHead`, or :class:`~seqtext.nn.adaptive.AdaptiveSoftmax`),
+tied to the input embedding where the sizes allow. With ``model.bidirectional`` the backward
+stack is trained to predict the previous token through the same output layer; such an
+encoder initialises classifiers/taggers (``init_from``) that use the same separate wiring.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from itertools import pairwise
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.batching import Batch, lm_stream_batches, token_stream
+from ..data.vocab import EOS, Vocab
+from ..errors import SeqtextError
+from ..nn.adaptive import AdaptiveSoftmax
+from ..nn.encoder import State, detach_state
+from ..nn.heads import LMHead
+from .base import Net, Task, fingerprint
+
+
+class LMSplit:
+    """An encoded LM split: the Arrow dataset (one row of ids per input row) and ``stream``, all
+    rows concatenated as one int32 token stream, memory-mapped from beside the datasets cache
+    (:func:`~seqtext.data.batching.token_stream`), so memory stays flat however large the corpus."""
+
+    def __init__(self, ds):
+        self.ds = ds
+        self.stream: np.ndarray = token_stream(ds, "ids")
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.stream)
+
+    def window(self, starts: np.ndarray, length: int) -> torch.Tensor:
+        """Rows ``stream[s : s + length]`` for each start, as an int64 tensor [len(starts), length]."""
+        return torch.from_numpy(np.asarray(self.stream[starts[:, None] + np.arange(length)], dtype=np.int64))
+
+
+class LMNet(Net):
+    """The shared :class:`Net` with FLOP accounting that knows the LM's output layer."""
+
+    def flops_per_token(self) -> float:
+        total = 0.0
+        for stack in (self.encoder.fwd, self.encoder.bwd or []):
+            for lstm in stack:
+                total += 2 * 4 * lstm.hidden_size * (lstm.input_size + lstm.hidden_size)
+        if isinstance(self.head, AdaptiveSoftmax):
+            head = self.head.flops_per_token()
+        else:
+            head = sum(2 * m.in_features * m.out_features for m in self.head.modules() if isinstance(m, nn.Linear))
+        # a bidirectional LM runs the output layer once per direction
+        return total + head * (2 if self.encoder.bidirectional else 1)
+
+
+class LMTask(Task):
+    """Word (or subword) language model; dev metric is perplexity (lower is better)."""
+
+    name = "lm"
+    metric = "perplexity"
+    higher_is_better = False
+    eval_batch_size = 10  # parallel streams when scoring a split (pytorch/examples uses 10)
+
+    def __init__(self, recipe, tokenizer=None, vocab=None, meta: dict | None = None):
+        super().__init__(recipe, tokenizer, vocab, meta)
+        # The LM always keeps the directions apart (the forward stack must not see the future);
+        # a classifier initialised from it reads this to build the same wiring.
+        self.meta["joint"] = False
+        self._carry: State | None = None  # forward LSTM state carried across training windows
+        self._cluster_share: list[float] | None = None
+
+    # ------------------------------------------------------------------ data
+    def tokenize_split(self, ds, split: str):
+        """Add a ``tokens`` column: each row's tokens followed by ``<eos>`` (also for empty rows,
+        as pytorch/examples does for WikiText's blank lines)."""
+        col = self.recipe.data.text_column
+        if col not in ds.column_names and ds.column_names == ["text"]:
+            # a plain-text file (always one "text" column) standing in for a hub dataset whose
+            # text column has another name (PTB's "sentence"): --data-dir works with the same recipe
+            col = "text"
+        if col not in ds.column_names:
+            raise SeqtextError(f"{split} data has no column {col!r} (columns: {', '.join(ds.column_names)}); "
+                               f"set [data] text_column")
+        tok = self.tokenizer
+
+        def fn(batch):
+            return {"tokens": [t + [EOS] for t in tok.tokenize_batch([x or "" for x in batch[col]])]}
+
+        return self._map(ds, fn, f"tokenize {split}", tok.fingerprint(), col, "eos")
+
+    def encode_split(self, ds, split: str) -> LMSplit:
+        vocab = self.vocab
+
+        def fn(batch):
+            return {"ids": [vocab.encode(t) for t in batch["tokens"]]}
+
+        # only the id stream is needed from here on; dropping the text keeps the cache file small
+        ds = self._map(ds, fn, f"encode {split}", fingerprint(*vocab.itos), remove=list(ds.column_names))
+        data = LMSplit(ds)
+        if split == "train":
+            self._cluster_share = self._cluster_shares(data.stream)
+        return data
+
+    def _cluster_shares(self, stream: np.ndarray) -> list[float] | None:
+        if self.recipe.model.softmax != "adaptive" or not len(stream):
+            return None
+        cutoffs = self._cutoffs()
+        if not cutoffs:
+            return []
+        counts = np.histogram(stream, bins=[*cutoffs, len(self.vocab)])[0]
+        return [float(c) / len(stream) for c in counts]
+
+    def _cutoffs(self) -> list[int]:
+        """Validated adaptive-softmax cutoffs that fall inside this vocabulary."""
+        raw = self.recipe.model.softmax_cutoffs
+        where = f"{self.recipe.source}: [model] softmax_cutoffs"
+        if not raw or not all(isinstance(c, int) and not isinstance(c, bool) for c in raw):
+            raise SeqtextError(f"{where}: expected a non-empty list of integers, got {raw!r}")
+        if any(b <= a for a, b in pairwise(raw)) or raw[0] <= len(Vocab(()).itos):
+            raise SeqtextError(f"{where}: expected increasing ids above the {len(Vocab(()).itos)} specials, "
+                               f"got {raw!r}")
+        return [c for c in raw if c < len(self.vocab)]
+
+    # ------------------------------------------------------------------ model
+    def build_net(self) -> LMNet:
+        m = self.recipe.model
+        embedder = self.make_embedder()
+        encoder = self.make_encoder(embedder.output_dim, joint=False)
+        projection = m.projection_size
+        if m.tie_weights and not projection and m.hidden_size != m.embedding_dim:
+            projection = m.embedding_dim  # project down so the output matrix can be the embedding
+        width = projection or m.hidden_size
+        tied = embedder.words if m.tie_weights and width == m.embedding_dim else None
+        if m.softmax == "adaptive":
+            head = AdaptiveSoftmax(encoder.hidden_size, len(self.vocab), self._cutoffs(), self.output_dropout,
+                                   projection, tied_to=tied)
+            head.cluster_share = self._cluster_share
+        else:
+            head = LMHead(encoder.hidden_size, len(self.vocab), self.output_dropout, projection, tied_to=tied)
+        return LMNet(embedder, encoder, head)
+
+    @staticmethod
+    def token_nll(net: Net, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-token negative log-likelihood [B, T] of ``targets`` given encoder ``states`` [B, T, H]."""
+        if isinstance(net.head, AdaptiveSoftmax):
+            return net.head.nll(states, targets)
+        logits = net.head(states)
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none").view(targets.shape)
+
+    @staticmethod
+    def log_probs(net: Net, states: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities over the vocabulary [..., V] (generation)."""
+        if isinstance(net.head, AdaptiveSoftmax):
+            return net.head.log_probs(states)
+        return net.head(states).float().log_softmax(-1)
+
+    # ------------------------------------------------------------------ training
+    def _windows(self, data: LMSplit, batch_size: int, epoch: int, rank: int, world: int,
+                 random_bptt: bool | None = None):
+        t = self.recipe.train
+        min_tokens = 2 * batch_size * world + 1
+        if data.num_tokens < min_tokens:
+            raise SeqtextError(f"language model data has {data.num_tokens} tokens, fewer than the {min_tokens} "
+                               f"that train.batch_size = {batch_size} needs; lower [train] batch_size")
+        rnd = t.random_bptt if random_bptt is None else random_bptt
+        return lm_stream_batches(data.stream, batch_size, t.bptt, rnd, seed=t.seed * 1000 + epoch,
+                                 rank=rank, world=world)
+
+    @staticmethod
+    def _batch(x: torch.Tensor, y: torch.Tensor | None = None) -> Batch:
+        B, L = x.shape
+        return Batch(x, torch.full((B,), L, dtype=torch.long), torch.ones(B, L, dtype=torch.bool), y)
+
+    def train_batches(self, data: LMSplit, epoch: int, rank: int = 0, world: int = 1) -> Iterator[Batch]:
+        # lm_stream_batches already gives each rank its own columns of the stream
+        for x, y in self._windows(data, self.recipe.train.batch_size, epoch, rank, world):
+            yield self._batch(x, y)
+
+    def steps_per_epoch(self, data: LMSplit, world: int = 1) -> int:
+        """Windows per epoch. With random BPTT the count varies a little between epochs (the
+        lengths are drawn per epoch), so this is the mean over the planned epochs: the LR
+        schedule then ends where training does."""
+        t = self.recipe.train
+        if not t.random_bptt:
+            return sum(1 for _ in self._windows(data, t.batch_size, 0, 0, world))
+        counts = [sum(1 for _ in self._windows(data, t.batch_size, e, 0, world)) for e in range(t.epochs)]
+        return max(1, round(sum(counts) / len(counts)))
+
+    def loss(self, net: Net, batch: Batch) -> torch.Tensor:
+        """Mean next-token NLL of the window (plus, for a biLM, the previous-token NLL of the
+        backward stack, averaged). The forward state is carried to the next window."""
+        state = self._carry
+        if state is not None and state[0][0].size(1) != batch.ids.size(0):
+            state = None  # a different number of streams (should not happen within an epoch)
+        _, new_state, (f, b) = net.encode(batch, state, return_directions=True)
+        self._carry = detach_state(new_state)
+        loss = self.token_nll(net, f, batch.targets).mean()
+        if b is not None and batch.ids.size(1) > 1:
+            # the backward state at t has read tokens t..end of the window and predicts token t-1
+            loss = 0.5 * (loss + self.token_nll(net, b[:, 1:], batch.ids[:, :-1]).mean())
+        return loss
+
+    def reset_epoch(self) -> None:
+        self._carry = None
+
+    def train_state(self) -> dict[str, torch.Tensor]:
+        if self._carry is None:
+            return {}
+        out = {}
+        for i, (h, c) in enumerate(self._carry):
+            out[f"carry.{i}.h"], out[f"carry.{i}.c"] = h, c
+        return out
+
+    def load_train_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        layers = sorted({int(k.split(".")[1]) for k in tensors if k.startswith("carry.")})
+        self._carry = [(tensors[f"carry.{i}.h"], tensors[f"carry.{i}.c"]) for i in layers] or None
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, net: Net, data: LMSplit, device, batch_size: int | None = None, **kw) -> dict:
+        """Perplexity over the whole split with the state carried across windows.
+
+        The stream is cut into ``batch_size`` (default 10) parallel columns as in training;
+        the few tokens after the last full column are scored too, continuing the last
+        column's state, so every token but the first is predicted exactly once.
+        """
+        net.eval()
+        n_tokens = data.num_tokens
+        if n_tokens < 2:
+            raise SeqtextError(f"evaluation data has {n_tokens} token(s); need at least 2")
+        B = max(1, min(batch_size or self.eval_batch_size, (n_tokens - 1) // 2))
+        bptt = self.recipe.train.bptt
+        fwd_sum, fwd_n, bwd_sum, bwd_n = 0.0, 0, 0.0, 0
+        state = None
+        for x, y in self._eval_windows(data, B, bptt):
+            batch = self._batch(x, y).to(device)
+            _, state, (f, b) = net.encode(batch, state, return_directions=True)
+            fwd_sum += float(self.token_nll(net, f, batch.targets).double().sum())
+            fwd_n += batch.targets.numel()
+            if b is not None and x.size(1) > 1:
+                bwd_sum += float(self.token_nll(net, b[:, 1:], batch.ids[:, :-1]).double().sum())
+                bwd_n += batch.ids[:, 1:].numel()
+        n = (n_tokens - 1) // B
+        if n_tokens - n * B > 1:  # the tail after the last full column continues that column
+            last = [(h[:, -1:].contiguous(), c[:, -1:].contiguous()) for h, c in state]
+            t = data.window(np.array([n * B]), n_tokens - n * B)
+            batch = self._batch(t[:, :-1], t[:, 1:]).to(device)
+            _, _, (f, _) = net.encode(batch, last, return_directions=True)
+            fwd_sum += float(self.token_nll(net, f, batch.targets).double().sum())
+            fwd_n += batch.targets.numel()
+        loss = fwd_sum / fwd_n
+        out = {"perplexity": math.exp(loss), "loss": loss, "tokens": fwd_n}
+        if bwd_n:
+            out["backward_perplexity"] = math.exp(bwd_sum / bwd_n)
+            out["backward_loss"] = bwd_sum / bwd_n
+        return out
+
+    @staticmethod
+    def _eval_windows(data: LMSplit, columns: int, bptt: int):
+        """Every position of every column, in windows of ``bptt``, read lazily from the stream
+        (the training generator skips each column's last position, harmless for training but
+        not for an exact perplexity)."""
+        n = (data.num_tokens - 1) // columns
+        starts = np.arange(columns) * n
+        for i in range(0, n, bptt):
+            window = data.window(starts + i, min(bptt, n - i) + 1)
+            yield window[:, :-1], window[:, 1:]
+
+    # ------------------------------------------------------------------ generation
+    def _forward_lm(self, net: Net, ids: torch.Tensor, state: State | None):
+        """Run only the forward stack (eval mode: no dropout) over ids [B, T]; returns the top
+        states and the new state. A biLM's backward stack is of no use for generation."""
+        h = net.embedder(ids)
+        state = state or [None] * len(net.encoder.fwd)
+        new_state = []
+        for i, lstm in enumerate(net.encoder.fwd):
+            if ids.size(1) == 1 and state[i] is not None:
+                # One step: the fused LSTM cell. nn.LSTM's oneDNN path re-prepares its weights on
+                # every call, ~10× slower than the step itself at batch 1 (9 ms vs 0.8 ms at 400 units).
+                (h0, c0) = state[i]
+                hx, cx = torch.lstm_cell(h[:, 0], (h0[0], c0[0]), lstm.weight_ih_l0, lstm.weight_hh_l0,
+                                         lstm.bias_ih_l0, lstm.bias_hh_l0)
+                h, s = hx.unsqueeze(1), (hx.unsqueeze(0), cx.unsqueeze(0))
+            else:
+                h, s = lstm(h, state[i])
+            new_state.append(s)
+            if i < len(net.encoder.fwd) - 1:
+                h = net.encoder.drop(h)
+        return h, new_state
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """``<eos>`` (start of a line, as after every training line) + the prompt's ids; unknown
+        words become ``<unk>``, prompt line breaks become ``<eos>``."""
+        ids = [self.vocab.eos_id]
+        lines = prompt.split("\n")
+        for i, line in enumerate(lines):
+            ids += self.vocab.encode(self.tokenizer.tokenize(line))
+            if i < len(lines) - 1:
+                ids.append(self.vocab.eos_id)
+        return ids
+
+    @torch.no_grad()
+    def generate(self, net: Net, prompt: str, device, max_tokens: int = 50, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, greedy: bool = False, num_samples: int = 1,
+                 seed: int | None = None, allow_unk: bool = False,
+                 on_token: Callable[[int, str], Any] | None = None) -> list[dict]:
+        """Continue ``prompt`` ``num_samples`` times; see :mod:`seqtext.generate` for the options.
+
+        The prompt goes through the LSTM once; each sample then starts from that state and
+        feeds back one token at a time. ``on_token(sample_index, text_piece)`` is called as
+        each token is chosen (the CLI prints it at once). Returns one dict per sample:
+        ``text`` (detokenized continuation), ``tokens``, ``seconds``, ``tokens_per_second``.
+        """
+        from ..generate import SamplingOptions, banned_ids, choose, is_plain, make_generator
+
+        opts = SamplingOptions(max_tokens, temperature, top_k, top_p, greedy, num_samples, seed, allow_unk)
+        opts.validate()
+        net.eval()
+        ids = self.prompt_ids(prompt)
+        banned = banned_ids(self.vocab, allow_unk)
+        generator = make_generator(seed)
+        head = net.head
+        # pad/bos/unk sit in the head (ids < 4), which the level-by-level sampler requires
+        fast = is_plain(opts) and isinstance(head, AdaptiveSoftmax) and max(banned) < head.cutoffs[0]
+
+        def pick(h: torch.Tensor) -> int:
+            if fast:  # exact, and reads only the chosen cluster's weights (batch 1 is memory-bound)
+                return head.sample(h[0, -1], banned, generator)
+            logits = self.log_probs(net, h[0, -1]).float().cpu()
+            logits[banned] = float("-inf")
+            return choose(logits, opts, generator)
+
+        def step(token: int, state: State):
+            return self._forward_lm(net, torch.tensor([[token]], device=device), state)
+
+        results = []
+        threads = torch.get_num_threads()
+        if device is None or torch.device(device).type == "cpu":
+            # batch-1 steps are tiny: extra intra-op threads only add synchronisation, which on a
+            # busy machine made generation 100× slower in our measurements
+            torch.set_num_threads(1)
+        try:
+            hidden, prompt_state = self._forward_lm(net, torch.tensor([ids], device=device), None)
+            for i in range(opts.num_samples):
+                results.append(self._sample_one(i, ids, hidden, prompt_state, step, pick, opts.max_tokens,
+                                                on_token))
+        finally:
+            torch.set_num_threads(threads)
+        return results
+
+    def _sample_one(self, i: int, ids: list[int], hidden: torch.Tensor, state: State, step, pick,
+                    max_tokens: int, on_token) -> dict:
+        """One continuation from the shared prompt state; streams pieces to ``on_token``."""
+        from ..generate import StreamDetokenizer, sample_tokens
+
+        detok = StreamDetokenizer(self.tokenizer, line_start=ids[-1] == self.vocab.eos_id)
+        pieces: list[str] = []
+
+        def emit(token_id: int) -> None:
+            piece = detok.piece(self.vocab.itos[token_id])
+            pieces.append(piece)
+            if on_token is not None:
+                on_token(i, piece)
+
+        start_time = time.perf_counter()
+        tokens = sample_tokens(step, pick, hidden, state, max_tokens, emit)
+        seconds = time.perf_counter() - start_time
+        return {"text": "".join(pieces), "tokens": self.vocab.decode(tokens), "seconds": seconds,
+                "tokens_per_second": len(tokens) / max(seconds, 1e-9)}

@@ -1,0 +1,407 @@
+"""Language model: stream batching, state carry, tying, causality, sampling, generation, transfer, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import REPO, tiny_recipe
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import seqtext
+from seqtext.cli import main
+from seqtext.data.vocab import Vocab
+from seqtext.errors import SeqtextError
+from seqtext.generate import SamplingOptions, StreamDetokenizer, choose, filter_logits, make_generator
+from seqtext.model import load_state_dict
+from seqtext.nn.adaptive import AdaptiveSoftmax
+from seqtext.recipe import load_recipe
+from seqtext.tasks.lm import LMSplit, LMTask
+
+DEMO_LM = REPO / "recipes" / "data" / "demo_lm"
+
+
+def lm_recipe(tmp_path, name="lm", lines=300, **model) -> dict:
+    """A tiny LM recipe over the first ``lines`` lines of the shipped demo corpus."""
+    m = {"embedding_dim": 16, "hidden_size": 16, "layers": 1, "bidirectional": False, "dropout": 0.1,
+         "embedding_dropout": 0.0, **model}
+    return {
+        "task": "lm", "name": name,
+        "data": {"files": {s: str(DEMO_LM / f"{f}.txt") for s, f in
+                           (("train", "train"), ("dev", "valid"), ("test", "test"))},
+                 "format": "text", "max_examples": lines},
+        "tokenizer": {"kind": "whitespace", "lowercase": False, "strip_html": False},
+        "vocab": {"min_freq": 1, "max_size": 0},
+        "model": m,
+        "train": {"epochs": 1, "batch_size": 8, "bptt": 12, "lr": 0.01, "seed": 2, "threads": 1,
+                  "checkpoint_every": 5, "patience": 0},
+        "output": {"dir": str(tmp_path / name)},
+    }
+
+
+def toml_of(d: dict) -> str:
+    from seqtext.recipe import dumps_toml
+
+    return dumps_toml(d)
+
+
+@pytest.fixture(scope="session")
+def bilm(tmp_path_factory):
+    """A bidirectional, adaptive-softmax, tied (with projection) LM trained once per session."""
+    tmp = tmp_path_factory.mktemp("bilm")
+    r = lm_recipe(tmp, "bilm", embedding_dim=16, hidden_size=24, bidirectional=True, layers=2,
+                  softmax="adaptive", softmax_cutoffs=[20, 60])
+    return seqtext.train(load_recipe(r), quiet=True)
+
+
+def task_with_stream(tmp_path, tokens: int = 97, **model) -> tuple[LMTask, LMSplit]:
+    """An LMTask with a random vocab of 30 words and a split holding one random stream."""
+    import datasets
+
+    recipe = load_recipe(lm_recipe(tmp_path, **model))
+    task = LMTask(recipe, vocab=Vocab(f"w{i}" for i in range(26)))
+    rng = np.random.default_rng(0)
+    ds = datasets.Dataset.from_dict({"ids": [rng.integers(1, 30, tokens).tolist()]})
+    return task, LMSplit(ds)
+
+
+# ---------------------------------------------------------------------- batching and state
+def test_windows_are_contiguous_columns_and_targets_are_shifted(tmp_path):
+    task, data = task_with_stream(tmp_path, tokens=8 * 20 + 1)
+    task.recipe.train.random_bptt = False
+    batches = list(task.train_batches(data, epoch=0))
+    assert len(batches) == task.steps_per_epoch(data)
+    x = torch.cat([b.ids for b in batches], 1)
+    y = torch.cat([b.targets for b in batches], 1)
+    stream = torch.tensor(data.stream)
+    for col in range(8):  # each row is one contiguous column of the stream, windows in order
+        start = col * 20
+        assert x[col].tolist() == stream[start: start + x.size(1)].tolist()
+        assert y[col].tolist() == stream[start + 1: start + 1 + x.size(1)].tolist()
+    assert all(b.mask.all() and (b.lengths == b.ids.size(1)).all() for b in batches)
+
+
+def test_steps_per_epoch_matches_windows_with_random_bptt(tmp_path):
+    task, data = task_with_stream(tmp_path, tokens=3000)
+    task.recipe.train.random_bptt = True
+    assert task.steps_per_epoch(data) == sum(1 for _ in task.train_batches(data, 0))
+
+
+def test_carried_state_over_windows_equals_one_window(tmp_path):
+    """Loss over consecutive windows with the carried state = loss over the sequence at once."""
+    task, data = task_with_stream(tmp_path, tokens=8 * 24 + 1, layers=2)
+    torch.manual_seed(0)
+    net = task.build_net().eval()
+
+    def total_nll(bptt):
+        task.recipe.train.bptt, task.recipe.train.random_bptt = bptt, False
+        task.reset_epoch()
+        total, n = 0.0, 0
+        with torch.no_grad():
+            for batch in task.train_batches(data, 0):
+                total += float(task.loss(net, batch)) * batch.targets.numel()
+                n += batch.targets.numel()
+        return total, n
+
+    windows, whole = total_nll(6), total_nll(1000)
+    assert windows[1] == whole[1] == 8 * 24
+    assert windows[0] == pytest.approx(whole[0], rel=1e-5)
+    # evaluation scores every token once, whatever the window length
+    task.recipe.train.bptt = 5
+    a = task.evaluate(net, data, "cpu")
+    task.recipe.train.bptt = 1000
+    b = task.evaluate(net, data, "cpu")
+    assert a["tokens"] == b["tokens"] == data.num_tokens - 1
+    assert a["perplexity"] == pytest.approx(b["perplexity"], rel=1e-5)
+
+
+def test_train_state_round_trip(tmp_path):
+    task, data = task_with_stream(tmp_path, tokens=400, layers=2)
+    net = task.build_net().eval()
+    batches = list(task.train_batches(data, 0))
+    task.loss(net, batches[0])
+    saved = {k: v.clone() for k, v in task.train_state().items()}
+    assert len(saved) == 4  # h and c for 2 layers
+    expected = task.loss(net, batches[1])
+    task.reset_epoch()
+    assert task.train_state() == {}
+    task.load_train_state(saved)
+    torch.testing.assert_close(task.loss(net, batches[1]), expected)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_mid_epoch_matches_uninterrupted_run(tmp_path, monkeypatch):
+    r = lm_recipe(tmp_path, "full", embedding_dim=16, hidden_size=16, dropout=0.2, weight_dropout=0.2)
+    r["train"]["epochs"] = 2
+    full = seqtext.train(load_recipe(r), quiet=True)
+    real, calls = LMTask.loss, {"n": 0}
+
+    def dying(self, net, batch):
+        calls["n"] += 1
+        if calls["n"] == 13:  # after the checkpoint at step 10, mid-epoch: the carried state matters
+            raise Killed
+        return real(self, net, batch)
+
+    monkeypatch.setattr(LMTask, "loss", dying)
+    r["output"]["dir"] = str(tmp_path / "part")
+    with pytest.raises(Killed):
+        seqtext.train(load_recipe(r), quiet=True)
+    monkeypatch.undo()
+    resumed = seqtext.train(load_recipe(r), resume=True, quiet=True)
+    a, b = load_state_dict(full / "weights.safetensors"), load_state_dict(resumed / "weights.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------------- model
+@pytest.mark.parametrize("softmax", ["full", "adaptive"])
+@pytest.mark.parametrize("hidden", [16, 24])
+def test_weight_tying_shares_storage(tmp_path, softmax, hidden):
+    task, _ = task_with_stream(tmp_path, hidden_size=hidden, softmax=softmax, softmax_cutoffs=[10])
+    net = task.build_net()
+    out = net.head.decoder.weight if softmax == "full" else net.head.weight
+    emb = net.embedder.words.weight
+    assert out is emb and out.data_ptr() == emb.data_ptr()
+    with torch.no_grad():
+        emb[5, 0] = 123.0
+    assert out[5, 0] == 123.0
+    assert (net.head.proj is not None) == (hidden != 16)  # projected to the embedding size to tie
+    # counted once by the optimizer
+    assert sum(p is emb for p in net.parameters()) == 1
+
+
+def test_tied_weights_survive_save_and_load(bilm):
+    model = seqtext.load(bilm)
+    assert model.net.head.weight is model.net.embedder.words.weight
+
+
+def test_untied_when_sizes_do_not_allow(tmp_path):
+    task, _ = task_with_stream(tmp_path, hidden_size=24, projection_size=20)
+    net = task.build_net()
+    assert net.head.decoder.weight is not net.embedder.words.weight
+
+
+@pytest.mark.parametrize("softmax", ["full", "adaptive"])
+def test_no_future_leakage(tmp_path, softmax):
+    """Changing token t+1 never changes the forward LM's prediction at positions ≤ t."""
+    task, _ = task_with_stream(tmp_path, layers=2, bidirectional=True, softmax=softmax, softmax_cutoffs=[10])
+    torch.manual_seed(0)
+    net = task.build_net().eval()
+    x = torch.randint(4, 30, (2, 10))
+    for t in range(9):
+        y = x.clone()
+        y[:, t + 1] = (y[:, t + 1] + 7) % 26 + 4
+        with torch.no_grad():
+            pa = task.log_probs(net, net.encode(task._batch(x), return_directions=True)[2][0])
+            pb = task.log_probs(net, net.encode(task._batch(y), return_directions=True)[2][0])
+        torch.testing.assert_close(pa[:, : t + 1], pb[:, : t + 1], rtol=0, atol=0)
+        assert not torch.allclose(pa[:, t + 1], pb[:, t + 1])
+
+
+def test_adaptive_softmax_is_normalised_and_nll_matches(tmp_path):
+    torch.manual_seed(0)
+    head = AdaptiveSoftmax(8, 50, [10, 30]).eval()
+    states = torch.randn(3, 7, 8)
+    lp = head.log_probs(states)
+    torch.testing.assert_close(lp.logsumexp(-1), torch.zeros(3, 7), atol=1e-5, rtol=0)
+    targets = torch.randint(0, 50, (3, 7))
+    torch.testing.assert_close(head.nll(states, targets), -lp.gather(-1, targets.unsqueeze(-1)).squeeze(-1))
+
+
+def test_adaptive_level_by_level_sampling_matches_the_full_distribution():
+    """The fast sampler (head, then one cluster) draws from exactly the masked full softmax."""
+    torch.manual_seed(1)
+    head = AdaptiveSoftmax(6, 40, [8, 20]).eval()
+    with torch.no_grad():
+        head.cluster.bias += 2.0  # make the clusters likely, so every level is exercised
+        state = torch.randn(6)
+        probs = head.log_probs(state).exp().double()
+    banned = [0, 2]
+    probs[banned] = 0
+    probs /= probs.sum()
+    g = make_generator(3)
+    n = 20000
+    with torch.no_grad():
+        counts = torch.bincount(torch.tensor([head.sample(state, banned, g) for _ in range(n)]), minlength=40)
+    assert counts[banned].sum() == 0
+    assert 0.5 * (counts / n - probs).abs().sum() < 0.03  # total variation distance
+
+
+def test_bad_softmax_cutoffs_are_a_clear_error(tmp_path):
+    task, _ = task_with_stream(tmp_path, softmax="adaptive", softmax_cutoffs=[10, 5])
+    with pytest.raises(SeqtextError, match="softmax_cutoffs"):
+        task.build_net()
+
+
+# ---------------------------------------------------------------------- sampling
+def test_top_p_keeps_the_smallest_set_over_p():
+    logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()
+    kept = lambda p: torch.isfinite(filter_logits(logits, top_p=p)).nonzero().flatten().tolist()  # noqa: E731
+    assert kept(0.5) == [0]
+    assert kept(0.79) == [0, 1]
+    assert kept(0.81) == [0, 1, 2]
+    assert kept(1.0) == [0, 1, 2, 3]
+    assert kept(0.01) == [0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-5, 5), min_size=2, max_size=20), st.floats(0.01, 0.99))
+def test_top_p_property(values, p):
+    logits = torch.tensor(values, dtype=torch.float64)
+    probs = logits.softmax(-1)
+    keep = torch.isfinite(filter_logits(logits, top_p=p))
+    assert probs[keep].sum() >= p - 1e-9
+    smallest_kept = probs[keep].min()
+    assert probs[keep].sum() - smallest_kept < p + 1e-9  # dropping any kept token falls below p
+    assert probs[~keep].max() <= smallest_kept + 1e-12 if (~keep).any() else True
+
+
+def test_top_k_filter():
+    logits = torch.tensor([1.0, 4.0, 3.0, 2.0])
+    assert torch.isfinite(filter_logits(logits, top_k=2)).tolist() == [False, True, True, False]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(-1000, 1000), min_size=2, max_size=30, unique=True), st.integers(0, 1000))
+def test_top_k_1_and_tiny_temperature_equal_greedy(values, seed):
+    logits = torch.tensor(values, dtype=torch.float32) / 100  # distinct logits, gaps ≥ 0.01
+    g = make_generator(seed)
+    greedy = int(logits.argmax())
+    assert choose(logits, SamplingOptions(top_k=1), g) == greedy
+    assert choose(logits, SamplingOptions(temperature=1e-4), g) == greedy
+
+
+def test_generation_top_k_1_equals_greedy_and_seed_reproducible(bilm):
+    model = seqtext.load(bilm)
+    greedy = model.generate("the old cat", max_tokens=15, greedy=True)[0]
+    assert model.generate("the old cat", max_tokens=15, top_k=1, seed=5)[0]["tokens"] == greedy["tokens"]
+    assert model.generate("the old cat", max_tokens=15, temperature=1e-4, seed=9)[0]["tokens"] == greedy["tokens"]
+    a = model.generate("the dog", max_tokens=20, seed=7, num_samples=2)
+    b = model.generate("the dog", max_tokens=20, seed=7, num_samples=2)
+    assert [r["text"] for r in a] == [r["text"] for r in b]
+    c = [model.generate("the dog", max_tokens=20, seed=s)[0]["text"] for s in range(4)]
+    assert len(set(c)) > 1
+
+
+def test_empty_prompt_unknown_words_and_banned_tokens(bilm):
+    model = seqtext.load(bilm)
+    task = model.task
+    assert task.prompt_ids("") == [Vocab.eos_id]
+    ids = task.prompt_ids("the zzqx blorf\ncat")
+    assert ids[0] == Vocab.eos_id and ids.count(Vocab.unk_id) == 2 and ids.count(Vocab.eos_id) == 2
+    streamed = []
+    out = model.generate("", max_tokens=30, seed=1, temperature=3.0, on_token=lambda i, p: streamed.append(p))[0]
+    assert "".join(streamed) == out["text"] and len(out["tokens"]) == 30
+    assert not {"<pad>", "<bos>", "<unk>"} & set(out["tokens"])
+    out = model.generate("zzqx blorf", max_tokens=5, seed=1)[0]
+    assert len(out["tokens"]) == 5
+    assert model.generate("the", max_tokens=0)[0]["tokens"] == []
+
+
+def test_detokenizer_glues_wikitext_splits_and_punctuation():
+    d = StreamDetokenizer(object(), line_start=True)
+    text = d.text(["a", "role", "@-@", "playing", "game", "(", "1", "@,@", "000", ")", ",", "it", "'s", "fine", ".",
+                   "<eos>", "next"])
+    assert text == "a role-playing game (1,000), it's fine.\nnext"
+
+
+# ---------------------------------------------------------------------- evaluation and transfer
+def test_perplexity_metrics(bilm):
+    metrics = json.loads((bilm / "metrics.json").read_text())
+    for split in ("dev", "test"):
+        m = metrics[split]
+        assert m["perplexity"] == pytest.approx(math.exp(m["loss"]))
+        assert m["perplexity"] < 60  # vocab ~110: well below uniform after one short epoch
+        assert "backward_perplexity" in m
+
+
+def classifier_recipe(tmp_path, init_from, **model):
+    return tiny_recipe(tmp_path, init_from=f'"{init_from}"',
+                       model={"embedding_dim": "16", "hidden_size": "24", "layers": "2", **model},
+                       train={"epochs": "1", "freeze_epochs": "1", "encoder_lr_factor": "0.5"})
+
+
+def test_init_from_bilm_copies_embedding_and_encoder(bilm, tmp_path):
+    out = seqtext.train(classifier_recipe(tmp_path, bilm), output=tmp_path / "clf", quiet=True)
+    lm, clf = load_state_dict(bilm / "weights.safetensors"), load_state_dict(out / "weights.safetensors")
+    copied = [k for k in lm if k.startswith(("embedder.words.", "encoder."))]
+    assert any(k.startswith("encoder.bwd.") for k in copied)
+    # freeze_epochs=1 with epochs=1: the copied weights are still exactly the LM's
+    assert all(torch.equal(lm[k], clf[k]) for k in copied)
+    assert json.loads((out / "meta.json").read_text())["joint"] is False
+    assert (out / "vocab.txt").read_text() == (bilm / "vocab.txt").read_text()
+    seqtext.load(out).predict(["the cat sleeps"])
+
+
+def test_init_from_rejects_mismatched_shapes(bilm, tmp_path):
+    with pytest.raises(SeqtextError, match=r"init_from .*shape .*match \[model\] sizes"):
+        seqtext.train(classifier_recipe(tmp_path, bilm, hidden_size="32"), output=tmp_path / "bad", quiet=True)
+
+
+# ---------------------------------------------------------------------- CLI
+def test_cli_train_evaluate_generate(tmp_path):
+    runner = CliRunner()
+    r = lm_recipe(tmp_path, "cli")
+    path = tmp_path / "cli.toml"
+    path.write_text(toml_of(r))
+    res = runner.invoke(main, ["train", str(path), "-q", "--set", "train.max_steps=20"])
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "cli"
+    res = runner.invoke(main, ["evaluate", str(run), "--json"])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads(res.stdout)
+    assert metrics["perplexity"] > 1 and "loss" in metrics
+    args = ["generate", "--model", str(run), "--prompt", "the old cat", "--max-tokens", "12", "--seed", "3"]
+    a, b = runner.invoke(main, args), runner.invoke(main, args)
+    assert a.exit_code == 0, a.output
+    assert a.stdout == b.stdout and a.stdout.startswith("the old cat")
+    res = runner.invoke(main, ["generate", "--model", str(run), "--json", "--num-samples", "2", "--max-tokens", "4"])
+    rows = [json.loads(x) for x in res.stdout.splitlines()]
+    assert len(rows) == 2 and all(len(x["tokens"]) == 4 for x in rows)
+    res = runner.invoke(main, ["predict", str(run), "hello"])
+    assert res.exit_code == 2 and "generate" in res.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-tokens", "-1"], "--max-tokens"),
+    (["--top-p", "0"], "--top-p"),
+    (["--top-p", "1.5"], "--top-p"),
+    (["--temperature", "0"], "--temperature"),
+    (["--temperature", "-2"], "--temperature"),
+    (["--top-k", "-3"], "--top-k"),
+    (["--num-samples", "0"], "--num-samples"),
+])
+def test_cli_generate_bad_options_exit_2(args, message, tmp_path):
+    res = CliRunner().invoke(main, ["generate", "--model", str(tmp_path), *args])
+    assert res.exit_code == 2
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+
+
+def test_cli_generate_on_a_classifier_is_one_line_error(tiny, tmp_path):
+    run = seqtext.train(tiny, output=tmp_path / "clf", quiet=True)
+    res = CliRunner().invoke(main, ["generate", "--model", str(run), "--prompt", "hi"])
+    assert res.exit_code == 2
+    assert res.output.strip().count("\n") == 0 and "'classify' model" in res.output
+
+
+def test_cli_generate_without_a_model_says_how_to_make_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, ["generate", "--prompt", "hello"])
+    assert res.exit_code == 2
+    assert "no language model at runs/wikitext2_lm" in res.output
+    assert "seqtext train recipes/wikitext2_lm.toml" in res.output
+
+
+def test_shipped_lm_recipes_load():
+    for name in ("demo_lm", "wikitext2_lm", "ptb_lm", "imdb_lm", "imdb_sentiment_transfer"):
+        recipe = load_recipe(REPO / "recipes" / f"{name}.toml")
+        if recipe.task == "lm":
+            assert recipe.model.bidirectional in (True, False)
