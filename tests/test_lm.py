@@ -405,3 +405,14 @@ def test_shipped_lm_recipes_load():
         recipe = load_recipe(REPO / "recipes" / f"{name}.toml")
         if recipe.task == "lm":
             assert recipe.model.bidirectional in (True, False)
+
+
+def test_long_prompt_is_processed_in_chunks_with_the_same_result(bilm, monkeypatch):
+    import seqtext.tasks.lm as lm
+
+    model = seqtext.load(bilm)
+    prompt = " ".join(["the old cat sat on the mat ."] * 60)
+    whole = model.generate(prompt, max_tokens=12, greedy=True)[0]["tokens"]
+    monkeypatch.setattr(lm, "PROMPT_CHUNK", 7)
+    chunked = model.generate(prompt, max_tokens=12, greedy=True)[0]["tokens"]
+    assert chunked == whole

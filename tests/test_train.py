@@ -121,3 +121,15 @@ def test_pooling_options_train(tiny, tmp_path, pooling):
     out = seqtext.train(tiny, [f"model.pooling={pooling}", "train.epochs=1", "model.layers=2"],
                         output=tmp_path / pooling, quiet=True)
     assert seqtext.load(out).metrics()["dev"]["accuracy"] >= 0
+
+
+def test_sentencepiece_model_from_vocab_folder(tmp_path):
+    from conftest import REPO
+
+    out = seqtext.train(REPO / "recipes" / "demo_sentiment.toml",
+                        ["tokenizer.kind=sentencepiece", "tokenizer.lowercase=true", "train.epochs=1",
+                         f"tokenizer.model_file='{REPO / 'vocab' / 'demo_unigram_300.model'}'"],
+                        output=tmp_path / "spm", quiet=True)
+    saved = (out / "tokenizer.model").read_bytes()
+    assert saved == (REPO / "vocab" / "demo_unigram_300.model").read_bytes()
+    assert seqtext.load(out).task.tokenizer.tokenize("a wonderful film")

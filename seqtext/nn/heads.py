@@ -37,11 +37,11 @@ class ClassifierHead(nn.Module):
     Args:
         input_size: encoder output size.
         num_classes: number of labels.
-        pooling: max (default; best in our IMDB runs), mean, maxmean, last or attention.
+        pooling: maxmean (max and mean concatenated; best in our IMDB runs), max, mean, last or attention.
         dropout: dropout before the output layer (0.3–0.5).
     """
 
-    def __init__(self, input_size: int, num_classes: int, pooling: str = "max", dropout: float = 0.3):
+    def __init__(self, input_size: int, num_classes: int, pooling: str = "maxmean", dropout: float = 0.3):
         super().__init__()
         self.pooling = pooling
         self.attention = nn.Linear(input_size, 1) if pooling == "attention" else None

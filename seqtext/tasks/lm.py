@@ -35,6 +35,8 @@ from ..nn.encoder import State, detach_state
 from ..nn.heads import LMHead
 from .base import Net, Task, fingerprint
 
+PROMPT_CHUNK = 1024  # prompt tokens per LSTM call in generate(): bounded memory for huge prompts
+
 
 class LMSplit:
     """An encoded LM split: the Arrow dataset (one row of ids per input row) and ``stream``, all
@@ -360,7 +362,12 @@ class LMTask(Task):
             # busy machine made generation 100× slower in our measurements
             torch.set_num_threads(1)
         try:
-            hidden, prompt_state = self._forward_lm(net, torch.tensor([ids], device=device), None)
+            # the prompt runs through the LSTM in chunks with carried state: a huge prompt needs
+            # bounded activation memory, and the final state is the same as in one pass
+            hidden, prompt_state = None, None
+            for start in range(0, len(ids), PROMPT_CHUNK):
+                chunk = torch.tensor([ids[start: start + PROMPT_CHUNK]], device=device)
+                hidden, prompt_state = self._forward_lm(net, chunk, prompt_state)
             for i in range(opts.num_samples):
                 results.append(self._sample_one(i, ids, hidden, prompt_state, step, pick, opts.max_tokens,
                                                 on_token))
