@@ -31,6 +31,25 @@ def make_reviews(n: int, seed: int = 0, labels=("neg", "pos")) -> list[dict]:
     return rows
 
 
+def make_tagged_sentences(n: int, seed: int, templates: list[str], names: dict[str, list[str]]):
+    """Synthetic IOB2-tagged sentences: ``{TYPE}`` slots in templates filled from ``names``."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        tokens, tags = [], []
+        for part in rng.choice(templates).split():
+            if part.startswith("{"):
+                typ = part[1:-1]
+                name = rng.choice(names[typ]).split()
+                tokens += name
+                tags += [f"B-{typ}"] + [f"I-{typ}"] * (len(name) - 1)
+            else:
+                tokens.append(part)
+                tags.append("O")
+        out.append((tokens, tags))
+    return out
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")

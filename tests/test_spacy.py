@@ -16,7 +16,7 @@ import pytest
 import spacy
 import torch
 from click.testing import CliRunner
-from conftest import tiny_recipe
+from conftest import make_tagged_sentences, tiny_recipe
 from spacy.tokens import Doc, DocBin
 from spacy.training import Example, biluo_tags_to_spans, iob_to_biluo
 
@@ -42,22 +42,7 @@ CLS_TEXTS = ["A wonderful, moving film.", "Dull and far too long.", "", "the plo
 
 
 def make_sentences(n: int, seed: int) -> list[tuple[list[str], list[str]]]:
-    """Synthetic IOB2 sentences with PER / LOC / ORG names (single- and multi-token)."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        tokens, tags = [], []
-        for part in rng.choice(TEMPLATES).split():
-            if part.startswith("{"):
-                typ = part[1:-1]
-                name = rng.choice(NAMES[typ]).split()
-                tokens += name
-                tags += [f"B-{typ}"] + [f"I-{typ}"] * (len(name) - 1)
-            else:
-                tokens.append(part)
-                tags.append("O")
-        out.append((tokens, tags))
-    return out
+    return make_tagged_sentences(n, seed, TEMPLATES, NAMES)
 
 
 def write_conll(path: Path, sentences) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import datasets
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import make_tagged_sentences
 
 import seqtext
 from seqtext.cli import main
@@ -35,22 +35,7 @@ TEMPLATES = [
 
 
 def make_sentences(n: int, seed: int) -> list[tuple[list[str], list[str]]]:
-    """Synthetic IOB2-tagged sentences with PER/LOC/ORG names (single and multi-token)."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        tokens, tags = [], []
-        for part in rng.choice(TEMPLATES).split():
-            if part.startswith("{"):
-                typ = part[1:-1]
-                name = rng.choice(NAMES[typ]).split()
-                tokens += name
-                tags += [f"B-{typ}"] + [f"I-{typ}"] * (len(name) - 1)
-            else:
-                tokens.append(part)
-                tags.append("O")
-        out.append((tokens, tags))
-    return out
+    return make_tagged_sentences(n, seed, TEMPLATES, NAMES)
 
 
 def write_conll(path: Path, sentences, scheme: str = "IOB2", newline: str = "\n", docstart: bool = True) -> Path:
@@ -127,16 +112,16 @@ def test_hub_style_classlabel_tags_and_empty_sentences(tmp_path, capsys):
     names = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
     features = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")),
                                   "ner_tags": datasets.Sequence(datasets.ClassLabel(names=names))})
-    rows = {"tokens": [["Angela", "Merkel", "visited", "Paris"], [], ["Tom", "left"]],
-            "ner_tags": [[1, 2, 0, 3], [], [1, 0]]}
+    rows = {"tokens": [["-DOCSTART-"], ["Angela", "Merkel", "visited", "Paris"], [], ["Tom", "left"]],
+            "ner_tags": [[0], [1, 2, 0, 3], [], [1, 0]]}
     ds = datasets.Dataset.from_dict(rows, features=features)
     recipe = load_recipe(write_recipe(tmp_path), ["data.tags_column=ner_tags"])
     task = TagTask(recipe)
     data = task.setup({"train": ds, "dev": ds}, tmp_path)
     assert task.meta["source_scheme"] == "IOB2" and task.meta["types"] == ["LOC", "PER"]
     assert task.meta["labels"][:5] == ["O", "B-LOC", "I-LOC", "E-LOC", "S-LOC"]
-    assert len(data["train"]) == 2  # the empty sentence is skipped, with a warning
-    assert "skipped 1 empty sentences" in capsys.readouterr().err
+    assert len(data["train"]) == 2  # the empty sentence and the -DOCSTART- row are skipped, with a warning
+    assert "skipped 2 empty sentences" in capsys.readouterr().err
     tgt = data["train"].cols["target"].row(0)
     assert [task.labels[i] for i in tgt] == ["B-PER", "E-PER", "O", "S-LOC"]
 
