@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..data.batching import Batch, bucket_batches
+from ..data.conll import DOCSTART
 from ..data.tagging import convert, detect_scheme, entities, normalize_scheme, split_tag, validate
 from ..errors import SeqtextError
 from ..nn.crf import CRF
@@ -129,10 +130,15 @@ class TagTask(Task):
                     raise SeqtextError(f"{split} data, row {i}: column {tok_col!r} must hold a list of tokens, "
                                        f"got {type(words).__name__}")
                 words = ["" if w is None else str(w) for w in words]
+                # Hub copies of CoNLL files keep document breaks as one-token rows; like the CoNLL
+                # reader, drop them (they become empty rows, skipped at encoding).
+                docstart = words == [DOCSTART]
+                if docstart:
+                    words = []
                 out["words"].append(words)
                 out["tokens"].append([word_key(w) for w in words])
                 if has_tags:
-                    tags = batch[tag_col][row] or []
+                    tags = [] if docstart else batch[tag_col][row] or []
                     if len(tags) != len(words):
                         raise SeqtextError(f"{split} data, row {i}: {len(words)} tokens but {len(tags)} tags "
                                            f"(columns {tok_col!r}, {tag_col!r})")
@@ -230,7 +236,7 @@ class TagTask(Task):
         empty = data.lengths == 0
         if empty.any():
             # A CRF needs at least one position; empty sentences hold no entities either.
-            warn(f"{split} data: skipped {int(empty.sum())} empty sentences")
+            warn(f"{split} data: skipped {int(empty.sum())} empty sentences (or -DOCSTART- rows)")
             data = Split(ds.select(np.flatnonzero(~empty)), cols)
         if len(data) == 0:
             raise SeqtextError(f"{split} data: no non-empty sentences")
