@@ -23,19 +23,28 @@ class Killed(Exception):
     pass
 
 
-def kill_after(monkeypatch, n_calls):
-    """Make the n-th training loss call die abruptly (no checkpoint is written on the way out)."""
+def patch_loss(monkeypatch, change):
+    """Wrap the classifier's training loss: ``change(call_number, loss)`` returns the loss to use."""
     from seqtext.tasks.classify import ClassifyTask
 
     real, calls = ClassifyTask.loss, {"n": 0}
 
-    def dying(self, net, batch):
+    def patched(self, net, batch):
         calls["n"] += 1
-        if calls["n"] == n_calls:
-            raise Killed
-        return real(self, net, batch)
+        return change(calls["n"], real(self, net, batch))
 
-    monkeypatch.setattr(ClassifyTask, "loss", dying)
+    monkeypatch.setattr(ClassifyTask, "loss", patched)
+
+
+def kill_after(monkeypatch, n_calls):
+    """Make the n-th training loss call die abruptly (no checkpoint is written on the way out)."""
+
+    def die(n, loss):
+        if n == n_calls:
+            raise Killed
+        return loss
+
+    patch_loss(monkeypatch, die)
 
 
 @pytest.mark.parametrize("kill_at", [13, 17])  # mid-epoch (after checkpoint 10) and early in epoch 2
@@ -75,34 +84,14 @@ def test_saved_recipe_reproduces_the_run(tiny, tmp_path):
 
 
 def test_nan_loss_stops_with_message_and_keeps_checkpoint(tiny, tmp_path, monkeypatch):
-    from seqtext.tasks.classify import ClassifyTask
-
-    calls = {"n": 0}
-    real = ClassifyTask.loss
-
-    def flaky(self, net, batch):
-        calls["n"] += 1
-        loss = real(self, net, batch)
-        return loss * float("nan") if calls["n"] > 6 else loss
-
-    monkeypatch.setattr(ClassifyTask, "loss", flaky)
+    patch_loss(monkeypatch, lambda n, loss: loss * float("nan") if n > 6 else loss)
     with pytest.raises(SeqtextError, match=r"loss became nan at step 7.*last good checkpoint"):
         seqtext.train(tiny, output=tmp_path / "n", quiet=True)
     assert (tmp_path / "n" / "checkpoint.safetensors").is_file()
 
 
 def test_bad_step_budget_skips_non_finite_steps(tiny, tmp_path, monkeypatch):
-    from seqtext.tasks.classify import ClassifyTask
-
-    calls = {"n": 0}
-    real = ClassifyTask.loss
-
-    def once(self, net, batch):
-        calls["n"] += 1
-        loss = real(self, net, batch)
-        return loss * float("inf") if calls["n"] == 3 else loss
-
-    monkeypatch.setattr(ClassifyTask, "loss", once)
+    patch_loss(monkeypatch, lambda n, loss: loss * float("inf") if n == 3 else loss)
     out = seqtext.train(tiny, ["train.max_bad_steps=2"], output=tmp_path / "s", quiet=True)
     assert (out / "weights.safetensors").is_file()
 

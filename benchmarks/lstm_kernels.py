@@ -1,0 +1,89 @@
+"""Micro-benchmarks behind the encoder design (README "Architecture", benchmarks/README.md).
+
+    python benchmarks/lstm_kernels.py
+
+1. nn.LSTM training tokens/s on packed vs padded input (CPU: packed leaves oneDNN's kernel).
+2. One bidirectional nn.LSTM vs seqtext's two unidirectional LSTMs + within-length reversal.
+3. Within-length reversal, forward+backward: autograd gather vs seqtext's self-inverse permutation.
+Writes benchmarks/results/lstm_kernels.json.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from benchmarks.common import save, table
+from seqtext.nn.encoder import Encoder, reverse_padded
+
+
+def timed(fn, reps: int = 3) -> float:
+    fn()
+    start = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - start) / reps
+
+
+def packed_vs_padded(E, H, B, T):
+    lstm = torch.nn.LSTM(E, H, batch_first=True, bidirectional=True)
+    x = torch.randn(B, T, E, requires_grad=True)
+    lengths = torch.randint(T - 20, T + 1, (B,))
+
+    def padded():
+        lstm(x)[0].sum().backward()
+
+    def packed():
+        lstm(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False))[0].data.sum().backward()
+
+    return B * T / timed(packed), B * T / timed(padded)
+
+
+def bi_vs_ours(E, H, B, T):
+    bi = torch.nn.LSTM(E, H, batch_first=True, bidirectional=True)
+    enc = Encoder(E, H, 1, bidirectional=True)
+    x = torch.randn(B, T, E, requires_grad=True)
+    lengths = torch.randint(T - 20, T + 1, (B,))
+    return (B * T / timed(lambda: bi(x)[0].sum().backward()),
+            B * T / timed(lambda: enc(x, lengths)[0].sum().backward()))
+
+
+def reversal_ms(B=32, T=400, D=256):
+    x = torch.randn(B, T, D, requires_grad=True)
+    g = torch.randn(B, T, D)
+    lengths = torch.randint(350, T + 1, (B,))
+    t = torch.arange(T).unsqueeze(0)
+    L = lengths.unsqueeze(1)
+    idx = torch.where(t < L, L - 1 - t, t).unsqueeze(-1).expand_as(x)
+    gather = timed(lambda: x.gather(1, idx).backward(g), 20)
+    ours = timed(lambda: reverse_padded(x, lengths).backward(g), 20)
+    return 1000 * gather, 1000 * ours
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    result, rows = {"packed_vs_padded": [], "bidirectional_vs_encoder": []}, []
+    for E, H, B, T in [(128, 128, 32, 256), (200, 200, 64, 256)]:
+        packed, padded = packed_vs_padded(E, H, B, T)
+        result["packed_vs_padded"].append({"shape": [E, H, B, T], "packed": round(packed), "padded": round(padded)})
+        rows.append((f"BiLSTM {E}/{H} B={B} T={T}: packed / padded tokens/s", f"{packed:.0f} / {padded:.0f}"))
+    for E, H, B, T in [(128, 128, 32, 256), (300, 256, 32, 256)]:
+        bi, ours = bi_vs_ours(E, H, B, T)
+        result["bidirectional_vs_encoder"].append({"shape": [E, H, B, T], "nn_lstm_bi": round(bi),
+                                                   "seqtext_encoder": round(ours)})
+        rows.append((f"{E}/{H} B={B} T={T}: nn.LSTM(bi) / seqtext Encoder tokens/s", f"{bi:.0f} / {ours:.0f}"))
+    gather, ours = reversal_ms()
+    result["reversal_ms"] = {"gather": round(gather, 1), "permutation": round(ours, 1)}
+    rows.append(("reversal fwd+bwd 32x400x256: gather / permutation ms", f"{gather:.1f} / {ours:.1f}"))
+    print(table(rows, f"LSTM kernels ({torch.get_num_threads()} threads)"))
+    print(f"written {save('lstm_kernels', result)}")
+
+
+if __name__ == "__main__":
+    main()
