@@ -8,9 +8,10 @@ Trains recipes/wikitext2_lm.toml (target: test perplexity ≤ 100 within 60 minu
 cores), then reports test/valid perplexity, training wall time, and, measured in this process
 on the same machine:
 - training tokens/s of seqtext's full step vs a bare ``nn.LSTM`` (same sizes) on the same batches,
-- training tokens/s of pytorch/examples' word_language_model (benchmarks/lm_reference.py:
-  200/200, 2 layers, tied, full softmax, bptt 35, batch 20) on the same corpus for a fixed
-  number of windows, and optionally its perplexity after ``--ref-minutes`` of training,
+- training tokens/s of seqtext configured at pytorch/examples' word_language_model sizes
+  (200/200, 2 layers, tied, full softmax, bptt 35, batch 20) and of that reference's own loop
+  (benchmarks/lm_reference.py) on the same windows, interleaved, and optionally the
+  reference's perplexity after ``--ref-minutes`` of training,
 - generation tokens/s at batch 1 (CPU), with a sample.
 Writes benchmarks/results/wikitext2_lm.json.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -59,6 +61,58 @@ def output_layer_step_speed(task, data, n_batches: int = 20) -> float:
     return tokens / seconds
 
 
+# seqtext configured like the reference: emsize = nhid = 200, 2 layers, tied, full softmax,
+# dropout 0.2, bptt 35, batch 20 (AdamW stays: the comparison is at equal model sizes).
+REFERENCE_SIZES = ["model.embedding_dim=200", "model.hidden_size=200", "model.layers=2", 'model.softmax="full"',
+                   "model.tie_weights=true", "model.dropout=0.2", "model.output_dropout=0.2",
+                   "model.embedding_dropout=0.0", "model.weight_dropout=0.0", "train.batch_size=20",
+                   "train.bptt=35", "train.random_bptt=false"]
+
+
+def reference_size_speed(recipe: str, data_dir: str, threads: int, n_batches: int) -> dict:
+    """Training tokens/s of seqtext at the reference's sizes and of the reference loop's step
+    (benchmarks/lm_reference.py: SGD, clip 0.25) on the very same windows, interleaved per
+    window so that machine load hits both equally."""
+    from seqtext.train import Trainer
+
+    task, data = prepare(recipe, data_dir, [*REFERENCE_SIZES, f"train.threads={threads}"])
+    torch.manual_seed(0)
+    net = task.build_net()
+    ref = lm_reference.RNNModel(len(task.vocab))
+    hidden = ref.init_hidden(20)
+    criterion = torch.nn.NLLLoss()
+
+    def ref_step(b):
+        nonlocal hidden
+        hidden = lm_reference.repackage_hidden(hidden)
+        ref.zero_grad()
+        output, hidden = ref(b.ids.t().contiguous(), hidden)
+        criterion(output, b.targets.t().reshape(-1)).backward()
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.25)
+        for p in ref.parameters():
+            p.data.add_(p.grad, alpha=-20.0)
+
+    seq_s = ref_s = 0.0
+    tokens = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(task, net, data, Path(tmp), torch.device("cpu"), quiet=True)
+        net.train()
+        ref.train()
+        task.reset_epoch()
+        for i, b in enumerate(task.train_batches(data["train"], epoch=0)):
+            if i == n_batches + 3:
+                break
+            t0 = time.perf_counter()
+            trainer._step(b)
+            t1 = time.perf_counter()
+            ref_step(b)
+            t2 = time.perf_counter()
+            if i >= 3:  # warm-up
+                seq_s, ref_s, tokens = seq_s + t1 - t0, ref_s + t2 - t1, tokens + b.num_tokens
+    return {"seqtext_tokens_per_s": round(tokens / seq_s), "reference_tokens_per_s": round(tokens / ref_s),
+            "ratio": round(ref_s / seq_s, 2), "batches": n_batches, "overrides": REFERENCE_SIZES}
+
+
 def fit_epochs(minutes: float, tokens_per_s: float, data) -> int:
     """Epochs that fit in ``minutes``: each costs its training tokens plus a dev evaluation
     (forward only, about 3× the training speed per token)."""
@@ -75,7 +129,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for everything measured")
     ap.add_argument("--skip-train", action="store_true", help="reuse the trained model in --output")
     ap.add_argument("--speed-batches", type=int, default=30, help="windows timed for the tokens/s comparisons")
-    ap.add_argument("--ref-batches", type=int, default=150, help="reference windows timed (bptt 35 × batch 20)")
+    ap.add_argument("--ref-batches", type=int, default=100,
+                    help="windows (bptt 35 × batch 20) timed for seqtext vs the reference at equal sizes")
     ap.add_argument("--ref-minutes", type=float, default=0.0,
                     help="also train the reference for this long and report its perplexity (0 = speed only)")
     ap.add_argument("--fit-minutes", type=float, default=0.0,
@@ -93,13 +148,13 @@ def main() -> None:
     task, data = prepare(args.recipe, args.data_dir, overrides)
     speed = throughput(task, data, n_batches=args.speed_batches)
     speed["bare_lstm_plus_output_tokens_per_s"] = round(output_layer_step_speed(task, data, args.speed_batches))
-    ref_speed = lm_reference.run(args.data_dir, epochs=1, max_batches=args.ref_batches, threads=args.threads,
-                                 evaluate_splits=False)
+    same = reference_size_speed(args.recipe, args.data_dir, args.threads, args.ref_batches)
     result = {"recipe": args.recipe, "overrides": overrides, "throughput": speed,
               "train_tokens": int(data["train"].num_tokens),
-              "reference": {"tokens_per_second": round(ref_speed["tokens_per_second"]),
-                            "batches": args.ref_batches, "config": "pytorch/examples --tied: 200/200, 2 layers, "
-                                                                   "bptt 35, batch 20, SGD lr 20, full softmax"}}
+              "reference": {"tokens_per_second": same["reference_tokens_per_s"], "batches": args.ref_batches,
+                            "config": "pytorch/examples --tied: 200/200, 2 layers, bptt 35, batch 20, SGD lr 20, "
+                                      "full softmax"},
+              "seqtext_at_reference_sizes": same}
     if args.fit_minutes:
         epochs = fit_epochs(args.fit_minutes, speed["full_tokens_per_s"], data)
         overrides.append(f"train.epochs={epochs}")
@@ -147,7 +202,8 @@ def main() -> None:
         ("train tokens/s (seqtext step)", speed["full_tokens_per_s"]),
         ("train tokens/s (bare nn.LSTM only)", speed["bare_lstm_tokens_per_s"]),
         ("train tokens/s (bare LSTM + output)", speed["bare_lstm_plus_output_tokens_per_s"]),
-        ("train tokens/s (pytorch/examples)", result["reference"]["tokens_per_second"]),
+        ("reference sizes: seqtext / pytorch/examples tokens/s",
+         f"{same['seqtext_tokens_per_s']} / {same['reference_tokens_per_s']} = {same['ratio']:.2f}x (goal ≥ 1.5x)"),
         ("MFU (seqtext step)", f"{100 * speed['mfu']:.1f} % of {speed['matmul_peak_gflops']} GFLOP/s"),
         ("generation tokens/s (batch 1, T=1)", result["generation_tokens_per_s"]),
         ("generation tokens/s (T=0.8, top-p)", result["generation_tokens_per_s_full_softmax"]),

@@ -69,6 +69,16 @@ def matmul_peak_flops(device: torch.device, seconds: float = 0.3) -> float:
     return _PEAK[key]
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls run natively here (CUDA with bf16 support; CPUs with AVX512-BF16 or AMX),
+    which is where ``[train] bf16`` pays off."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    cpu = torch.cpu
+    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+
+
 @dataclass
 class LoopState:
     """Where training is; saved as JSON inside the checkpoint."""
@@ -290,7 +300,7 @@ class Trainer:
     def _step(self, batch) -> float | None:
         c, s = self.cfg, self.state
         batch = batch.to(self.device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=c.bf16 and self.device.type == "cuda"):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=c.bf16):
             loss = self.model(self.task.loss, batch)
         if not torch.isfinite(loss):
             s.bad_steps += 1
@@ -448,6 +458,9 @@ def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None
         write_model_files(run_dir, task)
     shutil.rmtree(staging, ignore_errors=True)
 
+    if recipe.train.bf16 and not quiet and not native_bf16(dev):
+        print(f"warning: [train] bf16: {dev} has no native bf16 matmul; autocast will likely be slower "
+              "than fp32", file=sys.stderr)
     trainer = Trainer(task, net, data, run_dir, dev, quiet)
     if resuming and trainer.load_checkpoint() and not quiet:
         print(f"resumed {run_dir} at step {trainer.state.global_step} (epoch {trainer.state.epoch + 1})",

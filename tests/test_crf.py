@@ -196,3 +196,45 @@ def test_constraints_are_saved_with_weights():
     fresh.load_state_dict(state)
     assert torch.equal(fresh.allowed, crf.allowed)
     assert torch.equal(fresh.allowed_start, crf.allowed_start)
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+def test_gradients_match_brute_force(constrained):
+    """The hand-written forward-backward gradient equals autograd through brute-force enumeration,
+    for emissions, transitions, start and end scores, on a padded batch."""
+    k = len(IOB2_LABELS)
+    masks = constraints_for(IOB2_LABELS, "IOB2") if constrained else ()
+    lengths = [3, 1, 4, 2]
+    gen = torch.Generator().manual_seed(11)
+    emissions, tags, mask = _batch(lengths, k, gen)
+    weights = torch.rand(len(lengths), generator=gen, dtype=torch.double)  # non-uniform upstream grad
+
+    crf = _crf(k, 3, *masks)
+    emissions.requires_grad_(True)
+    (crf(emissions, tags, mask) * weights).sum().backward()
+    got = [emissions.grad, crf.transitions.grad, crf.start_transitions.grad, crf.end_transitions.grad]
+
+    ref_crf = _crf(k, 3, *masks)
+    ref_emissions = emissions.detach().clone().requires_grad_(True)
+    total = 0.0
+    for b, n in enumerate(lengths):
+        log_z, _ = _brute_force(ref_crf, ref_emissions[b, :n])
+        gold = _path_score(ref_crf, ref_emissions[b, :n], tuple(tags[b, :n].tolist()))
+        total = total + weights[b] * (gold - log_z)
+    total.backward()
+    want = [ref_emissions.grad, ref_crf.transitions.grad, ref_crf.start_transitions.grad,
+            ref_crf.end_transitions.grad]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+    assert emissions.grad[~mask].abs().max() == 0  # padding gets no gradient
+
+
+def test_log_partition_gradcheck():
+    k = 3
+    gen = torch.Generator().manual_seed(5)
+    emissions, _, mask = _batch([4, 2, 1], k, gen)
+    crf = _crf(k, 5)
+    trans, start, end = (p.detach().clone().requires_grad_(True) for p in _effective(crf))
+    emissions.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda e, tr, s, en: CRF._log_partition(e, mask, tr, s, en),
+                                    (emissions, trans, start, end))

@@ -122,3 +122,22 @@ def test_sentencepiece_model_from_vocab_folder(tmp_path):
     saved = (out / "tokenizer.model").read_bytes()
     assert saved == (REPO / "vocab" / "demo_unigram_300.model").read_bytes()
     assert seqtext.load(out).task.tokenizer.tokenize("a wonderful film")
+
+
+def test_bf16_autocast_runs_training_steps_in_bf16_on_cpu(tiny, tmp_path, monkeypatch):
+    """``train.bf16`` autocasts the training step on CPU too; weights and evaluation stay fp32."""
+    from seqtext.tasks.classify import ClassifyTask
+
+    seen = []
+    real = ClassifyTask.loss
+
+    def spy(self, net, batch):
+        seen.append((torch.is_autocast_enabled("cpu"), net.training))
+        return real(self, net, batch)
+
+    monkeypatch.setattr(ClassifyTask, "loss", spy)
+    out = seqtext.train(tiny, ["train.bf16=true", "train.epochs=1"], output=tmp_path / "bf", quiet=True)
+    assert seen and all(enabled for enabled, training in seen if training)
+    assert all(w.dtype == torch.float32 for w in weights(out).values())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] > 0.5
