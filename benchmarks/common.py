@@ -45,7 +45,8 @@ def throughput(task, data, n_batches: int = 60, warmup: int = 5) -> dict:
     """Training tokens/s of the full pipeline and of a bare nn.LSTM on the same batches.
 
     Full pipeline = seqtext's whole training step: embedding, encoder, head, loss, backward,
-    clipping, AdamW and LR schedule. Bare = ``nn.LSTM`` (same sizes/directions/layers) forward +
+    clipping, AdamW and LR schedule (under bf16 autocast when the recipe asks for it; MFU is then
+    against the bf16 matmul peak). Bare = ``nn.LSTM`` (same sizes/directions/layers) forward +
     backward of ``out.sum()`` on random inputs shaped like each batch's embeddings.
     """
     from seqtext.train import Trainer, matmul_peak_flops
@@ -83,7 +84,8 @@ def throughput(task, data, n_batches: int = 60, warmup: int = 5) -> dict:
             if i >= warmup:
                 full_s, bare_s, tokens = full_s + t1 - t0, bare_s + t2 - t1, tokens + b.num_tokens
     full, bare = tokens / full_s, tokens / bare_s
-    peak = matmul_peak_flops(device, seconds=1.0)
+    peak = matmul_peak_flops(device, seconds=1.0,
+                             dtype=torch.bfloat16 if task.recipe.train.bf16 else torch.float32)
     flops = net.flops_per_token() * 3
     return {"full_tokens_per_s": round(full), "bare_lstm_tokens_per_s": round(bare), "ratio": round(full / bare, 3),
             "model_flops_per_token": flops, "matmul_peak_gflops": round(peak / 1e9, 1),

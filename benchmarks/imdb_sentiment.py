@@ -1,36 +1,41 @@
 """IMDB sentiment benchmark: accuracy, training time, throughput vs bare nn.LSTM, inference speed.
 
     python benchmarks/imdb_sentiment.py --data-dir ../shared/data/imdb [--set train.epochs=...]
+    python benchmarks/imdb_sentiment.py --recipe recipes/imdb_sentiment_transfer.toml   # after runs/imdb_lm
 
 Trains recipes/imdb_sentiment.toml on the official 25k/25k split (dev carved from train),
 then reports test accuracy, wall-clock training time, full-pipeline vs bare-LSTM training
 tokens/s on the same batches, MFU against the measured matmul peak, batched inference
-tokens/s and peak RSS. Writes benchmarks/results/imdb_sentiment.json.
+tokens/s and peak RSS. Writes benchmarks/results/<recipe name>.json; for a recipe with
+``init_from`` (LM transfer) it also prints the from-scratch result of imdb_sentiment.json beside it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import inference_tokens_per_s, peak_rss_mb, prepare, save, table, throughput
+from benchmarks.common import RESULTS, inference_tokens_per_s, peak_rss_mb, prepare, save, table, throughput
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", default="recipes/imdb_sentiment.toml")
     ap.add_argument("--data-dir", default="../shared/data/imdb")
-    ap.add_argument("--output", default="runs/bench_imdb_sentiment")
+    ap.add_argument("--output", help="model directory (default runs/bench_<recipe name>)")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--skip-train", action="store_true", help="Only measure throughput (and reuse --output).")
     args = ap.parse_args()
 
     import seqtext
 
+    name = Path(args.recipe).stem
+    args.output = args.output or f"runs/bench_{name}"
     task, data = prepare(args.recipe, args.data_dir, args.overrides)
     speed = throughput(task, data)
     result = {"recipe": args.recipe, "overrides": args.overrides, "throughput": speed}
@@ -63,8 +68,14 @@ def main() -> None:
         ("inference tokens/s (batched)", result["inference_tokens_per_s"]),
         ("peak RSS (MB)", result["peak_rss_mb"]),
     ]
+    scratch = RESULTS / "imdb_sentiment.json"
+    if model.recipe.init_from and name != "imdb_sentiment" and scratch.is_file():
+        base = json.loads(scratch.read_text())
+        result["from_scratch"] = {k: base.get(k) for k in ("recipe", "test_accuracy", "dev_accuracy", "train_seconds")}
+        rows.append(("from scratch (imdb_sentiment.json)",
+                     f"{100 * base['test_accuracy']:.2f} % test in {base['train_seconds'] / 60:.1f} min"))
     print(table(rows, f"IMDB sentiment — {args.recipe}"))
-    print(f"written {save('imdb_sentiment', result)}")
+    print(f"written {save(name, result)}")
 
 
 def encoded_test(model, data_dir):

@@ -49,23 +49,28 @@ from .recipe import Recipe, load_recipe
 _PEAK: dict[str, float] = {}
 
 
-def matmul_peak_flops(device: torch.device, seconds: float = 0.3) -> float:
-    """Measured fp32 matmul FLOP/s of this machine (the MFU denominator), cached per device."""
-    key = str(device)
+def matmul_peak_flops(device: torch.device, seconds: float = 0.3, dtype: torch.dtype = torch.float32) -> float:
+    """Measured matmul FLOP/s of this machine in ``dtype`` (the MFU denominator), cached.
+
+    The best of several short timings, so that a moment of load from another process does not
+    lower the peak (which would inflate MFU past 100 %).
+    """
+    key = f"{device}:{dtype}"
     if key not in _PEAK:
         n = 1024 if device.type == "cpu" else 8192
         # a private generator: measuring must not shift the global RNG (seeded runs stay identical)
         gen = torch.Generator(device=device).manual_seed(0)
-        a = torch.randn(n, n, device=device, generator=gen)
-        b = torch.randn(n, n, device=device, generator=gen)
+        a = torch.randn(n, n, device=device, generator=gen).to(dtype)
+        b = torch.randn(n, n, device=device, generator=gen).to(dtype)
         torch.matmul(a, b)
-        reps, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
+        best, deadline = 0.0, time.perf_counter() + seconds
+        while time.perf_counter() < deadline or best == 0.0:
+            start = time.perf_counter()
             torch.matmul(a, b)
-            reps += 1
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        _PEAK[key] = 2 * n**3 * reps / (time.perf_counter() - start)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best = max(best, 2 * n**3 / (time.perf_counter() - start))
+        _PEAK[key] = best
     return _PEAK[key]
 
 
@@ -112,7 +117,9 @@ class Trainer:
         self.state = LoopState()
         self.sign = 1.0 if task.higher_is_better else -1.0
         self.flops_per_token = net.flops_per_token() * 3  # forward + backward ≈ 3× forward
-        self.peak = matmul_peak_flops(device) * (self.world if device.type == "cpu" else 1)
+        # bf16 steps are measured against the bf16 matmul peak (2-4x the fp32 one where native)
+        peak_dtype = torch.bfloat16 if self.cfg.bf16 else torch.float32
+        self.peak = matmul_peak_flops(device, dtype=peak_dtype) * (self.world if device.type == "cpu" else 1)
 
     # ------------------------------------------------------------------ setup
     def _param_groups(self):

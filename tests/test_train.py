@@ -141,3 +141,11 @@ def test_bf16_autocast_runs_training_steps_in_bf16_on_cpu(tiny, tmp_path, monkey
     assert all(w.dtype == torch.float32 for w in weights(out).values())
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] > 0.5
+
+
+def test_history_records_throughput_and_a_plausible_mfu(tiny, tmp_path):
+    out = seqtext.train(tiny, ["train.epochs=1"], output=tmp_path / "m", quiet=True)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records and all(r["tokens_per_second"] > 0 for r in records)
+    # measured against this machine's best matmul timing, a tiny model is far below the peak
+    assert all(0 < r["mfu"] < 1 for r in records)
