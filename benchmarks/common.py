@@ -64,9 +64,12 @@ def throughput(task, data, n_batches: int = 60, warmup: int = 5) -> dict:
         if len(batches) == warmup + n_batches:
             break
 
+    bf16 = task.recipe.train.bf16  # the bare LSTM runs at the same precision as the pipeline
+
     def bare_step(b):
-        out, _ = lstm(torch.randn(*b.ids.shape, width, requires_grad=True))
-        out.sum().backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out, _ = lstm(torch.randn(*b.ids.shape, width, requires_grad=True))
+        out.float().sum().backward()
 
     # Interleave the two per batch so that any load on the machine hits both equally.
     full_s = bare_s = 0.0

@@ -29,6 +29,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
         with os.fdopen(fd, mode, encoding=None if binary else encoding) as f:
             yield f
             f.flush()
+            # mkstemp makes the file private (0600); give it the permissions a plain open() would
+            # (or keep those of the file it replaces), so shared model directories stay readable.
+            os.fchmod(f.fileno(), _mode_for(path))
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -36,6 +39,15 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def _mode_for(path: Path) -> int:
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def _fsync_dir(directory: Path) -> None:

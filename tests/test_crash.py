@@ -61,3 +61,23 @@ def test_sigint_saves_checkpoint_and_explains_resume(reference, tmp_path):
     assert proc.returncode == 130, err[-800:]
     assert "--resume" in err and "Traceback" not in err
     assert (out / "checkpoint.safetensors").is_file()
+
+
+def test_atomic_write_gives_normal_permissions_and_keeps_existing_ones(tmp_path):
+    """Temp-file-and-rename must not leave model files private (mkstemp's 0600)."""
+    import os
+
+    from seqtext.io import write_text
+
+    umask = os.umask(0o022)
+    try:
+        new = tmp_path / "new.json"
+        write_text(new, "{}")
+        assert new.stat().st_mode & 0o777 == 0o644
+        kept = tmp_path / "kept.json"
+        kept.write_text("old")
+        kept.chmod(0o640)
+        write_text(kept, "new")
+        assert kept.read_text() == "new" and kept.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(umask)
