@@ -47,7 +47,7 @@ def throughput(task, data, n_batches: int = 60, warmup: int = 5) -> dict:
     Full pipeline = seqtext's whole training step: embedding, encoder, head, loss, backward,
     clipping, AdamW and LR schedule (under bf16 autocast when the recipe asks for it; MFU is then
     against the bf16 matmul peak). Bare = ``nn.LSTM`` (same sizes/directions/layers) forward +
-    backward of ``out.sum()`` on random inputs shaped like each batch's embeddings.
+    backward of ``out.sum()`` on random inputs shaped like each batch's embeddings, at the same precision.
     """
     from seqtext.train import Trainer, matmul_peak_flops
 
