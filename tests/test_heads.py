@@ -1,0 +1,49 @@
+"""Output layers: the fused linear + cross-entropy of the LM head equals the plain one."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seqtext.nn.heads import LMHead
+
+
+def _pair(seed: int, tied: bool):
+    torch.manual_seed(seed)
+    emb = torch.nn.Embedding(40, 6) if tied else None
+    head = LMHead(6, 40, dropout=0.0, tied_to=emb).double()
+    return head
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_lm_head_nll_matches_cross_entropy_values_and_gradients(tied):
+    states = torch.randn(3, 5, 6, dtype=torch.double)
+    targets = torch.randint(0, 40, (3, 5))
+    targets[1, 4] = -100  # ignored position: no loss, no gradient
+    upstream = torch.rand(3, 5, dtype=torch.double)
+
+    ref_head, head = _pair(0, tied), _pair(0, tied)
+    ref_states, got_states = states.clone().requires_grad_(True), states.clone().requires_grad_(True)
+    ref = F.cross_entropy(ref_head(ref_states).flatten(0, 1), targets.flatten(), reduction="none").view(3, 5)
+    got = head.nll(got_states, targets)
+    (ref * upstream).sum().backward()
+    (got * upstream).sum().backward()
+
+    torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(got_states.grad, ref_states.grad)
+    for (name, p), (_, q) in zip(head.named_parameters(), ref_head.named_parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+    assert got[1, 4] == 0 and got_states.grad[1, 4].abs().max() == 0
+
+
+def test_lm_head_nll_under_bf16_autocast_is_close_and_fp32():
+    torch.manual_seed(1)
+    head = LMHead(16, 300, dropout=0.0)
+    states = torch.randn(4, 7, 16)
+    targets = torch.randint(0, 300, (4, 7))
+    ref = F.cross_entropy(head(states).flatten(0, 1), targets.flatten(), reduction="none").view(4, 7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = head.nll(states.requires_grad_(True), targets)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref, atol=0.05, rtol=0.02)
+    got.sum().backward()
+    assert head.decoder.weight.grad.dtype == torch.float32 and states.grad.dtype == torch.float32
