@@ -93,8 +93,10 @@ def measure_lm_memory(data_dir: str) -> dict:
     from benchmarks.common import peak_rss_mb, prepare
 
     task, data = prepare(TASKS["lm"][0], data_dir, ["vocab.max_size=0"])
+    prep = peak_rss_mb()  # the data step alone (load, tokenize, vocab, encode, token stream)
     windows = sum(1 for _ in task.train_batches(data["train"], epoch=0))
-    return {"train_tokens": split_tokens(data["train"]), "windows": windows, "peak_rss_mb": round(peak_rss_mb())}
+    return {"train_tokens": split_tokens(data["train"]), "windows": windows, "prep_peak_rss_mb": round(prep),
+            "peak_rss_mb": round(peak_rss_mb())}
 
 
 def run_child(args: list[str], cache: str) -> dict:

@@ -17,6 +17,8 @@ from ..recipe import Recipe
 SPLIT_ALIASES = {"train": ("train",), "dev": ("dev", "valid", "validation"), "test": ("test",)}
 EXTENSIONS = (".jsonl.gz", ".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt", ".conll", ".txt.gz")
 DATA_DIR_ENV = "SEQTEXT_DATA_DIR"
+TEXT_CHUNK_BYTES = 1 << 20  # text per Arrow table in the text loader (its 10 MB default: ~75 MB of transients)
+WRITER_BATCH_ROWS = 100_000  # rows per record batch of a loaded file's Arrow cache (at most)
 
 
 def find_split_files(directory: Path) -> dict[str, Path]:
@@ -89,7 +91,11 @@ def load_file(path: Path, fmt: str, recipe: Recipe):
         ds = datasets.Dataset.from_dict({d.tokens_column: records["tokens"], d.tags_column: records["tags"]})
         return ds
     builder, kwargs = {"json": ("json", {}), "csv": ("csv", {}), "tsv": ("csv", {"delimiter": "\t"}),
-                       "parquet": ("parquet", {}), "text": ("text", {})}[kind]
+                       "parquet": ("parquet", {}), "text": ("text", {"chunksize": TEXT_CHUNK_BYTES})}[kind]
+    # Record batches as large as the loader's chunks: opening the Arrow cache file reads each batch's
+    # header, and the kernel maps ~64 KB of file around every read, so with the default 1000-row
+    # batches most of the file would be resident right after loading.
+    kwargs["writer_batch_size"] = WRITER_BATCH_ROWS
     _check_utf8(path, kind)
     try:
         ds = datasets.load_dataset(builder, data_files={"data": str(path)}, split="data", **kwargs)

@@ -20,6 +20,7 @@ class Vocab:
     def __init__(self, tokens: Iterable[str]):
         self.itos: list[str] = list(SPECIALS) + [t for t in tokens if t not in SPECIALS]
         self.stoi: dict[str, int] = {t: i for i, t in enumerate(self.itos)}
+        self._arrow = None  # (keys, ids) lookup arrays for encode_arrow, built on first use
 
     @classmethod
     def build(cls, counts: Counter, min_freq: int = 1, max_size: int = 0) -> Vocab:
@@ -39,6 +40,24 @@ class Vocab:
     def encode(self, tokens: list[str]) -> list[int]:
         get, unk = self.stoi.get, self.unk_id
         return [get(t, unk) for t in tokens]
+
+    def encode_arrow(self, tokens):
+        """:meth:`encode` for a whole Arrow list<string> column (Array or ChunkedArray) at once,
+        in Arrow: a list<int64> array with the same rows, ids exactly as ``encode`` gives them."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if isinstance(tokens, pa.ChunkedArray):
+            tokens = tokens.combine_chunks() if tokens.num_chunks else pa.array([], type=tokens.type)
+        if self._arrow is None:  # the lookup table, built once: keys and their ids (as stoi has them)
+            self._arrow = (pa.array(list(self.stoi), pa.string()), pa.array(list(self.stoi.values()), pa.int64()))
+        keys, ids = self._arrow
+        offsets = tokens.offsets
+        start = offsets[0].as_py() if len(offsets) else 0
+        flat = tokens.values.slice(start, (offsets[-1].as_py() if len(offsets) else 0) - start)
+        values = pc.fill_null(pc.take(ids, pc.index_in(flat.cast(pa.string()), value_set=keys)), self.unk_id)
+        offsets = pc.subtract(offsets, pa.scalar(start, offsets.type)) if len(offsets) else pa.array([0], offsets.type)
+        return type(tokens).from_arrays(offsets, values, mask=tokens.is_null() if tokens.null_count else None)
 
     def decode(self, ids: Iterable[int]) -> list[str]:
         return [self.itos[i] for i in ids]

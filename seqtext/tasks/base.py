@@ -18,7 +18,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.batching import Batch, Ragged, bucket_batches, pad, ragged_column
+from ..data.batching import (
+    Batch,
+    Ragged,
+    bucket_batches,
+    dataset_files,
+    iter_batches,
+    pad,
+    ragged_column,
+    release_file_pages,
+)
 from ..data.tokenizers import Tokenizer, build_tokenizer
 from ..data.vocab import Vocab
 from ..errors import SeqtextError
@@ -71,6 +80,21 @@ class Split:
         return len(self.lengths)
 
 
+def count_tokens(ds, column: str = "tokens", batch_size: int | None = None) -> Counter:
+    """Token frequencies of a list<string> column, counted chunk by chunk in Arrow (bounded
+    memory: the pages each chunk touched are given back). Equal to updating a Counter with every
+    row's tokens; null rows/tokens are skipped."""
+    import pyarrow.compute as pc
+
+    counts: Counter = Counter()
+    for batch in iter_batches(ds, [column], batch_size):
+        flat = pc.list_flatten(batch.column(column)).drop_null()
+        if len(flat):
+            vc = pc.value_counts(flat)
+            counts.update(dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist(), strict=True)))
+    return counts
+
+
 def fingerprint(*parts: Any) -> str:
     return hashlib.sha1("|".join(map(str, parts)).encode()).hexdigest()[:16]
 
@@ -82,6 +106,7 @@ class Task:
     metric = "accuracy"  # dev metric that drives early stopping and best-model selection
     higher_is_better = True
     text_column = "text"
+    map_batch_size = 1000  # rows per datasets.map batch and per record batch of its Arrow cache file
 
     def __init__(self, recipe: Recipe, tokenizer: Tokenizer | None = None, vocab: Vocab | None = None,
                  meta: dict | None = None):
@@ -94,7 +119,8 @@ class Task:
     def setup(self, splits: dict, run_dir: Path) -> dict[str, Any]:
         """Fit tokenizer, vocab and labels on train (unless given) and encode every split."""
         if self.tokenizer is None:
-            texts = (t for t in splits["train"][self.recipe.data.text_column]) \
+            col = self.recipe.data.text_column
+            texts = (t for b in iter_batches(splits["train"], [col]) for t in b.column(col).to_pylist()) \
                 if self.recipe.tokenizer.kind == "sentencepiece" else None
             self.tokenizer = build_tokenizer(self.recipe.tokenizer, run_dir, texts)
         tokenized = {k: self.tokenize_split(ds, k) for k, ds in splits.items()}
@@ -117,12 +143,8 @@ class Task:
         return self._map(ds, fn, f"tokenize {split}", tok.fingerprint(), col)
 
     def build_vocab(self, train) -> Vocab:
-        counts: Counter = Counter()
-        for chunk in train.iter(batch_size=2048):
-            for tokens in chunk["tokens"]:
-                counts.update(tokens)
         v = self.recipe.vocab
-        return Vocab.build(counts, v.min_freq, v.max_size)
+        return Vocab.build(count_tokens(train, "tokens"), v.min_freq, v.max_size)
 
     def fit_labels(self, train) -> None:
         """Learn label names from the training data (classify/tag)."""
@@ -130,11 +152,30 @@ class Task:
     def encode_split(self, ds, split: str):
         raise NotImplementedError
 
-    def _map(self, ds, fn, desc: str, *key, remove=None):
-        """Batched, disk-cached datasets.map with a fingerprint we control (stable across runs)."""
+    def _map(self, ds, fn, desc: str, *key, remove=None, arrow: bool = False):
+        """Batched, disk-cached datasets.map with a fingerprint we control (stable across runs).
+
+        With ``arrow`` the function gets each batch as a ``pyarrow.Table`` and returns one (the
+        columns to keep or add), so no batch is ever turned into Python objects as a whole.
+        """
         new_fp = fingerprint(getattr(ds, "_fingerprint", ""), desc.split()[0], *key)
-        return ds.map(fn, batched=True, batch_size=1000, num_proc=self._num_proc(ds), desc=desc,
-                      new_fingerprint=new_fp, remove_columns=remove)
+        files = dataset_files(ds)
+
+        def run(batch):
+            # give back the input file's pages each batch touched: the map sweeps the whole split
+            try:
+                return fn(batch)
+            finally:
+                release_file_pages(files)
+
+        out = (ds.with_format("arrow") if arrow else ds).map(
+            run, batched=True, batch_size=self.map_batch_size, writer_batch_size=self.map_batch_size,
+            num_proc=self._num_proc(ds), desc=desc, new_fingerprint=new_fp, remove_columns=remove)
+        if arrow:
+            out = out.with_format(None)
+            out._fingerprint = new_fp  # with_format re-fingerprints; keep the one that names the cache
+        release_file_pages(files + dataset_files(out))  # opening the result maps pages around each batch
+        return out
 
     def _num_proc(self, ds):
         n = self.recipe.data.num_proc

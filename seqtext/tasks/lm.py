@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.batching import Batch, lm_stream_batches, token_stream
+from ..data.batching import Batch, iter_stream, lm_stream_batches, read_rows, token_stream
 from ..data.vocab import EOS, Vocab
 from ..errors import SeqtextError
 from ..nn.adaptive import AdaptiveSoftmax
@@ -36,6 +36,7 @@ from ..nn.heads import LMHead
 from .base import Net, Task, fingerprint
 
 PROMPT_CHUNK = 1024  # prompt tokens per LSTM call in generate(): bounded memory for huge prompts
+TOKENIZE_ROWS = 1000  # rows tokenized (as Python lists) at a time inside one map batch
 
 
 class LMSplit:
@@ -55,8 +56,9 @@ class LMSplit:
         return len(self.stream)
 
     def window(self, starts: np.ndarray, length: int) -> torch.Tensor:
-        """Rows ``stream[s : s + length]`` for each start, as an int64 tensor [len(starts), length]."""
-        return torch.from_numpy(np.asarray(self.stream[starts[:, None] + np.arange(length)], dtype=np.int64))
+        """Rows ``stream[s : s + length]`` for each start, as an int64 tensor [len(starts), length]
+        (read with file reads from a memory-mapped stream: see :func:`~seqtext.data.batching.read_rows`)."""
+        return torch.from_numpy(read_rows(self.stream, starts, length))
 
 
 class LMNet(Net):
@@ -82,6 +84,10 @@ class LMTask(Task):
     metric = "perplexity"
     higher_is_better = False
     eval_batch_size = 10  # parallel streams when scoring a split (pytorch/examples uses 10)
+    # Large map batches = large Arrow record batches: opening a cache file reads every batch's
+    # header, and the kernel maps the file around each read (64 KB, or a whole large page-cache
+    # folio), so with 1000-row batches most of the file would become resident just by opening it.
+    map_batch_size = 10_000
 
     def __init__(self, recipe, tokenizer=None, vocab=None, meta: dict | None = None):
         super().__init__(recipe, tokenizer, vocab, meta)
@@ -103,21 +109,38 @@ class LMTask(Task):
         if col not in ds.column_names:
             raise SeqtextError(f"{split} data has no column {col!r} (columns: {', '.join(ds.column_names)}); "
                                f"set [data] text_column")
+        import pyarrow as pa
+
         tok = self.tokenizer
+        token_lists = pa.list_(pa.string())
 
-        def fn(batch):
-            return {"tokens": [t + [EOS] for t in tok.tokenize_batch([x or "" for x in batch[col]])]}
+        def fn(batch: pa.Table) -> pa.Table:
+            # Python lists for TOKENIZE_ROWS rows at a time, turned into Arrow at once: a large
+            # map batch (large record batches in the cache file) without a batch's worth of live
+            # Python lists, which made the garbage collector's full passes dominate the map
+            texts, parts = batch.column(col), []
+            for start in range(0, len(texts), TOKENIZE_ROWS):
+                rows = texts.slice(start, TOKENIZE_ROWS).to_pylist()
+                parts.append(pa.array([t + [EOS] for t in tok.tokenize_batch([x or "" for x in rows])],
+                                      type=token_lists))
+            tokens = pa.concat_arrays(parts) if parts else pa.array([], type=token_lists)
+            if "tokens" in batch.column_names:
+                batch = batch.drop_columns(["tokens"])
+            return batch.append_column("tokens", tokens)
 
-        return self._map(ds, fn, f"tokenize {split}", tok.fingerprint(), col, "eos")
+        return self._map(ds, fn, f"tokenize {split}", tok.fingerprint(), col, "eos", arrow=True)
 
     def encode_split(self, ds, split: str) -> LMSplit:
+        import pyarrow as pa
+
         vocab = self.vocab
 
-        def fn(batch):
-            return {"ids": [vocab.encode(t) for t in batch["tokens"]]}
+        def fn(batch: pa.Table) -> pa.Table:
+            return pa.table({"ids": vocab.encode_arrow(batch.column("tokens"))})
 
         # only the id stream is needed from here on; dropping the text keeps the cache file small
-        ds = self._map(ds, fn, f"encode {split}", fingerprint(*vocab.itos), remove=list(ds.column_names))
+        ds = self._map(ds, fn, f"encode {split}", fingerprint(*vocab.itos), remove=list(ds.column_names),
+                       arrow=True)
         data = LMSplit(ds)
         if split == "train":
             self._cluster_share = self._cluster_shares(data.stream)
@@ -129,8 +152,12 @@ class LMTask(Task):
         cutoffs = self._cutoffs()
         if not cutoffs:
             return []
-        counts = np.histogram(stream, bins=[*cutoffs, len(self.vocab)])[0]
-        return [float(c) / len(stream) for c in counts]
+        # token counts per id, chunk by chunk (bounded memory), then summed per cluster
+        freq = np.zeros(len(self.vocab), dtype=np.int64)
+        for chunk in iter_stream(stream):
+            freq += np.bincount(chunk, minlength=len(self.vocab))[: len(self.vocab)]
+        bounds = [*cutoffs, len(self.vocab)]
+        return [float(freq[a:b].sum()) / len(stream) for a, b in pairwise(bounds)]
 
     def _cutoffs(self) -> list[int]:
         """Validated adaptive-softmax cutoffs that fall inside this vocabulary."""
