@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..data.batching import Batch, iter_stream, lm_stream_batches, read_rows, token_stream
@@ -191,10 +190,7 @@ class LMTask(Task):
     @staticmethod
     def token_nll(net: Net, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Per-token negative log-likelihood [B, T] of ``targets`` given encoder ``states`` [B, T, H]."""
-        if isinstance(net.head, AdaptiveSoftmax):
-            return net.head.nll(states, targets)
-        logits = net.head(states)
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none").view(targets.shape)
+        return net.head.nll(states, targets)  # AdaptiveSoftmax or LMHead (fused linear + cross-entropy)
 
     @staticmethod
     def log_probs(net: Net, states: torch.Tensor) -> torch.Tensor:
