@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from seqtext.nn.chars import CharCNN, words_to_char_ids
@@ -69,3 +70,33 @@ def test_gradients_and_dropout():
     out.sum().backward()
     assert bool(torch.isfinite(model.conv.weight.grad).all())
     assert bool((model.embedding.weight.grad[0] == 0).all())
+
+
+def _padded_reference(cnn: CharCNN, char_ids: torch.Tensor) -> torch.Tensor:
+    """The textbook char CNN: convolve each zero-padded row, max over its real characters."""
+    import torch.nn.functional as F
+
+    mask = char_ids != cnn.padding_idx
+    emb = cnn.embedding(char_ids) * mask.unsqueeze(2)
+    feats = cnn.conv(F.pad(emb.transpose(1, 2), cnn._pad)).masked_fill(~mask.unsqueeze(1), float("-inf"))
+    pooled = feats.max(dim=2).values
+    return torch.where(mask.any(dim=1, keepdim=True), pooled, pooled.new_zeros(()))
+
+
+@pytest.mark.parametrize("kernel", [2, 3, 5])
+def test_flat_convolution_equals_padded_rows_values_and_gradients(kernel):
+    torch.manual_seed(kernel)
+    lengths = [0, 1, 7, 3, 12, 0, 2]
+    ids = torch.zeros(len(lengths), 12, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = torch.randint(1, 20, (n,))
+    cnn = CharCNN(20, char_dim=4, filters=6, kernel_size=kernel).double()
+    upstream = torch.randn(len(lengths), 6, dtype=torch.double)
+
+    (cnn(ids) * upstream).sum().backward()
+    got = [p.grad.clone() for p in cnn.parameters()]
+    cnn.zero_grad()
+    (_padded_reference(cnn, ids) * upstream).sum().backward()
+    torch.testing.assert_close(cnn(ids), _padded_reference(cnn, ids))
+    for g, p in zip(got, cnn.parameters()):
+        torch.testing.assert_close(g, p.grad)
