@@ -27,14 +27,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", default="recipes/imdb_sentiment.toml")
     ap.add_argument("--data-dir", default="../shared/data/imdb")
-    ap.add_argument("--output", help="model directory (default runs/bench_<recipe name>)")
+    ap.add_argument("--output", help="model directory (default runs/bench_<name>)")
+    ap.add_argument("--name", help="results file benchmarks/results/<name>.json (default: the recipe's name)")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--skip-train", action="store_true", help="Only measure throughput (and reuse --output).")
     args = ap.parse_args()
 
     import seqtext
 
-    name = Path(args.recipe).stem
+    name = args.name or Path(args.recipe).stem
     args.output = args.output or f"runs/bench_{name}"
     task, data = prepare(args.recipe, args.data_dir, args.overrides)
     speed = throughput(task, data)

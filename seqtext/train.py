@@ -94,6 +94,7 @@ class LoopState:
     best: float | None = None
     best_step: int = 0
     bad_evals: int = 0
+    last_eval_step: int = -1
     bad_steps: int = 0
     seconds: float = 0.0
     tokens: int = 0
@@ -292,7 +293,8 @@ class Trainer:
                 if s.step_in_epoch >= self.steps_per_epoch or not s.done:
                     s.epoch += 1
                     s.step_in_epoch = 0
-                self._evaluate()
+                if s.last_eval_step != s.global_step:  # eval_every may have just evaluated this step
+                    self._evaluate()
                 if c.patience and s.bad_evals >= c.patience:
                     s.done = True
                 self.save_checkpoint()
@@ -329,6 +331,7 @@ class Trainer:
 
     def _evaluate(self) -> None:
         s = self.state
+        s.last_eval_step = s.global_step
         metrics = self.task.evaluate(self.net, self.data["dev"], self.device)
         metrics = dist.average_metrics(metrics)
         value = metrics[self.task.metric]

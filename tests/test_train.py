@@ -149,3 +149,13 @@ def test_history_records_throughput_and_a_plausible_mfu(tiny, tmp_path):
     assert records and all(r["tokens_per_second"] > 0 for r in records)
     # measured against this machine's best matmul timing, a tiny model is far below the peak
     assert all(0 < r["mfu"] < 1 for r in records)
+
+
+def test_epoch_end_does_not_evaluate_the_same_step_twice(tiny, tmp_path):
+    """eval_every landing on an epoch's last step is that epoch's evaluation: one record per step,
+    so a repeated score cannot count twice toward patience."""
+    out = seqtext.train(tiny, ["train.eval_every=4", "train.batch_size=32", "train.patience=0"],
+                        output=tmp_path / "e", quiet=True)
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(steps) == len(set(steps)) and steps == sorted(steps)
+    assert 4 in steps and steps[-1] % 4 == 0  # 128 train rows / 32 = 4 steps per epoch
