@@ -34,7 +34,8 @@ from benchmarks.common import peak_rss_mb, prepare, save, table, throughput
 
 def output_layer_step_speed(task, data, n_batches: int = 20) -> float:
     """Tokens/s of a bare nn.Embedding → nn.LSTM → (seqtext's output layer) step with plain
-    AdamW on the same windows: what the LM costs without the framework around it."""
+    AdamW on the same windows, at the recipe's precision: what the LM costs without the framework
+    around it."""
     from seqtext.tasks.lm import LMTask
 
     torch.manual_seed(0)
@@ -50,8 +51,9 @@ def output_layer_step_speed(task, data, n_batches: int = 20) -> float:
         if i == n_batches + 3:
             break
         start = time.perf_counter()
-        out, _ = lstm(emb(b.ids))
-        loss = LMTask.token_nll(net, out, b.targets).mean()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=task.recipe.train.bf16):  # same precision
+            out, _ = lstm(emb(b.ids))
+            loss = LMTask.token_nll(net, out, b.targets).mean()
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 0.25)
