@@ -120,6 +120,23 @@ def test_carried_state_over_windows_equals_one_window(tmp_path):
     assert a["perplexity"] == pytest.approx(b["perplexity"], rel=1e-5)
 
 
+def test_evaluation_builds_no_autograd_graph(tmp_path, monkeypatch):
+    """Perplexity carries the state over the whole split; with autograd on, the graph (and the
+    memory) would grow with the split too."""
+    task, data = task_with_stream(tmp_path, tokens=200)
+    net = task.build_net()
+    seen = []
+    real = LMTask.token_nll
+
+    def spy(net, states, targets):
+        seen.append(states.requires_grad or torch.is_grad_enabled())
+        return real(net, states, targets)
+
+    monkeypatch.setattr(LMTask, "token_nll", staticmethod(spy))
+    task.evaluate(net, data, "cpu")
+    assert seen and not any(seen)
+
+
 def test_train_state_round_trip(tmp_path):
     task, data = task_with_stream(tmp_path, tokens=400, layers=2)
     net = task.build_net().eval()
