@@ -71,13 +71,15 @@ REFERENCE_SIZES = ["model.embedding_dim=200", "model.hidden_size=200", "model.la
                    "train.bptt=35", "train.random_bptt=false"]
 
 
-def reference_size_speed(recipe: str, data_dir: str, threads: int, n_batches: int) -> dict:
+def reference_size_speed(recipe: str, data_dir: str, threads: int, n_batches: int,
+                         overrides: list[str] | None = None) -> dict:
     """Training tokens/s of seqtext at the reference's sizes and of the reference loop's step
     (benchmarks/lm_reference.py: SGD, clip 0.25) on the very same windows, interleaved per
     window so that machine load hits both equally."""
     from seqtext.train import Trainer
 
-    task, data = prepare(recipe, data_dir, [*REFERENCE_SIZES, f"train.threads={threads}"])
+    # the caller's overrides first (e.g. train.bf16), then the reference's sizes, which win
+    task, data = prepare(recipe, data_dir, [*(overrides or []), *REFERENCE_SIZES, f"train.threads={threads}"])
     torch.manual_seed(0)
     net = task.build_net()
     ref = lm_reference.RNNModel(len(task.vocab))
@@ -150,7 +152,7 @@ def main() -> None:
     task, data = prepare(args.recipe, args.data_dir, overrides)
     speed = throughput(task, data, n_batches=args.speed_batches)
     speed["bare_lstm_plus_output_tokens_per_s"] = round(output_layer_step_speed(task, data, args.speed_batches))
-    same = reference_size_speed(args.recipe, args.data_dir, args.threads, args.ref_batches)
+    same = reference_size_speed(args.recipe, args.data_dir, args.threads, args.ref_batches, args.overrides)
     result = {"recipe": args.recipe, "overrides": overrides, "throughput": speed,
               "train_tokens": int(data["train"].num_tokens),
               "reference": {"tokens_per_second": same["reference_tokens_per_s"], "batches": args.ref_batches,
