@@ -47,3 +47,32 @@ def test_lm_head_nll_under_bf16_autocast_is_close_and_fp32():
     torch.testing.assert_close(got, ref, atol=0.05, rtol=0.02)
     got.sum().backward()
     assert head.decoder.weight.grad.dtype == torch.float32 and states.grad.dtype == torch.float32
+
+
+def test_adaptive_softmax_row_buckets_change_nothing_under_autocast(monkeypatch):
+    """Under bf16 autocast the tail clusters run on row counts padded to a bucket (bounded oneDNN
+    kernel cache); the padded rows must not change losses or gradients."""
+    from seqtext.nn import adaptive
+    from seqtext.nn.adaptive import AdaptiveSoftmax
+
+    torch.manual_seed(0)
+    head = AdaptiveSoftmax(8, 60, [10, 30])
+    states = torch.randn(5, 7, 8)
+    targets = torch.randint(0, 60, (5, 7))
+
+    def run():
+        head.zero_grad()
+        x = states.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            nll = head.nll(x, targets)
+        nll.sum().backward()
+        return nll.detach(), x.grad, [p.grad.clone() for p in head.parameters()]
+
+    assert adaptive._bucketed(torch.arange(3)).tolist() == [0, 1, 2] + [0] * (adaptive.ROW_BUCKET - 3)
+    padded = run()
+    monkeypatch.setattr(adaptive, "ROW_BUCKET", 1)
+    exact = run()
+    torch.testing.assert_close(padded[0], exact[0])
+    torch.testing.assert_close(padded[1], exact[1])
+    for a, b in zip(padded[2], exact[2]):
+        torch.testing.assert_close(a, b)
