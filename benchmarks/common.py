@@ -71,22 +71,12 @@ def throughput(task, data, n_batches: int = 60, warmup: int = 5) -> dict:
             out, _ = lstm(torch.randn(*b.ids.shape, width, requires_grad=True))
         out.float().sum().backward()
 
-    # Interleave the two per batch so that any load on the machine hits both equally.
-    full_s = bare_s = 0.0
-    tokens = 0
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(task, net, data, Path(tmp), device, quiet=True)
         net.train()
         task.reset_epoch()
-        for i, b in enumerate(batches):
-            t0 = time.perf_counter()
-            trainer._step(b)
-            t1 = time.perf_counter()
-            bare_step(b)
-            t2 = time.perf_counter()
-            if i >= warmup:
-                full_s, bare_s, tokens = full_s + t1 - t0, bare_s + t2 - t1, tokens + b.num_tokens
-    full, bare = tokens / full_s, tokens / bare_s
+        seconds, tokens = time_interleaved(batches, {"full": trainer._step, "bare": bare_step}, warmup)
+    full, bare = tokens / seconds["full"], tokens / seconds["bare"]
     peak = matmul_peak_flops(device, seconds=1.0,
                              dtype=torch.bfloat16 if task.recipe.train.bf16 else torch.float32)
     flops = net.flops_per_token() * 3
@@ -94,6 +84,22 @@ def throughput(task, data, n_batches: int = 60, warmup: int = 5) -> dict:
             "model_flops_per_token": flops, "matmul_peak_gflops": round(peak / 1e9, 1),
             "achieved_gflops": round(full * flops / 1e9, 1), "mfu": round(full * flops / peak, 3),
             "batches": n_batches}
+
+
+def time_interleaved(batches, steps: dict, warmup: int) -> tuple[dict[str, float], int]:
+    """Run every step function on each batch in turn, timing each: any load on the machine then
+    hits all of them equally. Returns (seconds per step name, tokens) over batches after ``warmup``."""
+    seconds = dict.fromkeys(steps, 0.0)
+    tokens = 0
+    for i, b in enumerate(batches):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step(b)
+            if i >= warmup:
+                seconds[name] += time.perf_counter() - start
+        if i >= warmup:
+            tokens += b.num_tokens
+    return seconds, tokens
 
 
 def inference_tokens_per_s(task, net, split) -> float:

@@ -106,23 +106,28 @@ def train_epoch(model: RNNModel, data: torch.Tensor, lr: float, bptt: int, batch
                 max_batches: int = 0, deadline: float | None = None) -> tuple[int, float]:
     """One pass (or ``max_batches`` windows) of the example's loop. Returns (tokens, seconds)."""
     model.train()
-    criterion = nn.NLLLoss()
     hidden = model.init_hidden(batch)
     tokens, start = 0, time.perf_counter()
     for n, i in enumerate(range(0, data.size(0) - 1, bptt)):
         if (max_batches and n >= max_batches) or (deadline and time.perf_counter() > deadline):
             break
         x, y = get_batch(data, i, bptt)
-        hidden = repackage_hidden(hidden)
-        model.zero_grad()
-        output, hidden = model(x, hidden)
-        loss = criterion(output, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        for p in model.parameters():
-            p.data.add_(p.grad, alpha=-lr)
+        hidden = train_step(model, x, y, hidden, lr, clip)
         tokens += y.numel()
     return tokens, time.perf_counter() - start
+
+
+def train_step(model: RNNModel, x: torch.Tensor, y: torch.Tensor, hidden, lr: float, clip: float = 0.25):
+    """One window of the example's loop (x [T, B], y [T·B]): detach the state, forward, NLL,
+    backward, clip, plain SGD. Returns the new state."""
+    hidden = repackage_hidden(hidden)
+    model.zero_grad()
+    output, hidden = model(x, hidden)
+    nn.functional.nll_loss(output, y).backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    for p in model.parameters():
+        p.data.add_(p.grad, alpha=-lr)
+    return hidden
 
 
 def run(data_dir: str | Path, epochs: int = 6, max_batches: int = 0, max_minutes: float = 0.0, threads: int = 2,

@@ -19,6 +19,7 @@ Writes benchmarks/results/wikitext2_lm.json.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import tempfile
 import time
@@ -29,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 
 from benchmarks import lm_reference
-from benchmarks.common import peak_rss_mb, prepare, save, table, throughput
+from benchmarks.common import peak_rss_mb, prepare, save, table, throughput, time_interleaved
 
 
 def output_layer_step_speed(task, data, n_batches: int = 20) -> float:
@@ -84,35 +85,19 @@ def reference_size_speed(recipe: str, data_dir: str, threads: int, n_batches: in
     net = task.build_net()
     ref = lm_reference.RNNModel(len(task.vocab))
     hidden = ref.init_hidden(20)
-    criterion = torch.nn.NLLLoss()
 
     def ref_step(b):
         nonlocal hidden
-        hidden = lm_reference.repackage_hidden(hidden)
-        ref.zero_grad()
-        output, hidden = ref(b.ids.t().contiguous(), hidden)
-        criterion(output, b.targets.t().reshape(-1)).backward()
-        torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.25)
-        for p in ref.parameters():
-            p.data.add_(p.grad, alpha=-20.0)
+        hidden = lm_reference.train_step(ref, b.ids.t().contiguous(), b.targets.t().reshape(-1), hidden, lr=20.0)
 
-    seq_s = ref_s = 0.0
-    tokens = 0
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(task, net, data, Path(tmp), torch.device("cpu"), quiet=True)
         net.train()
         ref.train()
         task.reset_epoch()
-        for i, b in enumerate(task.train_batches(data["train"], epoch=0)):
-            if i == n_batches + 3:
-                break
-            t0 = time.perf_counter()
-            trainer._step(b)
-            t1 = time.perf_counter()
-            ref_step(b)
-            t2 = time.perf_counter()
-            if i >= 3:  # warm-up
-                seq_s, ref_s, tokens = seq_s + t1 - t0, ref_s + t2 - t1, tokens + b.num_tokens
+        batches = itertools.islice(task.train_batches(data["train"], epoch=0), n_batches + 3)
+        seconds, tokens = time_interleaved(batches, {"seqtext": trainer._step, "reference": ref_step}, warmup=3)
+    seq_s, ref_s = seconds["seqtext"], seconds["reference"]
     return {"seqtext_tokens_per_s": round(tokens / seq_s), "reference_tokens_per_s": round(tokens / ref_s),
             "ratio": round(ref_s / seq_s, 2), "batches": n_batches, "overrides": REFERENCE_SIZES}
 

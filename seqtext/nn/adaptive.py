@@ -29,10 +29,10 @@ ROW_BUCKET = 64
 def _bucketed(index: torch.Tensor) -> torch.Tensor:
     """``index`` padded (with its first entry) to a multiple of :data:`ROW_BUCKET` rows.
 
-    A cluster's row count changes every step. Under bf16 autocast on CPU the matmuls go to
-    oneDNN, which builds and caches a kernel (with packed weights) per shape: unpadded, peak
-    memory grew ~17 MB a step (3 GB after 150 WikiText-2 steps). With bucketed shapes the
-    cache stays small; the padded rows' outputs are dropped, so they get no gradient.
+    A cluster's row count changes every step. Under bf16 autocast on CPU (oneDNN matmuls, which
+    cache per-shape state) that made peak memory grow with every step of WikiText-2 training;
+    with row counts in buckets it stays flat. The padded rows' outputs are dropped, so they get
+    no gradient.
     """
     n = index.numel()
     extra = -n % ROW_BUCKET

@@ -41,7 +41,7 @@ class CharCNN(nn.Module):
 
         The words' characters are laid out as one sequence with zero gaps between words and
         convolved once, so the work follows the real character count instead of N × the
-        longest word (1.4-1.7× faster on CoNLL batches); each word's max is then taken over its
+        longest word; each word's max is then taken over its
         own positions. Identical values and gradients to convolving the padded rows.
         """
         n, length = char_ids.shape

@@ -84,7 +84,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     ``F.cross_entropy`` stores the [N, V] log-probabilities next to the logits and, in backward,
     zero-fills an [N, V] gradient for the NLL and runs log_softmax's backward over it: with a
-    33k-word vocabulary those memory-bound passes were ~30 % of an LM step. Here backward turns
+    33k-word vocabulary those memory-bound passes were most of an LM step's non-matmul time in
+    profiles (benchmarks/README.md). Here backward turns
     the saved logits into the softmax in place and subtracts 1 at the targets, which is the whole
     gradient. Targets < 0 are ignored (loss 0, no gradient), like ``ignore_index=-100``.
     """
