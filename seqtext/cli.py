@@ -98,14 +98,22 @@ def train(recipe, overrides, output, data_dir, resume, force, device, quiet):
               help="Directory with local copies of the recipe's data.")
 @click.option("--mode", type=click.Choice(["default", "strict"]), default="default", show_default=True,
               help="tag: seqeval mode (default = conlleval-compatible).")
+@click.option("--cache-size", type=click.IntRange(min=0), default=0, show_default=True,
+              help="lm: also score with a continuous cache of this many recent positions per stream "
+                   "(Grave et al. 2017; try 2000). Adds cache_perplexity; perplexity stays the model's own.")
+@click.option("--cache-theta", type=click.FloatRange(min=0.0), help="lm: cache flatness θ (default: chosen on dev).")
+@click.option("--cache-lambda", type=click.FloatRange(min=0.0, max=1.0, max_open=True),
+              help="lm: cache interpolation weight λ (default: chosen on dev).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def evaluate(model_dir, split, data_file, data_dir, mode, as_json, device):
+def evaluate(model_dir, split, data_file, data_dir, mode, cache_size, cache_theta, cache_lambda, as_json, device):
     """Score a trained model: accuracy/F1 (classify), entity F1 (tag) or perplexity (lm)."""
     from .model import load
 
     model = load(model_dir, device)
     kw = {"mode": mode} if model.task.name == "tag" else {}
+    if cache_size:
+        kw.update(cache_size=cache_size, cache_theta=cache_theta, cache_lambda=cache_lambda)
     metrics = model.evaluate(split=split, data=str(data_file) if data_file else None,
                              data_dir=str(data_dir) if data_dir else None, **kw)
     if as_json:
@@ -120,6 +128,8 @@ def _print_metrics(metrics: dict) -> None:
             click.echo(f"{k:>18}: {v:.4f}")
         elif isinstance(v, int):
             click.echo(f"{k:>18}: {v}")
+    if "cache" in metrics:
+        click.echo(f"{'cache':>18}: " + ", ".join(f"{k} {v:g}" for k, v in metrics["cache"].items()))
     for table in ("per_class", "per_type"):
         if table in metrics:
             click.echo(f"\n{'':>18}  precision  recall      f1  support")

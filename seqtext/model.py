@@ -144,8 +144,27 @@ class Model:
             if split not in splits:
                 raise SeqtextError(f"the recipe's data has no {split!r} split; pass --data FILE")
             raw = splits[split]
+        if kw.get("cache_size"):
+            if self.task.name != "lm":
+                raise SeqtextError(f"{self.directory}: the continuous cache is for 'lm' models, this is "
+                                   f"a {self.task.name!r} model")
+            if kw.get("cache_theta") is None or kw.get("cache_lambda") is None:
+                tuned = self.tune_cache(kw["cache_size"], data_dir)
+                kw["cache_theta"] = tuned["theta"] if kw.get("cache_theta") is None else kw["cache_theta"]
+                kw["cache_lambda"] = tuned["lambda"] if kw.get("cache_lambda") is None else kw["cache_lambda"]
         encoded = self.task.encode_split(self.task.tokenize_split(raw, split), split)
         return self.task.evaluate(self.net, encoded, self.device, **kw)
+
+    def tune_cache(self, cache_size: int, data_dir: str | None = None) -> dict:
+        """lm: pick the continuous cache's θ and λ on the recipe's dev split (see LMTask.tune_cache)."""
+        from .data.sources import load_splits
+
+        splits = load_splits(self.recipe, data_dir, only=("dev",))
+        if "dev" not in splits:
+            raise SeqtextError("choosing the cache's theta/lambda needs the recipe's dev split; "
+                               "or pass --cache-theta and --cache-lambda")
+        dev = self.task.encode_split(self.task.tokenize_split(splits["dev"], "dev"), "dev")
+        return self.task.tune_cache(self.net, dev, self.device, cache_size)
 
     def generate(self, prompt: str = "", **kw):
         if not hasattr(self.task, "generate"):

@@ -159,3 +159,16 @@ def test_epoch_end_does_not_evaluate_the_same_step_twice(tiny, tmp_path):
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(steps) == len(set(steps)) and steps == sorted(steps)
     assert 4 in steps and steps[-1] % 4 == 0  # 128 train rows / 32 = 4 steps per epoch
+
+
+def test_keep_freed_memory_applies_on_glibc():
+    import platform
+    import sys
+
+    from seqtext.train import keep_freed_memory
+
+    applied = keep_freed_memory()
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert applied is True
+    else:
+        assert applied is False

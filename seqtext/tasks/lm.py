@@ -30,12 +30,27 @@ from ..data.batching import Batch, iter_stream, lm_stream_batches, read_rows, to
 from ..data.vocab import EOS, Vocab
 from ..errors import SeqtextError
 from ..nn.adaptive import AdaptiveSoftmax
+from ..nn.cache import ContinuousCache, mix_log_prob
 from ..nn.encoder import State, detach_state
 from ..nn.heads import LMHead
 from .base import Net, Task, fingerprint
 
 PROMPT_CHUNK = 1024  # prompt tokens per LSTM call in generate(): bounded memory for huge prompts
 TOKENIZE_ROWS = 1000  # rows tokenized (as Python lists) at a time inside one map batch
+# continuous-cache grid searched on the dev split (Grave et al. 2017 tune the same two knobs)
+CACHE_THETAS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0)
+CACHE_LAMBDAS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
+
+
+def check_cache_lambda(lam: float) -> None:
+    if not 0.0 <= lam < 1.0:
+        raise SeqtextError(f"cache lambda must be in [0, 1), got {lam}")
+
+
+def _cache_loss(scored: dict, theta_index: int, lam: float) -> float:
+    """Mean NLL of the model mixed with the cache (θ number ``theta_index``) at weight λ."""
+    mixed = mix_log_prob(scored["log_p"], scored["cache_p"][theta_index], scored["available"], lam)
+    return float(-mixed.mean())
 
 
 class LMSplit:
@@ -262,42 +277,93 @@ class LMTask(Task):
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def evaluate(self, net: Net, data: LMSplit, device, batch_size: int | None = None, **kw) -> dict:
+    def evaluate(self, net: Net, data: LMSplit, device, batch_size: int | None = None, cache_size: int = 0,
+                 cache_theta: float | None = None, cache_lambda: float | None = None, **kw) -> dict:
         """Perplexity over the whole split with the state carried across windows.
 
         The stream is cut into ``batch_size`` (default 10) parallel columns as in training;
         the few tokens after the last full column are scored too, continuing the last
         column's state, so every token but the first is predicted exactly once.
+
+        With ``cache_size`` > 0, ``cache_theta`` and ``cache_lambda``, the same pass also scores
+        the model with a continuous cache (:mod:`seqtext.nn.cache`) and adds ``cache_perplexity``,
+        ``cache_loss`` and ``cache`` (the settings); ``perplexity`` stays the model's own.
         """
+        use_cache = cache_size > 0
+        if use_cache and (cache_theta is None or cache_lambda is None):
+            raise SeqtextError("a cache needs cache_theta and cache_lambda (seqtext evaluate picks them on the "
+                               "dev split when not given)")
+        scored = self._score(net, data, device, batch_size, cache_size, [cache_theta] if use_cache else [])
+        loss = scored["fwd_sum"] / scored["fwd_n"]
+        out = {"perplexity": math.exp(loss), "loss": loss, "tokens": scored["fwd_n"]}
+        if scored["bwd_n"]:
+            out["backward_perplexity"] = math.exp(scored["bwd_sum"] / scored["bwd_n"])
+            out["backward_loss"] = scored["bwd_sum"] / scored["bwd_n"]
+        if use_cache:
+            check_cache_lambda(cache_lambda)
+            cache_loss = _cache_loss(scored, 0, cache_lambda)
+            out.update(cache_perplexity=math.exp(cache_loss), cache_loss=cache_loss,
+                       cache={"size": cache_size, "theta": cache_theta, "lambda": cache_lambda})
+        return out
+
+    @torch.no_grad()
+    def tune_cache(self, net: Net, data: LMSplit, device, cache_size: int, thetas=CACHE_THETAS,
+                   lambdas=CACHE_LAMBDAS, batch_size: int | None = None) -> dict:
+        """Choose the continuous cache's θ and λ on ``data`` (the dev split) by grid search: one
+        pass scores every θ, then every λ is a cheap re-mix. Returns ``theta``, ``lambda``,
+        ``perplexity`` (with the cache, on ``data``) and ``perplexity_without``."""
+        for lam in lambdas:
+            check_cache_lambda(lam)
+        scored = self._score(net, data, device, batch_size, cache_size, list(thetas))
+        losses = {(th, lam): _cache_loss(scored, i, lam) for i, th in enumerate(thetas) for lam in lambdas}
+        (theta, lam), best = min(losses.items(), key=lambda kv: kv[1])
+        return {"theta": theta, "lambda": lam, "perplexity": math.exp(best),
+                "perplexity_without": math.exp(scored["fwd_sum"] / scored["fwd_n"])}
+
+    def _score(self, net: Net, data: LMSplit, device, batch_size: int | None, cache_size: int,
+               thetas: list[float]) -> dict:
+        """One pass over the split: summed forward/backward NLL and, with a cache, per-token
+        model log-probabilities and cache probabilities for each θ."""
         net.eval()
         n_tokens = data.num_tokens
         if n_tokens < 2:
             raise SeqtextError(f"evaluation data has {n_tokens} token(s); need at least 2")
         B = max(1, min(batch_size or self.eval_batch_size, (n_tokens - 1) // 2))
         bptt = self.recipe.train.bptt
-        fwd_sum, fwd_n, bwd_sum, bwd_n = 0.0, 0, 0.0, 0
+        out = {"fwd_sum": 0.0, "fwd_n": 0, "bwd_sum": 0.0, "bwd_n": 0, "log_p": [], "cache_p": [], "available": []}
+        cache = ContinuousCache(cache_size, thetas) if cache_size > 0 else None
+
+        def score_forward(f: torch.Tensor, targets: torch.Tensor) -> None:
+            nll = self.token_nll(net, f, targets).double()
+            out["fwd_sum"] += float(nll.sum())
+            out["fwd_n"] += targets.numel()
+            if cache is not None:
+                probs, available = cache.target_probs(f, targets)
+                out["log_p"].append((-nll).flatten().cpu())
+                out["cache_p"].append(probs.flatten(1).double().cpu())
+                out["available"].append(available.flatten().cpu())
+
         state = None
         for x, y in self._eval_windows(data, B, bptt):
             batch = self._batch(x, y).to(device)
             _, state, (f, b) = net.encode(batch, state, return_directions=True)
-            fwd_sum += float(self.token_nll(net, f, batch.targets).double().sum())
-            fwd_n += batch.targets.numel()
+            score_forward(f, batch.targets)
             if b is not None and x.size(1) > 1:
-                bwd_sum += float(self.token_nll(net, b[:, 1:], batch.ids[:, :-1]).double().sum())
-                bwd_n += batch.ids[:, 1:].numel()
+                out["bwd_sum"] += float(self.token_nll(net, b[:, 1:], batch.ids[:, :-1]).double().sum())
+                out["bwd_n"] += batch.ids[:, 1:].numel()
         n = (n_tokens - 1) // B
         if n_tokens - n * B > 1:  # the tail after the last full column continues that column
             last = [(h[:, -1:].contiguous(), c[:, -1:].contiguous()) for h, c in state]
             t = data.window(np.array([n * B]), n_tokens - n * B)
             batch = self._batch(t[:, :-1], t[:, 1:]).to(device)
             _, _, (f, _) = net.encode(batch, last, return_directions=True)
-            fwd_sum += float(self.token_nll(net, f, batch.targets).double().sum())
-            fwd_n += batch.targets.numel()
-        loss = fwd_sum / fwd_n
-        out = {"perplexity": math.exp(loss), "loss": loss, "tokens": fwd_n}
-        if bwd_n:
-            out["backward_perplexity"] = math.exp(bwd_sum / bwd_n)
-            out["backward_loss"] = bwd_sum / bwd_n
+            if cache is not None:
+                cache.keep_streams([B - 1])
+            score_forward(f, batch.targets)
+        if cache is not None:
+            out["log_p"] = torch.cat(out["log_p"])
+            out["cache_p"] = torch.cat(out["cache_p"], 1)
+            out["available"] = torch.cat(out["available"])
         return out
 
     @staticmethod
