@@ -5,12 +5,15 @@ Everything printed is measured in the same process on this machine; nothing is t
 
 from __future__ import annotations
 
+import importlib
+import itertools
 import json
 import platform
 import resource
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -39,6 +42,28 @@ def prepare(recipe_path: str, data_dir: str | None, overrides: list[str] | None 
     with tempfile.TemporaryDirectory() as tmp:
         data = task.setup(load_splits(recipe, data_dir), Path(tmp))
     return task, data
+
+
+@contextmanager
+def training_step(recipe_path: str, data_dir: str | None, overrides: list[str], n_batches: int,
+                  keep_freed_memory: bool = True):
+    """Yield (seqtext's training step function, the first ``n_batches`` batches of epoch 0) for a
+    recipe, exactly as ``seqtext train`` would run them (fresh weights, seed 0, CPU).
+
+    ``keep_freed_memory=False`` keeps glibc's default allocator settings, which the Trainer would
+    otherwise change for the whole process (so compare the two in separate processes)."""
+    train_module = importlib.import_module("seqtext.train")  # the module; seqtext.train is also a function
+    if not keep_freed_memory:
+        train_module.keep_freed_memory = lambda: False
+    task, data = prepare(recipe_path, data_dir, overrides)
+    torch.manual_seed(0)
+    net = task.build_net()
+    batches = list(itertools.islice(task.train_batches(data["train"], epoch=0), n_batches))
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = train_module.Trainer(task, net, data, Path(tmp), torch.device("cpu"), quiet=True)
+        net.train()
+        task.reset_epoch()
+        yield trainer._step, batches
 
 
 def throughput(task, data, n_batches: int = 60, warmup: int = 5) -> dict:

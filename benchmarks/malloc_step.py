@@ -23,36 +23,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import save, table
 
 CHILD = r"""
-import json, sys, tempfile, time
-from pathlib import Path
+import json, sys
 import torch
-import importlib
-st = importlib.import_module("seqtext.train")  # the module (seqtext.train is also a function)
-from benchmarks.common import peak_rss_mb, prepare
+from benchmarks.common import peak_rss_mb, time_interleaved, training_step
 recipe, data_dir, threads, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-keep = sys.argv[5] == "1"
-if not keep:
-    st.keep_freed_memory = lambda: False   # the Trainer would otherwise apply it
 torch.set_num_threads(threads)
-task, data = prepare(recipe, data_dir or None, [f"train.threads={threads}"])
-torch.manual_seed(0)
-net = task.build_net()
-warmup, batches = 5, []
-for b in task.train_batches(data["train"], epoch=0):
-    batches.append(b)
-    if len(batches) == warmup + steps:
-        break
-with tempfile.TemporaryDirectory() as tmp:
-    trainer = st.Trainer(task, net, data, Path(tmp), torch.device("cpu"), quiet=True)
-    net.train()
-    task.reset_epoch()
-    tokens, start = 0, 0.0
-    for i, b in enumerate(batches):
-        if i == warmup:
-            start = time.perf_counter()
-        trainer._step(b)
-        tokens += b.num_tokens if i >= warmup else 0
-    print(json.dumps({"tokens_per_s": tokens / (time.perf_counter() - start), "peak_rss_mb": peak_rss_mb()}))
+warmup = 5
+with training_step(recipe, data_dir or None, [f"train.threads={threads}"], warmup + steps,
+                   keep_freed_memory=sys.argv[5] == "1") as (step, batches):
+    seconds, tokens = time_interleaved(batches, {"step": step}, warmup)
+print(json.dumps({"tokens_per_s": tokens / seconds["step"], "peak_rss_mb": peak_rss_mb()}))
 """
 
 

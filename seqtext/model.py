@@ -134,7 +134,29 @@ class Model:
 
     def evaluate(self, split: str = "test", data: str | None = None, data_dir: str | None = None,
                  **kw) -> dict:
-        """Metrics on a split of the recipe's data (or ``data``, a file in the training format)."""
+        """Metrics on a split of the recipe's data (or ``data``, a file in the training format).
+
+        lm: ``cache_size`` > 0 also scores with a continuous cache; its ``cache_theta`` /
+        ``cache_lambda``, when not given, are chosen on the dev split (:meth:`tune_cache`)."""
+        if kw.get("cache_size"):
+            if self.task.name != "lm":
+                raise SeqtextError(f"{self.directory}: the continuous cache is for 'lm' models, this is "
+                                   f"a {self.task.name!r} model")
+            if kw.get("cache_theta") is None or kw.get("cache_lambda") is None:
+                tuned = self.tune_cache(kw["cache_size"], data_dir)
+                for key in ("theta", "lambda"):
+                    if kw.get(f"cache_{key}") is None:
+                        kw[f"cache_{key}"] = tuned[key]
+        return self.task.evaluate(self.net, self._encoded(split, data, data_dir), self.device, **kw)
+
+    def tune_cache(self, cache_size: int, data_dir: str | None = None) -> dict:
+        """lm: pick the continuous cache's θ and λ on the recipe's dev split (see LMTask.tune_cache)."""
+        dev = self._encoded("dev", None, data_dir, missing="choosing the cache's theta/lambda needs the recipe's "
+                            "dev split; or pass --cache-theta and --cache-lambda")
+        return self.task.tune_cache(self.net, dev, self.device, cache_size)
+
+    def _encoded(self, split: str, data: str | None, data_dir: str | None, missing: str = ""):
+        """A split of the recipe's data (or the file ``data``), tokenized and numericalized."""
         from .data.sources import load_file, load_splits
 
         if data:
@@ -142,29 +164,9 @@ class Model:
         else:
             splits = load_splits(self.recipe, data_dir, only=(split,))
             if split not in splits:
-                raise SeqtextError(f"the recipe's data has no {split!r} split; pass --data FILE")
+                raise SeqtextError(missing or f"the recipe's data has no {split!r} split; pass --data FILE")
             raw = splits[split]
-        if kw.get("cache_size"):
-            if self.task.name != "lm":
-                raise SeqtextError(f"{self.directory}: the continuous cache is for 'lm' models, this is "
-                                   f"a {self.task.name!r} model")
-            if kw.get("cache_theta") is None or kw.get("cache_lambda") is None:
-                tuned = self.tune_cache(kw["cache_size"], data_dir)
-                kw["cache_theta"] = tuned["theta"] if kw.get("cache_theta") is None else kw["cache_theta"]
-                kw["cache_lambda"] = tuned["lambda"] if kw.get("cache_lambda") is None else kw["cache_lambda"]
-        encoded = self.task.encode_split(self.task.tokenize_split(raw, split), split)
-        return self.task.evaluate(self.net, encoded, self.device, **kw)
-
-    def tune_cache(self, cache_size: int, data_dir: str | None = None) -> dict:
-        """lm: pick the continuous cache's θ and λ on the recipe's dev split (see LMTask.tune_cache)."""
-        from .data.sources import load_splits
-
-        splits = load_splits(self.recipe, data_dir, only=("dev",))
-        if "dev" not in splits:
-            raise SeqtextError("choosing the cache's theta/lambda needs the recipe's dev split; "
-                               "or pass --cache-theta and --cache-lambda")
-        dev = self.task.encode_split(self.task.tokenize_split(splits["dev"], "dev"), "dev")
-        return self.task.tune_cache(self.net, dev, self.device, cache_size)
+        return self.task.encode_split(self.task.tokenize_split(raw, split), split)
 
     def generate(self, prompt: str = "", **kw):
         if not hasattr(self.task, "generate"):

@@ -57,7 +57,7 @@ def keep_freed_memory() -> bool:
 
     By default glibc serves every allocation above 32 MB with a fresh ``mmap`` and unmaps it on
     free, so each training step page-faults its large gradient buffers back in (the WikiText-2
-    LM's 33k × 400 embedding gradient: ~30 ms of kernel page zeroing per step in the profile).
+    LM's 33k × 400 embedding gradient, zeroed by the kernel page by page every step).
     Serving them from the heap and never trimming it made that recipe's step 1.46× faster, with
     ~4 % more peak RSS (the heap keeps its high-water mark): ``benchmarks/malloc_step.py``. Returns
     whether the settings were applied (False off glibc, e.g. macOS/Windows).

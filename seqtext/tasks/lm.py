@@ -290,9 +290,11 @@ class LMTask(Task):
         ``cache_loss`` and ``cache`` (the settings); ``perplexity`` stays the model's own.
         """
         use_cache = cache_size > 0
-        if use_cache and (cache_theta is None or cache_lambda is None):
-            raise SeqtextError("a cache needs cache_theta and cache_lambda (seqtext evaluate picks them on the "
-                               "dev split when not given)")
+        if use_cache:
+            if cache_theta is None or cache_lambda is None:
+                raise SeqtextError("a cache needs cache_theta and cache_lambda (seqtext evaluate picks them on "
+                                   "the dev split when not given)")
+            check_cache_lambda(cache_lambda)
         scored = self._score(net, data, device, batch_size, cache_size, [cache_theta] if use_cache else [])
         loss = scored["fwd_sum"] / scored["fwd_n"]
         out = {"perplexity": math.exp(loss), "loss": loss, "tokens": scored["fwd_n"]}
@@ -300,7 +302,6 @@ class LMTask(Task):
             out["backward_perplexity"] = math.exp(scored["bwd_sum"] / scored["bwd_n"])
             out["backward_loss"] = scored["bwd_sum"] / scored["bwd_n"]
         if use_cache:
-            check_cache_lambda(cache_lambda)
             cache_loss = _cache_loss(scored, 0, cache_lambda)
             out.update(cache_perplexity=math.exp(cache_loss), cache_loss=cache_loss,
                        cache={"size": cache_size, "theta": cache_theta, "lambda": cache_lambda})

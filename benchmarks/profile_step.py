@@ -1,0 +1,64 @@
+"""Where a training step's time goes: torch.profiler over seqtext's full step for a recipe.
+
+    python benchmarks/profile_step.py                                   # WikiText-2 LM recipe, 2 threads
+    python benchmarks/profile_step.py --glibc-default                   # without keep_freed_memory
+    python benchmarks/profile_step.py --recipe recipes/conll2003_ner.toml --data-dir ../shared/data/conll2003
+
+Runs ``--warmup`` steps, then profiles ``--steps`` steps and prints the operators with the most
+self CPU time (per operator, or per operator and input shape with ``--by-shape``), with their
+time per step. Writes
+benchmarks/results/profile_<recipe name>[_glibc_default].json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+
+from benchmarks.common import save, training_step
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", default="recipes/wikitext2_lm.toml")
+    ap.add_argument("--data-dir", default="../shared/data/wikitext2")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--rows", type=int, default=15)
+    ap.add_argument("--by-shape", action="store_true", help="one row per operator and input shapes")
+    ap.add_argument("--glibc-default", action="store_true",
+                    help="keep glibc's allocator settings (the Trainer applies keep_freed_memory otherwise)")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    overrides = [*args.overrides, f"train.threads={args.threads}"]
+    with training_step(args.recipe, args.data_dir, overrides, args.warmup + args.steps,
+                       keep_freed_memory=not args.glibc_default) as (step, batches):
+        for b in batches[: args.warmup]:
+            step(b)
+        with torch.profiler.profile(record_shapes=args.by_shape) as prof:
+            for b in batches[args.warmup:]:
+                step(b)
+    events = sorted(prof.key_averages(group_by_input_shape=args.by_shape),
+                    key=lambda e: e.self_cpu_time_total, reverse=True)
+    per_step = [e.self_cpu_time_total / 1000 / args.steps for e in events]  # ms
+    total_ms = sum(per_step)
+    rows = [{"op": e.key, "shapes": str(e.input_shapes)[:80] if args.by_shape else "", "ms_per_step": round(ms, 2),
+             "share": round(ms / total_ms, 3)} for e, ms in zip(events[: args.rows], per_step)]
+    print(f"{args.recipe}: {total_ms:.1f} ms self CPU time per step ({args.threads} threads, "
+          f"{'glibc default' if args.glibc_default else 'keep_freed_memory'})")
+    for r in rows:
+        print(f"{r['ms_per_step']:8.2f} ms {100 * r['share']:5.1f} %  {r['op']:<40} {r['shapes']}")
+    name = f"profile_{Path(args.recipe).stem}" + ("_glibc_default" if args.glibc_default else "")
+    print(f"written {save(name, {'recipe': args.recipe, 'ms_per_step': round(total_ms, 1), 'top': rows})}")
+
+
+if __name__ == "__main__":
+    main()
