@@ -93,6 +93,7 @@ def main() -> None:
         "train": train_summary,
         "train_minutes": minutes,
         "epochs_completed": _epochs(Path(args.output)),
+        "members": _members(Path(args.output)),
         **{f"{k}_{m}": scores[k][m] for k in scores for m in ("f1", "precision", "recall")},
         "test_token_accuracy": scores["test"]["token_accuracy"],
         "test_per_type": scores["test"]["per_type"],
@@ -116,13 +117,29 @@ def main() -> None:
           f"{result['epochs_completed']} epochs, {train_summary.get('tokens_per_second', 0):.0f} tokens/s")
     print(f"inference (test, batch {speed['batch_size']}): {speed['tokens_per_second']:.0f} tokens/s pre-split, "
           f"{speed['raw_text_tokens_per_second']:.0f} tokens/s from raw text")
+    for i, m in enumerate(result["members"], 1):
+        print(f"member {i}: dev {100 * m['dev_f1']:.2f}, test {100 * m['test_f1']:.2f}, "
+              f"{m['minutes']:.1f} min, {m['epochs']} epochs")
     verdict = "MET" if result["target"]["met"] else "NOT met"
     print(f"target test F1 >= {100 * TARGET_F1:.1f} in <= {TARGET_MINUTES:.0f} min: {verdict}")
     print(f"results: {RESULTS}")
 
 
+def _members(run_dir: Path) -> list[dict]:
+    """Each ensemble member's own scores (as it was scored alone at the end of its training)."""
+    out = []
+    for d in sorted((run_dir / "members").glob("*"), key=lambda d: int(d.name) if d.name.isdigit() else 0):
+        if (d / "metrics.json").is_file():
+            m = json.loads((d / "metrics.json").read_text(encoding="utf-8"))
+            out.append({"dev_f1": m["dev"]["f1"], "test_f1": m["test"]["f1"], "minutes": m["train"]["seconds"] / 60,
+                        "epochs": _epochs(d)})
+    return out
+
+
 def _epochs(run_dir: Path) -> int:
     history = run_dir / "metrics.jsonl"
+    if not history.is_file() and (run_dir / "members" / "1").is_dir():
+        history = run_dir / "members" / "1" / "metrics.jsonl"
     if not history.is_file():
         return 0
     lines = [json.loads(x) for x in history.read_text(encoding="utf-8").splitlines() if x.strip()]

@@ -99,6 +99,9 @@ class ModelConfig:
     char_filters: int = opt(50, "tag: char-CNN filters (its output size).", min=1)
     casing: bool = opt(False, "tag: add a casing feature embedding (lower/upper/title/digit/other).")
     crf: bool = opt(True, "tag: linear-chain CRF output layer (else per-token softmax).")
+    ensemble: int = opt(1, "tag: train this many taggers (seeds seed, seed+1, ...) in <run>/members/ and predict with "
+                        "all of them: tag scores and CRF transitions are averaged. Costs N× training and inference "
+                        "time; [train] max_minutes applies to each member.", min=1, max=16)
     tie_weights: bool = opt(True, "lm: share the embedding and output matrices when sizes allow.")
     projection_size: int = opt(0, "lm: project LSTM output to this size before the softmax "
                                "(0 = embedding_dim when tying, else none).", min=0)
@@ -137,6 +140,12 @@ class TrainConfig:
     freeze_epochs: int = opt(0, "Transfer: train only the head for this many epochs, then unfreeze.", min=0)
     encoder_lr_factor: float = opt(1.0, "Transfer: encoder/embedding LR = lr × this factor "
                                    "(discriminative fine-tuning).", min=0.0, min_exclusive=True)
+    parallel_members: int = opt(1, "[model] ensemble: train this many members at once, in separate processes that "
+                                "share [train] threads (2 on 2 cores: a second process uses the second core better "
+                                "than a second thread does in small-batch LSTM steps).", min=1)
+    ema_decay: float = opt(0.0, "Keep an exponential moving average of the weights with this decay per step and "
+                           "evaluate/save it instead of the raw weights (0 = off). Averaging cancels SGD noise: "
+                           "0.999 (a ~1,000-step horizon) for the LM recipes.", min=0.0, max=0.99999)
     max_bad_steps: int = opt(0, "Skip up to this many non-finite-loss steps before stopping (0 = stop at once).",
                              min=0)
 

@@ -498,6 +498,9 @@ def _spec_from_run(directory: str, width: int, depth: int, dropout: float) -> tu
     if src.recipe.tokenizer.kind == "sentencepiece":
         raise SeqtextError(f"{where}: its tokenizer is sentencepiece (subwords); spaCy tokens need a word-level "
                            "vocabulary (tokenizer kind regex, whitespace or spacy)")
+    if src.recipe.model.ensemble > 1:
+        raise SeqtextError(f"{where}: is an ensemble of {src.recipe.model.ensemble} taggers; use one of them, "
+                           f"e.g. {Path(directory) / 'members' / '1'}")
     emb, enc = src.net.embedder, src.net.encoder
     if not enc.bidirectional:
         raise SeqtextError(f"{where}: its encoder is unidirectional; a BiLSTM encoder needs bidirectional = true")

@@ -10,9 +10,12 @@ an uninterrupted one (on CPU).
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import io
 import json
 import math
+import os
 import shutil
 import signal
 import sys
@@ -28,7 +31,7 @@ from tqdm import tqdm
 from . import distributed as dist
 from .data.sources import load_splits
 from .errors import Interrupted, SeqtextError
-from .io import append_line, atomic_write, read_json, write_json
+from .io import append_line, atomic_write, read_json, write_json, write_text
 from .model import (
     CHECKPOINT_FILE,
     CURVES_FILE,
@@ -126,6 +129,60 @@ class LoopState:
     losses: list = field(default_factory=list)  # (step, mean loss) for curves
 
 
+class WeightAverage:
+    """Exponential moving average of a network's parameters (Polyak averaging over a horizon of
+    ~1 / (1 - decay) steps): the average sits nearer the optimum than the noisy last iterate.
+
+    Updated every ``every`` steps with decay ** every, so the horizon stays the same while the
+    pass over all weights (memory-bound: ~8 % of an LM step if done every step) costs 1/every
+    as much. Early updates use a smaller decay, (1 + n) / (10 + n), so the average is not tied
+    to the initial weights."""
+
+    def __init__(self, net: nn.Module, decay: float, every: int = 8):
+        self.decay, self.every = decay, every
+        self.names = [n for n, _ in net.named_parameters()]  # tied weights appear once
+        self.params = [p for _, p in net.named_parameters()]
+        self.averaged = [p.detach().clone() for p in self.params]
+        self.updates = 0
+
+    def step(self, global_step: int) -> None:
+        if global_step % self.every:
+            return
+        self.updates += 1
+        decay = min(self.decay ** self.every, (1 + self.updates) / (10 + self.updates))
+        with torch.no_grad():
+            torch._foreach_lerp_(self.averaged, [p.detach() for p in self.params], 1.0 - decay)
+
+    @contextlib.contextmanager
+    def swapped_in(self):
+        """The network holds the averaged weights inside the block and its own ones after."""
+        self._swap()
+        try:
+            yield
+        finally:
+            self._swap()
+
+    def _swap(self) -> None:
+        # copies, not .data swaps: parameters keep their storage (cuDNN's flattened LSTM weights)
+        with torch.no_grad():
+            for p, a in zip(self.params, self.averaged):
+                own = p.detach().clone()
+                p.copy_(a)
+                a.copy_(own)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {f"ema.{n}": a for n, a in zip(self.names, self.averaged)} | \
+            {"ema_updates": torch.tensor(self.updates)}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        if "ema_updates" not in tensors:
+            raise SeqtextError("the checkpoint has no weight average although [train] ema_decay is set; "
+                               "resume with the recipe it was written with")
+        for n, a in zip(self.names, self.averaged):
+            a.copy_(tensors[f"ema.{n}"])
+        self.updates = int(tensors["ema_updates"])
+
+
 class Trainer:
     def __init__(self, task, net: nn.Module, data: dict, run_dir: Path, device: torch.device,
                  quiet: bool = False):
@@ -141,6 +198,7 @@ class Trainer:
         self.model = dist.wrap(net, device)
         self.optimizer = self._optimizer()
         self.scheduler = self._scheduler()
+        self.average = WeightAverage(net, self.cfg.ema_decay) if self.cfg.ema_decay else None
         self.state = LoopState()
         self.sign = 1.0 if task.higher_is_better else -1.0
         self.flops_per_token = net.flops_per_token() * 3  # forward + backward ≈ 3× forward
@@ -203,6 +261,8 @@ class Trainer:
                 tensors[f"rng.cuda{i}"] = s
         for k, v in self.task.train_state().items():
             tensors[f"task.{k}"] = v
+        if self.average is not None:
+            tensors |= self.average.state()
         meta = {
             "loop": json.dumps(self.state.__dict__),
             "optim_groups": json.dumps(osd["param_groups"]),
@@ -238,6 +298,8 @@ class Trainer:
             if cuda:
                 torch.cuda.set_rng_state_all(cuda)
         self.task.load_train_state({k[5:]: v.to(self.device) for k, v in tensors.items() if k.startswith("task.")})
+        if self.average is not None:
+            self.average.load_state(tensors)
         self._trim_history()
         return True
 
@@ -353,21 +415,24 @@ class Trainer:
         self.optimizer.step()
         if c.schedule != "plateau":
             self.scheduler.step()
+        if self.average is not None:
+            self.average.step(s.global_step + 1)
         return loss.item()
 
     def _evaluate(self) -> None:
         s = self.state
         s.last_eval_step = s.global_step
-        metrics = self.task.evaluate(self.net, self.data["dev"], self.device)
-        metrics = dist.average_metrics(metrics)
-        value = metrics[self.task.metric]
+        # with a weight average, it is what gets scored and kept as the model
+        with self.average.swapped_in() if self.average is not None else contextlib.nullcontext():
+            metrics = dist.average_metrics(self.task.dev_metrics(self.net, self.data["dev"], self.device))
+            value = metrics[self.task.metric]
+            improved = s.best is None or self.sign * (value - s.best) > 0
+            if improved and dist.is_main():
+                save_state_dict(self.run_dir / WEIGHTS_FILE, self.net.state_dict())
         if self.cfg.schedule == "plateau":
             self.scheduler.step(value)
-        improved = s.best is None or self.sign * (value - s.best) > 0
         if improved:
             s.best, s.best_step, s.bad_evals = value, s.global_step, 0
-            if dist.is_main():
-                save_state_dict(self.run_dir / WEIGHTS_FILE, self.net.state_dict())
         else:
             s.bad_evals += 1
         tps = s.tokens / max(1e-9, s.seconds)
@@ -418,6 +483,10 @@ def init_from(net: nn.Module, source_dir: str) -> list[str]:
     from .model import check_model_dir
 
     path = check_model_dir(source_dir)
+    ensemble = load_recipe(path / RECIPE_FILE).model.ensemble
+    if ensemble > 1:
+        raise SeqtextError(f"init_from {source_dir}: is an ensemble of {ensemble} taggers; initialise from one of "
+                           f"them, e.g. {path / 'members' / '1'}")
     source = load_state_dict(path / WEIGHTS_FILE)
     own = net.state_dict()
     copied = []
@@ -462,6 +531,8 @@ def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None
         import datasets
 
         datasets.disable_progress_bars()
+    if recipe.model.ensemble > 1:
+        return train_ensemble(recipe, data_dir, resume, force, quiet)
     run_dir = recipe.output_dir
     dev = dist.device_for_rank(resolve_device(recipe.train.device))
     set_threads(recipe.train.threads)
@@ -515,6 +586,130 @@ def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None
         finish(run_dir, task, net, data, dev, summary, quiet)
     dist.barrier()
     return run_dir
+
+
+def _train_member(member: Recipe, data_dir: str | None, resume: bool, quiet: bool) -> dict:
+    """One ensemble member, start to finish (also the entry point of a member's own process)."""
+    directory = member.output_dir
+    if resume and (directory / METRICS_FILE).is_file():
+        return read_json(directory / METRICS_FILE)["train"]
+    train(member, data_dir=data_dir, resume=resume, quiet=quiet)
+    return read_json(directory / METRICS_FILE)["train"]
+
+
+def train_ensemble(recipe: Recipe, data_dir: str | None, resume: bool, force: bool, quiet: bool) -> Path:
+    """Train ``[model] ensemble`` taggers, each an ordinary run with its own seed (seed, seed + 1,
+    ...) in ``<run>/members/<i>``, then write the run directory as one model holding all of them
+    (``members.<i>.*`` weights) and score it on dev and test.
+
+    ``[train] parallel_members`` > 1 trains that many at once in separate processes that split
+    the threads: small-batch LSTM steps use a second core poorly, a second process well.
+    Members share vocabulary, characters and labels because these come from the training data
+    alone. ``--resume`` skips finished members and resumes interrupted ones."""
+    from .model import load
+
+    if recipe.task != "tag":
+        raise SeqtextError(f"{recipe.source}: [model] ensemble: only tag models can be ensembles "
+                           f"(this recipe's task is {recipe.task!r}); set ensemble = 1")
+    run_dir = recipe.output_dir
+    n, parallel = recipe.model.ensemble, min(recipe.train.parallel_members, recipe.model.ensemble)
+    if parallel > 1 and dist.world_size() > 1:
+        raise SeqtextError(f"{recipe.source}: [train] parallel_members: not with torchrun; set it to 1")
+    if dist.is_main():
+        prepare_run_dir(run_dir, recipe, resume, force)
+        if force:
+            shutil.rmtree(run_dir / "members", ignore_errors=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / RECIPE_FILE, recipe.to_toml())  # marks the directory as this run's
+    dist.barrier()
+    threads = recipe.train.threads or len(os.sched_getaffinity(0))
+    members = []
+    for i in range(n):
+        member = copy.deepcopy(recipe)
+        member.model.ensemble = 1
+        member.train.seed = recipe.train.seed + i
+        member.name = f"{recipe.name}-{i + 1}"
+        member.output.dir = str(run_dir / "members" / str(i + 1))
+        if parallel > 1:
+            member.train.threads = max(1, threads // parallel)
+        members.append(member)
+    member_dirs = [m.output_dir for m in members]
+    done_before = [read_json(d / METRICS_FILE)["train"]["seconds"] for d in member_dirs
+                   if resume and (d / METRICS_FILE).is_file()]
+    start = time.perf_counter()
+    try:
+        if parallel > 1:
+            summaries = _train_members_in_processes(members, parallel, data_dir, resume, quiet)
+        else:
+            summaries = []
+            for i, member in enumerate(members):
+                if not quiet:
+                    print(f"ensemble member {i + 1}/{n} (seed {member.train.seed}) → {member.output_dir}",
+                          file=sys.stderr)
+                summaries.append(_train_member(member, data_dir, resume, quiet))
+    except (Interrupted, KeyboardInterrupt):
+        raise Interrupted(f"interrupted; finished members are kept and the others have checkpoints. Resume with: "
+                          f"seqtext train {run_dir / RECIPE_FILE} --resume") from None
+    if dist.is_main():
+        members = [load(d, "cpu") for d in member_dirs]
+        task = members[0].task
+        for d, m in zip(member_dirs[1:], members[1:]):
+            if m.task.vocab.itos != task.vocab.itos or m.task.meta != task.meta:
+                raise SeqtextError(f"{d}: its vocabulary or labels differ from {member_dirs[0]}'s; the members "
+                                   "of an ensemble must be trained on the same data (retrain with --force)")
+        task.recipe = recipe
+        net = task.build_net()
+        for slot, m in zip(net.members, members):
+            slot.load_state_dict(m.net.state_dict())
+        write_model_files(run_dir, task)
+        save_state_dict(run_dir / WEIGHTS_FILE, net.state_dict())
+        model = load(run_dir, recipe.train.device)
+        # wall-clock training time (members in parallel overlap), plus members finished before a resume
+        summary = {"members": n, "parallel_members": parallel,
+                   "seconds": time.perf_counter() - start + sum(done_before),
+                   "member_seconds": [x["seconds"] for x in summaries],
+                   "steps": sum(x["steps"] for x in summaries), "tokens": sum(x["tokens"] for x in summaries),
+                   "member_best_dev": [x["best_dev"] for x in summaries]}
+        metrics = {"task": task.name, "metric": task.metric, "train": summary}
+        available = load_splits(recipe, data_dir, only=("dev", "test"))
+        for split in ("dev", "test"):
+            if split in available:
+                metrics[split] = model.evaluate(split, data_dir=data_dir)
+        write_json(run_dir / METRICS_FILE, metrics)
+        if not quiet:
+            line = f"{run_dir}: ensemble of {n}, dev {task.metric} {metrics['dev'][task.metric]:.4f}"
+            if "test" in metrics:
+                line += f", test {task.metric} {metrics['test'][task.metric]:.4f}"
+            print(line + f" ({summary['seconds']:.0f}s training)", file=sys.stderr)
+    dist.barrier()
+    return run_dir
+
+
+def _train_members_in_processes(members: list[Recipe], parallel: int, data_dir: str | None, resume: bool,
+                                quiet: bool) -> list[dict]:
+    """Train members ``parallel`` at a time in spawned processes; the first shows its progress."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # fill the datasets cache once, here, so the processes only read it
+    first = members[0]
+    staging = Path(tempfile.mkdtemp(prefix="seqtext-"))
+    try:
+        task_class(first.task)(first).setup(load_splits(first, data_dir), staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if not quiet:
+        print(f"training {len(members)} ensemble members, {parallel} at a time with {first.train.threads} "
+              f"thread(s) each; member 1 shows its progress", file=sys.stderr)
+    with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_train_member, m, data_dir, resume, quiet or i > 0) for i, m in enumerate(members)]
+        summaries = []
+        for i, future in enumerate(futures):
+            summaries.append(future.result())
+            if not quiet:
+                print(f"ensemble member {i + 1}/{len(members)} done: dev {summaries[-1]['best_dev']:.4f}",
+                      file=sys.stderr)
+    return summaries
 
 
 def finish(run_dir: Path, task, net, data: dict, device, summary: dict, quiet: bool) -> dict:

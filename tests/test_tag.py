@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from seqtext.data.conll import read_conll
 from seqtext.data.sources import load_splits
 from seqtext.data.tagging import convert
 from seqtext.errors import SeqtextError
+from seqtext.model import load_state_dict
 from seqtext.recipe import load_recipe
 from seqtext.tasks.tag import TagTask, clip_word, scoring_tag
 
@@ -324,3 +326,95 @@ def test_cli_predict_conll_file(trained, tmp_path):
     result = CliRunner().invoke(main, ["predict", str(trained), "--file", str(tmp_path / "nope.conll"),
                                        "--format", "conll", "--output", str(out)])
     assert result.exit_code == 2 and "nope.conll: no such file" in result.output
+
+
+# ---------------------------------------------------------------------- ensembles
+
+def test_ensemble_of_copies_predicts_like_its_member(model):
+    from seqtext.tasks.tag import TaggerEnsemble
+
+    task, net = model.task, model.net
+    twin = task.build_tagger()
+    twin.load_state_dict(net.state_dict())
+    batch = task.collate_rows([task.encode_tokens(t) for t, _ in make_sentences(12, 5)])
+    ensemble = TaggerEnsemble([net, twin]).eval()
+    assert task.decode(ensemble, batch) == task.decode(net, batch)
+    torch.testing.assert_close(task.emissions(ensemble, batch), task.emissions(net, batch))
+
+
+def test_ensemble_averages_scores_and_transitions(model):
+    """Decoding an ensemble = Viterbi over the members' mean tag scores and mean transitions."""
+    from seqtext.nn.crf import CRF
+    from seqtext.tasks.tag import TaggerEnsemble
+
+    task, net = model.task, model.net
+    other = task.build_tagger()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p, q in zip(other.parameters(), net.parameters()):
+            p.copy_(q + 0.5 * torch.randn_like(q))
+    ensemble = TaggerEnsemble([net, other]).eval()
+    batch = task.collate_rows([task.encode_tokens(t) for t, _ in make_sentences(12, 6)])
+    with torch.no_grad():
+        mean = (task.emissions(net.eval(), batch) + task.emissions(other.eval(), batch)) / 2
+        trans, start, end = (torch.stack(x).mean(0) for x in zip(net.head.crf._scores(), other.head.crf._scores()))
+    expected = CRF(len(task.labels)).decode(mean, batch.mask, (trans, start, end))
+    assert task.decode(ensemble, batch) == [[task.labels[i] for i in p] for p in expected]
+    assert task.decode(ensemble, batch) != task.decode(other, batch)  # the average is not one member
+
+
+def test_ensemble_training_resume_and_model_directory(tmp_path, monkeypatch):
+    recipe = write_recipe(tmp_path, model={"ensemble": 2})
+    out = tmp_path / "ens"
+    real, calls = TagTask.loss, {"n": 0}
+
+    def dying(self, net, batch):  # dies in the second member's first epoch
+        calls["n"] += 1
+        if calls["n"] == 6 * 15 + 5:
+            raise KeyboardInterrupt
+        return real(self, net, batch)
+
+    monkeypatch.setattr(TagTask, "loss", dying)
+    with pytest.raises(seqtext.errors.Interrupted):
+        seqtext.train(recipe, output=out, quiet=True)
+    monkeypatch.undo()
+    first = (out / "members" / "1" / "weights.safetensors").stat().st_mtime_ns
+    assert not (out / "members" / "2" / "metrics.json").exists()
+    seqtext.train(recipe, output=out, resume=True, quiet=True)
+    assert (out / "members" / "1" / "weights.safetensors").stat().st_mtime_ns == first  # not retrained
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train"]["members"] == 2 and metrics["test"]["f1"] >= 0.9
+    model = seqtext.load(out, "cpu")
+    assert len(model.net.members) == 2
+    members = [seqtext.load(out / "members" / str(i), "cpu") for i in (1, 2)]
+    seeds = [m.recipe.train.seed for m in members]
+    assert seeds == [1, 2]
+    texts = ["Angela Merkel visited Paris ."]
+    assert model.predict(texts)[0]["entities"] == [
+        {"text": "Angela Merkel", "label": "PER", "start": 0, "end": 13},
+        {"text": "Paris", "label": "LOC", "start": 22, "end": 27}]
+    with pytest.raises(SeqtextError, match="is an ensemble of 2 taggers; initialise from one of them"):
+        importlib.import_module("seqtext.train").init_from(members[0].net, str(out))
+    result = CliRunner().invoke(main, ["evaluate", str(out), "--json", "--split", "test"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["f1"] == metrics["test"]["f1"]
+
+
+def test_ensemble_is_for_taggers_only(tiny):
+    with pytest.raises(SeqtextError, match=r"\[model\] ensemble: only tag models"):
+        seqtext.train(tiny, ["model.ensemble=2"], quiet=True)
+
+
+def test_ensemble_members_train_in_parallel_processes(tmp_path):
+    recipe = write_recipe(tmp_path, model={"ensemble": 2}, train={"parallel_members": 2, "threads": 2})
+    out = seqtext.train(recipe, output=tmp_path / "par", quiet=True)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train"]["parallel_members"] == 2 and metrics["test"]["f1"] >= 0.9
+    for i in (1, 2):
+        member = seqtext.load(out / "members" / str(i), "cpu")
+        assert member.recipe.train.seed == i and member.recipe.train.threads == 1
+    # the same members trained one after the other give the same weights
+    serial = seqtext.train(recipe, ["train.parallel_members=1", "train.threads=1"], output=tmp_path / "ser",
+                           quiet=True)
+    a, b = (load_state_dict(d / "members" / "2" / "weights.safetensors") for d in (out, serial))
+    assert all(torch.equal(a[k], b[k]) for k in a)

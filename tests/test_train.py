@@ -47,17 +47,21 @@ def kill_after(monkeypatch, n_calls):
     patch_loss(monkeypatch, die)
 
 
-@pytest.mark.parametrize("kill_at", [13, 17])  # mid-epoch (after checkpoint 10) and early in epoch 2
-def test_resume_matches_uninterrupted_run(tiny, tmp_path, monkeypatch, kill_at):
-    full = seqtext.train(tiny, output=tmp_path / "full", quiet=True)
+@pytest.mark.parametrize("kill_at,overrides", [
+    (13, []), (17, []),  # mid-epoch (after checkpoint 10) and early in epoch 2
+    (13, ["train.ema_decay=0.9"]),  # the weight average is part of the resume state
+])
+def test_resume_matches_uninterrupted_run(tiny, tmp_path, monkeypatch, kill_at, overrides):
+    full = seqtext.train(tiny, overrides, output=tmp_path / "full", quiet=True)
     kill_after(monkeypatch, kill_at)
     with pytest.raises(Killed):
-        seqtext.train(tiny, output=tmp_path / "part", quiet=True)
+        seqtext.train(tiny, overrides, output=tmp_path / "part", quiet=True)
     monkeypatch.undo()
-    resumed = seqtext.train(tiny, output=tmp_path / "part", resume=True, quiet=True)
+    resumed = seqtext.train(tiny, overrides, output=tmp_path / "part", resume=True, quiet=True)
     a, b = weights(full, "checkpoint.safetensors"), weights(resumed, "checkpoint.safetensors")
-    keys = [k for k in a if k.startswith(("model.", "optim."))]
+    keys = [k for k in a if k.startswith(("model.", "optim.", "ema"))]
     assert keys and all(torch.equal(a[k], b[k]) for k in keys)
+    assert any(k.startswith("ema.") for k in keys) == bool(overrides)
     wa, wb = weights(full), weights(resumed)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     test_metrics = [json.loads((d / "metrics.json").read_text())["test"] for d in (full, resumed)]
@@ -172,3 +176,35 @@ def test_keep_freed_memory_applies_on_glibc():
         assert applied is True
     else:
         assert applied is False
+
+
+def test_weight_average_follows_its_definition_and_swaps_back():
+    from seqtext.train import WeightAverage
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    avg = WeightAverage(net, decay=0.9, every=2)
+    expected = [p.detach().clone() for p in net.parameters()]
+    n = 0
+    for step in range(1, 9):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+        avg.step(step)
+        if step % 2 == 0:
+            n += 1
+            d = min(0.9 ** 2, (1 + n) / (10 + n))
+            expected = [d * e + (1 - d) * p.detach() for e, p in zip(expected, net.parameters())]
+    raw = [p.detach().clone() for p in net.parameters()]
+    with avg.swapped_in():
+        for p, e in zip(net.parameters(), expected):
+            torch.testing.assert_close(p.detach(), e)
+    assert all(torch.equal(p, r) for p, r in zip(net.parameters(), raw))
+
+
+def test_weight_average_is_what_gets_saved(tiny, tmp_path):
+    # one epoch, one evaluation: the saved weights are the average at the end, not the raw weights
+    out = seqtext.train(tiny, ["train.ema_decay=0.5", "train.epochs=1"], output=tmp_path / "e", quiet=True)
+    ckpt, saved = weights(out, "checkpoint.safetensors"), weights(out)
+    assert all(torch.equal(saved[k], ckpt[f"ema.{k}"]) for k in saved)
+    assert any(not torch.equal(saved[k], ckpt[f"model.{k}"]) for k in saved)

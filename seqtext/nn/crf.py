@@ -161,16 +161,27 @@ class CRF(nn.Module):
             alpha = torch.where(mask[:, t].unsqueeze(1), nxt, alpha)
         return torch.logsumexp(alpha + end, dim=1)
 
+    @staticmethod
+    def mean_scores(crfs: list[CRF]) -> tuple[Tensor, Tensor, Tensor]:
+        """Transition, start and end scores averaged over CRFs with the same tags and constraints
+        (an ensemble: with averaged tag scores too, Viterbi finds the path of the product of the
+        members' CRF distributions)."""
+        scores = [c._scores() for c in crfs]
+        return tuple(torch.stack(parts).mean(0) for parts in zip(*scores))
+
     @torch.no_grad()
-    def decode(self, emissions: Tensor, mask: Tensor | None = None) -> list[list[int]]:
+    def decode(self, emissions: Tensor, mask: Tensor | None = None,
+               scores: tuple[Tensor, Tensor, Tensor] | None = None) -> list[list[int]]:
         """Viterbi best tag path of each sequence, each as long as its mask.
 
         Args:
             emissions: float ``[B, T, K]`` unnormalized tag scores.
             mask: bool ``[B, T]``, True at real positions (default: all real).
+            scores: (transition, start, end) scores to use instead of this CRF's own
+                (see :meth:`mean_scores`).
         """
         mask = self._check(emissions, mask)
-        trans, start, end = self._scores()
+        trans, start, end = scores if scores is not None else self._scores()
         batch, steps, k = emissions.shape
         score = start + emissions[:, 0]
         # At padded steps the backpointer is the identity, so backtracking from the last

@@ -230,6 +230,11 @@ class Task:
     def evaluate(self, net: Net, data, device, **kw) -> dict:
         raise NotImplementedError
 
+    def dev_metrics(self, net: Net, data, device) -> dict:
+        """The dev score that selects weights and stops training; the reported scores come from
+        ``evaluate``."""
+        return self.evaluate(net, data, device)
+
     def train_state(self) -> dict[str, torch.Tensor]:
         """Tensors a resumed run needs besides weights and optimizer (the LM's carried state)."""
         return {}

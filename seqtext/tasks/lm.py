@@ -276,6 +276,11 @@ class LMTask(Task):
         self._carry = [(tensors[f"carry.{i}.h"], tensors[f"carry.{i}.c"]) for i in layers] or None
 
     # ------------------------------------------------------------------ evaluation
+    def dev_metrics(self, net: Net, data: LMSplit, device) -> dict:
+        # 32 streams score dev in about half the time of 10 (WikiText-2 dev on 2 cores) and
+        # lose a little more context at stream starts (dev ppl +0.08); that is ~4 min of a 60-minute run
+        return self.evaluate(net, data, device, batch_size=32)
+
     @torch.no_grad()
     def evaluate(self, net: Net, data: LMSplit, device, batch_size: int | None = None, cache_size: int = 0,
                  cache_theta: float | None = None, cache_lambda: float | None = None, **kw) -> dict:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..data.batching import Batch, bucket_batches
 from ..data.conll import DOCSTART
@@ -243,7 +244,12 @@ class TagTask(Task):
         return data
 
     # ------------------------------------------------------------------ model
-    def build_net(self) -> Net:
+    def build_net(self) -> Net | TaggerEnsemble:
+        """One tagger, or ``[model] ensemble`` of them (trained one by one, see seqtext.train)."""
+        n = self.recipe.model.ensemble
+        return TaggerEnsemble([self.build_tagger() for _ in range(n)]) if n > 1 else self.build_tagger()
+
+    def build_tagger(self) -> Net:
         m = self.recipe.model
         extra = {"casing": m.casing}
         if m.char_encoder == "cnn":
@@ -291,17 +297,24 @@ class TagTask(Task):
         states, _ = net.encode(batch)
         return net.head.loss(states, batch.mask, batch.targets)
 
-    def emissions(self, net: Net, batch: Batch) -> torch.Tensor:
-        """Per-token tag scores ``[B, T, K]`` (before the CRF)."""
-        states, _ = net.encode(batch)
-        return net.head.emissions(states)
+    def emissions(self, net: Net | TaggerEnsemble, batch: Batch) -> torch.Tensor:
+        """Per-token tag scores ``[B, T, K]`` (before the CRF); an ensemble's mean."""
+        members = net.members if isinstance(net, TaggerEnsemble) else [net]
+        scores = [m.head.emissions(m.encode(batch)[0]) for m in members]
+        return scores[0] if len(scores) == 1 else torch.stack(scores).mean(0)
 
     @torch.inference_mode()
-    def decode(self, net: Net, batch: Batch) -> list[list[str]]:
+    def decode(self, net: Net | TaggerEnsemble, batch: Batch) -> list[list[str]]:
         """Best BIOES tag sequence of each sentence in ``batch``."""
-        states, _ = net.encode(batch)
+        members = net.members if isinstance(net, TaggerEnsemble) else [net]
+        scores, crf = self.emissions(net, batch), members[0].head.crf
+        if crf is not None:
+            mean = CRF.mean_scores([m.head.crf for m in members]) if len(members) > 1 else None
+            paths = crf.decode(scores, batch.mask, mean)
+        else:
+            paths = [row[: int(n)].tolist() for row, n in zip(scores.argmax(-1).cpu(), batch.mask.sum(1).cpu())]
         labels = self.labels
-        return [[labels[i] for i in path] for path in net.head.decode(states, batch.mask)]
+        return [[labels[i] for i in path] for path in paths]
 
     @torch.inference_mode()
     def predict_split(self, net: Net, data: Split, device, batch_size: int = 64) -> list[list[str]]:
@@ -454,6 +467,18 @@ class TagTask(Task):
             for lines, tags in tagged():
                 sys.stdout.write("".join(" ".join([*cols, tag]) + "\n" for cols, tag in zip(lines, tags)) + "\n")
         return count
+
+
+class TaggerEnsemble(nn.Module):
+    """Taggers trained separately (one seed each) that predict together: TagTask averages their
+    tag scores and CRF transition scores before Viterbi. Weights are saved as ``members.<i>.*``."""
+
+    def __init__(self, members: list[Net]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def flops_per_token(self) -> float:
+        return sum(m.flops_per_token() for m in self.members)
 
 
 # ---------------------------------------------------------------------- helpers
