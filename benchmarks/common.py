@@ -32,12 +32,16 @@ def machine() -> dict:
 
 
 def prepare(recipe_path: str, data_dir: str | None, overrides: list[str] | None = None):
-    """Recipe → (task, encoded data) exactly as `seqtext train` builds them."""
+    """Recipe → (task, encoded data) exactly as `seqtext train` builds them.
+
+    An ensemble recipe gives one member's task: members are ordinary runs trained one by one, so
+    the figures timed here (training step, inference) are per member."""
     from seqtext.data.sources import load_splits
     from seqtext.model import task_class
     from seqtext.recipe import load_recipe
 
     recipe = load_recipe(recipe_path, overrides or [])
+    recipe.model.ensemble = 1
     task = task_class(recipe.task)(recipe)
     with tempfile.TemporaryDirectory() as tmp:
         data = task.setup(load_splits(recipe, data_dir), Path(tmp))

@@ -10,7 +10,9 @@ For each task (in its own subprocess, so peak RSS is per task, with a fresh data
 - peak resident memory.
 Then the LM memory check: peak RSS of preparing and streaming one epoch of a synthetic corpus
 and of one 10× larger (it should stay flat). Weights are freshly initialised: speed does not
-depend on training. Prints a table and writes benchmarks/results/suite.json.
+depend on training. The tagger recipe is an ensemble; its figures are for one member (members
+train as ordinary runs; the ensemble's own inference speed is in benchmarks/conll2003_ner.py).
+Prints a table and writes benchmarks/results/suite.json.
 """
 
 from __future__ import annotations

@@ -126,6 +126,9 @@ class TrainConfig:
     weight_decay: float = opt(0.01, "AdamW weight decay.", min=0.0)
     clip: float = opt(1.0, "Clip gradient norm to this value (0 = off).", min=0.0)
     schedule: str = opt("linear", "LR schedule after warmup.", choices=("constant", "linear", "cosine", "plateau"))
+    anneal_by_time: bool = opt(False, "linear/cosine schedule with max_minutes: the schedule's progress is the larger "
+                               "of steps done / all steps and minutes / max_minutes, so the LR anneals fully within "
+                               "the time budget on any machine (results then depend on the machine's speed).")
     warmup: float = opt(0.02, "Warmup as a fraction of all steps.", min=0.0, max=0.5)
     patience: int = opt(2, "Stop after this many evaluations without dev improvement (0 = never).", min=0)
     eval_every: int = opt(0, "Evaluate on dev every N steps (0 = once per epoch).", min=0)

@@ -197,9 +197,9 @@ class Trainer:
         self.total_steps = self.cfg.max_steps or self.cfg.epochs * self.steps_per_epoch
         self.model = dist.wrap(net, device)
         self.optimizer = self._optimizer()
+        self.state = LoopState()
         self.scheduler = self._scheduler()
         self.average = WeightAverage(net, self.cfg.ema_decay) if self.cfg.ema_decay else None
-        self.state = LoopState()
         self.sign = 1.0 if task.higher_is_better else -1.0
         self.flops_per_token = net.flops_per_token() * 3  # forward + backward ≈ 3× forward
         # bf16 steps are measured against the bf16 matmul peak (2-4x the fp32 one where native)
@@ -234,6 +234,10 @@ class Trainer:
             if step < warmup:
                 return (step + 1) / warmup
             progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            if c.anneal_by_time and c.max_minutes:
+                # whichever budget runs out first ends the schedule: on a slower machine the LR
+                # still reaches its end when max_minutes stops the run
+                progress = max(progress, min(1.0, self.state.seconds / (60 * c.max_minutes)))
             if c.schedule == "linear":
                 return max(0.0, 1.0 - progress)
             if c.schedule == "cosine":
@@ -670,6 +674,7 @@ def train_ensemble(recipe: Recipe, data_dir: str | None, resume: bool, force: bo
                    "member_seconds": [x["seconds"] for x in summaries],
                    "steps": sum(x["steps"] for x in summaries), "tokens": sum(x["tokens"] for x in summaries),
                    "member_best_dev": [x["best_dev"] for x in summaries]}
+        summary["tokens_per_second"] = summary["tokens"] / max(1e-9, summary["seconds"])
         metrics = {"task": task.name, "metric": task.metric, "train": summary}
         available = load_splits(recipe, data_dir, only=("dev", "test"))
         for split in ("dev", "test"):

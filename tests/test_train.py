@@ -208,3 +208,21 @@ def test_weight_average_is_what_gets_saved(tiny, tmp_path):
     ckpt, saved = weights(out, "checkpoint.safetensors"), weights(out)
     assert all(torch.equal(saved[k], ckpt[f"ema.{k}"]) for k in saved)
     assert any(not torch.equal(saved[k], ckpt[f"model.{k}"]) for k in saved)
+
+
+@pytest.mark.parametrize("by_time", [False, True])
+def test_schedule_can_anneal_by_the_time_budget(tiny, tmp_path, by_time):
+    from seqtext.recipe import load_recipe
+    from seqtext.train import Trainer
+
+    recipe = load_recipe(tiny, ["train.schedule=cosine", "train.warmup=0", "train.max_minutes=10",
+                                f"train.anneal_by_time={'true' if by_time else 'false'}"])
+    task = seqtext.model.task_class("classify")(recipe)
+    data = task.setup(seqtext.data.sources.load_splits(recipe), tmp_path)
+    trainer = Trainer(task, task.build_net(), data, tmp_path, torch.device("cpu"), quiet=True)
+    factor = trainer.scheduler.lr_lambdas[0]
+    assert factor(0) == pytest.approx(1.0)
+    trainer.state.seconds = 5 * 60  # half the time budget gone after one step
+    assert factor(1) == pytest.approx(0.5 if by_time else 1.0, abs=0.02)
+    trainer.state.seconds = 11 * 60
+    assert factor(1) == pytest.approx(0.0 if by_time else 1.0, abs=0.02)
