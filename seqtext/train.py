@@ -143,10 +143,12 @@ class WeightAverage:
         self.names = [n for n, _ in net.named_parameters()]  # tied weights appear once
         self.params = [p for _, p in net.named_parameters()]
         self.averaged = [p.detach().clone() for p in self.params]
-        self.updates = 0
+        self.calls = self.updates = 0
 
-    def step(self, global_step: int) -> None:
-        if global_step % self.every:
+    def step(self) -> None:
+        """Call after every optimizer step."""
+        self.calls += 1
+        if self.calls % self.every:
             return
         self.updates += 1
         decay = min(self.decay ** self.every, (1 + self.updates) / (10 + self.updates))
@@ -172,7 +174,7 @@ class WeightAverage:
 
     def state(self) -> dict[str, torch.Tensor]:
         return {f"ema.{n}": a for n, a in zip(self.names, self.averaged)} | \
-            {"ema_updates": torch.tensor(self.updates)}
+            {"ema_updates": torch.tensor(self.updates), "ema_calls": torch.tensor(self.calls)}
 
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
         if "ema_updates" not in tensors:
@@ -181,6 +183,7 @@ class WeightAverage:
         for n, a in zip(self.names, self.averaged):
             a.copy_(tensors[f"ema.{n}"])
         self.updates = int(tensors["ema_updates"])
+        self.calls = int(tensors["ema_calls"]) if "ema_calls" in tensors else self.updates * self.every
 
 
 class Trainer:
@@ -420,7 +423,7 @@ class Trainer:
         if c.schedule != "plateau":
             self.scheduler.step()
         if self.average is not None:
-            self.average.step(s.global_step + 1)
+            self.average.step()
         return loss.item()
 
     def _evaluate(self) -> None:

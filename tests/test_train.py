@@ -190,7 +190,7 @@ def test_weight_average_follows_its_definition_and_swaps_back():
         with torch.no_grad():
             for p in net.parameters():
                 p.add_(torch.randn_like(p))
-        avg.step(step)
+        avg.step()
         if step % 2 == 0:
             n += 1
             d = min(0.9 ** 2, (1 + n) / (10 + n))
