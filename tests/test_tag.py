@@ -393,6 +393,12 @@ def test_ensemble_training_resume_and_model_directory(tmp_path, monkeypatch):
     assert model.predict(texts)[0]["entities"] == [
         {"text": "Angela Merkel", "label": "PER", "start": 0, "end": 13},
         {"text": "Paris", "label": "LOC", "start": 22, "end": 27}]
+    import spacy
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("seqtext_ner", config={"model": str(out)})
+    assert [(e.text, e.label_) for e in nlp("Angela Merkel visited Paris .").ents] == [
+        ("Angela Merkel", "PER"), ("Paris", "LOC")]
     with pytest.raises(SeqtextError, match="is an ensemble of 2 taggers; initialise from one of them"):
         importlib.import_module("seqtext.train").init_from(members[0].net, str(out))
     result = CliRunner().invoke(main, ["evaluate", str(out), "--json", "--split", "test"])
