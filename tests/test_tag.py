@@ -404,6 +404,8 @@ def test_ensemble_training_resume_and_model_directory(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["evaluate", str(out), "--json", "--split", "test"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["f1"] == metrics["test"]["f1"]
+    info = CliRunner().invoke(main, ["info", str(out)])
+    assert info.exit_code == 0 and "ensemble: 2 taggers (seeds 1-2)" in info.output
 
 
 def test_ensemble_is_for_taggers_only(tiny):
