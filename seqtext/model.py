@@ -104,6 +104,13 @@ def check_model_dir(directory: str | Path, task: str | None = None) -> Path:
     return path
 
 
+def refuse_ensemble(where: str, recipe, directory: str | Path) -> None:
+    """Reusing a model's embedding and encoder needs one tagger, not an ensemble of them."""
+    if recipe.model.ensemble > 1:
+        raise SeqtextError(f"{where}: is an ensemble of {recipe.model.ensemble} taggers; initialise from one of "
+                           f"them, e.g. {Path(directory) / 'members' / '1'}")
+
+
 def load_task(directory: Path):
     recipe = load_recipe(inside(directory, RECIPE_FILE))
     meta = read_json(inside(directory, META_FILE))

@@ -44,7 +44,7 @@ from torch import nn
 from .data.tagging import entities
 from .errors import SeqtextError
 from .io import atomic_write, inside, read_json
-from .model import META_FILE, RECIPE_FILE, WEIGHTS_FILE, check_model_dir, load
+from .model import META_FILE, RECIPE_FILE, WEIGHTS_FILE, check_model_dir, load, refuse_ensemble
 from .model import Model as SeqtextModel
 from .nn.embeddings import Embedder, casing_id
 from .nn.encoder import Encoder
@@ -498,9 +498,7 @@ def _spec_from_run(directory: str, width: int, depth: int, dropout: float) -> tu
     if src.recipe.tokenizer.kind == "sentencepiece":
         raise SeqtextError(f"{where}: its tokenizer is sentencepiece (subwords); spaCy tokens need a word-level "
                            "vocabulary (tokenizer kind regex, whitespace or spacy)")
-    if src.recipe.model.ensemble > 1:
-        raise SeqtextError(f"{where}: is an ensemble of {src.recipe.model.ensemble} taggers; use one of them, "
-                           f"e.g. {Path(directory) / 'members' / '1'}")
+    refuse_ensemble(where, src.recipe, directory)
     emb, enc = src.net.embedder, src.net.encoder
     if not enc.bidirectional:
         raise SeqtextError(f"{where}: its encoder is unidirectional; a BiLSTM encoder needs bidirectional = true")

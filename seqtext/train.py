@@ -41,6 +41,7 @@ from .model import (
     WEIGHTS_FILE,
     load_state_dict,
     load_task,
+    refuse_ensemble,
     resolve_device,
     save_state_dict,
     set_threads,
@@ -134,24 +135,23 @@ class WeightAverage:
     ~1 / (1 - decay) steps): the average sits nearer the optimum than the noisy last iterate.
 
     Updated every ``every`` steps with decay ** every, so the horizon stays the same while the
-    pass over all weights (memory-bound: ~8 % of an LM step if done every step) costs 1/every
-    as much. Early updates use a smaller decay, (1 + n) / (10 + n), so the average is not tied
-    to the initial weights."""
+    memory-bound pass over all weights runs 1/every as often. Early updates use a smaller decay,
+    (1 + n) / (10 + n), so the average is not tied to the initial weights."""
 
     def __init__(self, net: nn.Module, decay: float, every: int = 8):
         self.decay, self.every = decay, every
         self.names = [n for n, _ in net.named_parameters()]  # tied weights appear once
         self.params = [p for _, p in net.named_parameters()]
         self.averaged = [p.detach().clone() for p in self.params]
-        self.calls = self.updates = 0
+        self.calls = 0  # optimizer steps seen; every ``every``-th one updates the average
 
     def step(self) -> None:
         """Call after every optimizer step."""
         self.calls += 1
         if self.calls % self.every:
             return
-        self.updates += 1
-        decay = min(self.decay ** self.every, (1 + self.updates) / (10 + self.updates))
+        n = self.calls // self.every
+        decay = min(self.decay ** self.every, (1 + n) / (10 + n))
         with torch.no_grad():
             torch._foreach_lerp_(self.averaged, [p.detach() for p in self.params], 1.0 - decay)
 
@@ -174,16 +174,15 @@ class WeightAverage:
 
     def state(self) -> dict[str, torch.Tensor]:
         return {f"ema.{n}": a for n, a in zip(self.names, self.averaged)} | \
-            {"ema_updates": torch.tensor(self.updates), "ema_calls": torch.tensor(self.calls)}
+            {"ema_calls": torch.tensor(self.calls)}
 
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
-        if "ema_updates" not in tensors:
+        if "ema_calls" not in tensors:
             raise SeqtextError("the checkpoint has no weight average although [train] ema_decay is set; "
                                "resume with the recipe it was written with")
         for n, a in zip(self.names, self.averaged):
             a.copy_(tensors[f"ema.{n}"])
-        self.updates = int(tensors["ema_updates"])
-        self.calls = int(tensors["ema_calls"]) if "ema_calls" in tensors else self.updates * self.every
+        self.calls = int(tensors["ema_calls"])
 
 
 class Trainer:
@@ -490,10 +489,7 @@ def init_from(net: nn.Module, source_dir: str) -> list[str]:
     from .model import check_model_dir
 
     path = check_model_dir(source_dir)
-    ensemble = load_recipe(path / RECIPE_FILE).model.ensemble
-    if ensemble > 1:
-        raise SeqtextError(f"init_from {source_dir}: is an ensemble of {ensemble} taggers; initialise from one of "
-                           f"them, e.g. {path / 'members' / '1'}")
+    refuse_ensemble(f"init_from {source_dir}", load_recipe(path / RECIPE_FILE), path)
     source = load_state_dict(path / WEIGHTS_FILE)
     own = net.state_dict()
     copied = []
@@ -610,7 +606,7 @@ def train_ensemble(recipe: Recipe, data_dir: str | None, resume: bool, force: bo
     (``members.<i>.*`` weights) and score it on dev and test.
 
     ``[train] parallel_members`` > 1 trains that many at once in separate processes that split
-    the threads: small-batch LSTM steps use a second core poorly, a second process well.
+    the threads.
     Members share vocabulary, characters and labels because these come from the training data
     alone. ``--resume`` skips finished members and resumes interrupted ones."""
     from .model import load
@@ -658,6 +654,7 @@ def train_ensemble(recipe: Recipe, data_dir: str | None, resume: bool, force: bo
         raise Interrupted(f"interrupted; finished members are kept and the others have checkpoints. Resume with: "
                           f"seqtext train {run_dir / RECIPE_FILE} --resume") from None
     if dist.is_main():
+        device = resolve_device(recipe.train.device)
         members = [load(d, "cpu") for d in member_dirs]
         task = members[0].task
         for d, m in zip(member_dirs[1:], members[1:]):
@@ -670,7 +667,6 @@ def train_ensemble(recipe: Recipe, data_dir: str | None, resume: bool, force: bo
             slot.load_state_dict(m.net.state_dict())
         write_model_files(run_dir, task)
         save_state_dict(run_dir / WEIGHTS_FILE, net.state_dict())
-        model = load(run_dir, recipe.train.device)
         # wall-clock training time (members in parallel overlap), plus members finished before a resume
         summary = {"members": n, "parallel_members": parallel,
                    "seconds": time.perf_counter() - start + sum(done_before),
@@ -678,17 +674,9 @@ def train_ensemble(recipe: Recipe, data_dir: str | None, resume: bool, force: bo
                    "steps": sum(x["steps"] for x in summaries), "tokens": sum(x["tokens"] for x in summaries),
                    "member_best_dev": [x["best_dev"] for x in summaries]}
         summary["tokens_per_second"] = summary["tokens"] / max(1e-9, summary["seconds"])
-        metrics = {"task": task.name, "metric": task.metric, "train": summary}
-        available = load_splits(recipe, data_dir, only=("dev", "test"))
-        for split in ("dev", "test"):
-            if split in available:
-                metrics[split] = model.evaluate(split, data_dir=data_dir)
-        write_json(run_dir / METRICS_FILE, metrics)
-        if not quiet:
-            line = f"{run_dir}: ensemble of {n}, dev {task.metric} {metrics['dev'][task.metric]:.4f}"
-            if "test" in metrics:
-                line += f", test {task.metric} {metrics['test'][task.metric]:.4f}"
-            print(line + f" ({summary['seconds']:.0f}s training)", file=sys.stderr)
+        splits = load_splits(recipe, data_dir, only=("dev", "test"))
+        data = {s: task.encode_split(task.tokenize_split(splits[s], s), s) for s in ("dev", "test") if s in splits}
+        finish(run_dir, task, net.to(device), data, device, summary, quiet)
     dist.barrier()
     return run_dir
 
@@ -744,11 +732,12 @@ def write_curves(run_dir: Path) -> None:
     """Training loss and dev metric curves as a PNG (written atomically)."""
     import matplotlib
 
+    if not (run_dir / HISTORY_FILE).is_file():
+        return  # nothing to plot (an ensemble: each member has its own curves)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    history = [json.loads(x) for x in (run_dir / HISTORY_FILE).read_text().splitlines() if x.strip()] \
-        if (run_dir / HISTORY_FILE).is_file() else []
+    history = [json.loads(x) for x in (run_dir / HISTORY_FILE).read_text().splitlines() if x.strip()]
     from safetensors import safe_open
 
     losses = []

@@ -71,10 +71,11 @@ class TaggerHead(nn.Module):
             return self.crf.neg_log_likelihood(scores, tags, mask, reduction="sum") / mask.sum()
         return F.cross_entropy(scores[mask], tags[mask])
 
-    def decode(self, states, mask) -> list[list[int]]:
-        scores = self.emissions(states)
+    def decode(self, scores, mask, transitions=None) -> list[list[int]]:
+        """Best tag path per sequence from tag scores (:meth:`emissions`); ``transitions`` replaces
+        the CRF's own (transition, start, end) scores, e.g. an ensemble's mean."""
         if self.crf is not None:
-            return self.crf.decode(scores, mask)
+            return self.crf.decode(scores, mask, transitions)
         best = scores.argmax(-1).cpu()
         return [row[: int(n)].tolist() for row, n in zip(best, mask.sum(1).cpu())]
 

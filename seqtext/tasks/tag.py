@@ -307,12 +307,9 @@ class TagTask(Task):
     def decode(self, net: Net | TaggerEnsemble, batch: Batch) -> list[list[str]]:
         """Best BIOES tag sequence of each sentence in ``batch``."""
         members = net.members if isinstance(net, TaggerEnsemble) else [net]
-        scores, crf = self.emissions(net, batch), members[0].head.crf
-        if crf is not None:
-            mean = CRF.mean_scores([m.head.crf for m in members]) if len(members) > 1 else None
-            paths = crf.decode(scores, batch.mask, mean)
-        else:
-            paths = [row[: int(n)].tolist() for row, n in zip(scores.argmax(-1).cpu(), batch.mask.sum(1).cpu())]
+        head = members[0].head
+        mean = CRF.mean_scores([m.head.crf for m in members]) if head.crf is not None and len(members) > 1 else None
+        paths = head.decode(self.emissions(net, batch), batch.mask, mean)
         labels = self.labels
         return [[labels[i] for i in path] for path in paths]
 
