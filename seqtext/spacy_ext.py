@@ -255,7 +255,8 @@ class SeqtextNER(_SeqtextPipe):
             # map back by token index, so no token is ever dropped or split.
             index = [[t.i for t in unit if not t.is_space] for unit in units]
             words = [[docs[o][i].text for i in idx] for o, idx in zip(owners, index)]
-            tagged = m.task.tag_tokens(m.net, words, m.device, self.batch_size)
+            # documents: a model trained with [data] context_tokens sees a doc's sentences together
+            tagged = m.task.tag_tokens(m.net, words, m.device, self.batch_size, documents=owners)
             for owner, idx, tags in zip(owners, index, tagged):
                 spans[owner] += [Span(docs[owner], idx[s], idx[e - 1] + 1, label=typ)
                                  for typ, s, e in entities(tags, TRAIN_SCHEME)]
@@ -264,7 +265,8 @@ class SeqtextNER(_SeqtextPipe):
             # predict` does), then align entities to the doc's tokens by character offsets,
             # widening to whole doc tokens.
             toks = [[t for t in d if not t.is_space] for d in self._model_tokenizer().pipe([u.text for u in units])]
-            tagged = m.task.tag_tokens(m.net, [[t.text for t in ts] for ts in toks], m.device, self.batch_size)
+            tagged = m.task.tag_tokens(m.net, [[t.text for t in ts] for ts in toks], m.device, self.batch_size,
+                                       documents=owners)
             for owner, unit, ts, tags in zip(owners, units, toks, tagged):
                 for typ, s, e in entities(tags, TRAIN_SCHEME):
                     start = unit.start_char + ts[s].idx
@@ -340,8 +342,9 @@ def make_seqtext_ner(nlp: Language, name: str, model: str, batch_size: int, devi
             character offsets; use it when the pipeline's tokenizer splits differently.
         per_sentence: when the doc has sentence boundaries (a ``sentencizer``, ``senter`` or
             parser ran earlier), tag each sentence as its own sequence, as the tagger was
-            trained on sentences; recommended (True), also faster on long docs. Docs without
-            sentence boundaries are tagged whole either way.
+            trained on sentences; recommended (True), also faster on long docs. A model trained
+            with ``[data] context_tokens`` then sees a doc's neighbouring sentences together,
+            as in its training. Docs without sentence boundaries are tagged whole either way.
     """
     return SeqtextNER(nlp, name, model, batch_size, device, tokenization, per_sentence)
 

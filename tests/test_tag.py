@@ -100,9 +100,11 @@ def test_conll_files_through_load_splits(tmp_path):
     recipe = load_recipe(write_recipe(tmp_path))
     splits = load_splits(recipe, data)
     assert set(splits) == {"train", "dev"}
-    assert splits["train"]["tokens"] == [s[0] for s in sents]
-    assert splits["train"]["ner_tags"] == [s[1] for s in sents]
-    assert splits["dev"]["tokens"] == [["Paris", "is"]] and splits["dev"]["ner_tags"] == [["B-LOC", "O"]]
+    assert splits["train"]["tokens"] == [["-DOCSTART-"]] + [s[0] for s in sents]
+    assert splits["train"]["ner_tags"] == [["O"]] + [s[1] for s in sents]
+    # the -DOCSTART- line stays a row of its own (as in hub copies): it marks a document break
+    assert splits["dev"]["tokens"] == [["-DOCSTART-"], ["Paris", "is"]]
+    assert splits["dev"]["ner_tags"] == [["O"], ["B-LOC", "O"]]
 
     # another column layout: tag first, token third
     (data / "train.txt").write_text("B-PER x Maria\nO x left\n", encoding="utf-8")
@@ -122,8 +124,8 @@ def test_hub_style_classlabel_tags_and_empty_sentences(tmp_path, capsys):
     data = task.setup({"train": ds, "dev": ds}, tmp_path)
     assert task.meta["source_scheme"] == "IOB2" and task.meta["types"] == ["LOC", "PER"]
     assert task.meta["labels"][:5] == ["O", "B-LOC", "I-LOC", "E-LOC", "S-LOC"]
-    assert len(data["train"]) == 2  # the empty sentence and the -DOCSTART- row are skipped, with a warning
-    assert "skipped 2 empty sentences" in capsys.readouterr().err
+    assert len(data["train"]) == 2  # the empty sentence and the -DOCSTART- row are skipped
+    assert "skipped 1 empty sentences" in capsys.readouterr().err  # a document break is no data problem
     tgt = data["train"].cols["target"].row(0)
     assert [task.labels[i] for i in tgt] == ["B-PER", "E-PER", "O", "S-LOC"]
 
@@ -426,3 +428,78 @@ def test_ensemble_members_train_in_parallel_processes(tmp_path):
                            quiet=True)
     a, b = (load_state_dict(d / "members" / "2" / "weights.safetensors") for d in (out, serial))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------------- document context
+
+def test_pack_sentences_keeps_documents_and_the_token_cap():
+    from seqtext.tasks.tag import pack_sentences
+
+    lengths = np.array([3, 4, 2, 9, 1, 1, 12, 2])
+    docs = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    groups = [g.tolist() for g in pack_sentences(lengths, docs, 9)]
+    # greedy in order; never across a document; a sentence over the cap is a run of its own
+    assert groups == [[0, 1, 2], [3], [4, 5], [6], [7]]
+    assert [g.tolist() for g in pack_sentences(lengths, docs, 100)] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert pack_sentences(np.array([], dtype=int), np.array([], dtype=int), 10) == []
+
+
+def test_split_tags_closes_entities_at_sentence_ends():
+    from seqtext.tasks.tag import _split_tags
+
+    # an entity the packed run carried over a sentence break becomes one entity per sentence
+    tags = ["S-PER", "O", "B-LOC", "E-LOC", "O"]
+    assert _split_tags(tags, np.array([3, 2])) == [["S-PER", "O", "S-LOC"], ["S-LOC", "O"]]
+    assert _split_tags(tags, np.array([5])) == [tags]
+
+
+def _write_documents(path: Path, sentences, per_doc: int) -> Path:
+    lines = []
+    for i, (tokens, tags) in enumerate(sentences):
+        if i % per_doc == 0:
+            lines += ["-DOCSTART- -X- -X- O", ""]
+        lines += [f"{tok} NNP I-NP {tag}" for tok, tag in zip(tokens, tags)] + [""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def test_document_context_trains_scores_and_writes_per_sentence(tmp_path, monkeypatch):
+    """With [data] context_tokens the encoder sees runs of neighbouring sentences of a document;
+    scores count sentences, and CoNLL output keeps one block per input sentence."""
+    recipe = write_recipe(tmp_path, train={"batch_tokens": 160, "batch_size": 1})
+    data = tmp_path / "data"
+    for name, (n, seed) in {"train.txt": (240, 1), "valid.txt": (50, 2), "test.txt": (60, 3)}.items():
+        _write_documents(data / name, make_sentences(n, seed), per_doc=7)
+    recipe.write_text(recipe.read_text().replace("[data]\n", "[data]\ncontext_tokens = 40\n"))
+    run = seqtext.train(recipe, output=tmp_path / "run", quiet=True)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["f1"] >= 0.9 and metrics["test"]["sentences"] == 60
+    m = seqtext.load(run, "cpu")
+    task = m.task
+    splits = task.setup(load_splits(task.recipe, None), tmp_path)
+    test = splits["test"]
+    assert len(test.sentences) == 60 and len(test) < 60  # runs of several sentences
+    assert all(test.lengths[i] <= 40 or len(g) == 1 for i, g in enumerate(test.groups))
+    assert m.evaluate(split="test")["f1"] == metrics["test"]["f1"]
+
+    # predict_conll packs sentences of a document together, as in training, and writes them back apart
+    seen: list[int] = []
+    collate = task.collate_rows
+    monkeypatch.setattr(task, "collate_rows", lambda rows: seen.extend(len(r["ids"]) for r in rows) or collate(rows))
+    out = tmp_path / "out.conll"
+    assert task.predict_conll(m.net, data / "test.txt", out, m.device) == 60
+    gold = list(read_conll(data / "test.txt"))
+    pred = list(read_conll(out))
+    assert [p.tokens for p in pred] == [g.tokens for g in gold]
+    assert max(seen) > max(len(g.tokens) for g in gold) and len(seen) < 60
+    correct = sum(p.tags == g.tags for p, g in zip(pred, gold))
+    assert correct >= 50
+
+    # the neighbours are context: a sentence's scores differ alone and inside its run
+    first, second = (task.encode_tokens(g.tokens) for g in gold[:2])
+    from seqtext.tasks.tag import _concat_rows
+
+    with torch.no_grad():
+        alone = task.emissions(m.net.eval(), task.collate_rows([second]))[0]
+        packed = task.emissions(m.net, task.collate_rows([_concat_rows([first, second])]))[0, len(first["ids"]):]
+    assert not torch.allclose(alone, packed)

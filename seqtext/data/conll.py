@@ -1,7 +1,8 @@
 """CoNLL-style column files: one token a line, columns split by whitespace, blank line between sentences.
 
-``-DOCSTART-`` lines are skipped and end the current sentence. Errors name the file and
-line, so a bad corpus can be fixed by hand.
+``-DOCSTART-`` lines end the current sentence and start a new document (``Sentence.document``),
+which taggers may use as context. Errors name the file and line, so a bad corpus can be fixed
+by hand.
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ class Sentence:
         tags: the tag column ([] when read without one).
         lines: every column of every token line, for writing predictions back.
         line_number: 1-based line of the first token in the file.
+        document: how many ``-DOCSTART-`` lines came before it (0 in a file without them).
     """
 
     tokens: list[str]
     tags: list[str]
     lines: list[list[str]]
     line_number: int
+    document: int = 0
 
 
 def read_conll(path: str | os.PathLike, token_column: int = 0, tag_column: int | None = -1,
@@ -82,6 +85,7 @@ def _parse(lines: Iterable[str], path: str, token_column: int, tag_column: int |
     ncols = 0  # columns per token line, fixed by the first one
     token_i = tag_i = 0
     current: Sentence | None = None
+    document = 0
     for line_no, line in enumerate(lines, 1):
         bad = _BAD_BYTE.search(line)
         if bad:
@@ -96,6 +100,7 @@ def _parse(lines: Iterable[str], path: str, token_column: int, tag_column: int |
             if current is not None:
                 yield current
                 current = None
+            document += bool(fields)
             continue
         if not ncols:
             ncols = len(fields)
@@ -109,7 +114,7 @@ def _parse(lines: Iterable[str], path: str, token_column: int, tag_column: int |
         elif len(fields) != ncols:
             raise SeqtextError(f"{path}:{line_no}: expected {ncols} columns, found {len(fields)}")
         if current is None:
-            current = Sentence([], [], [], line_no)
+            current = Sentence([], [], [], line_no, document)
         current.tokens.append(fields[token_i])
         if tag_column is not None:
             current.tags.append(fields[tag_i])
@@ -147,15 +152,22 @@ def write_conll(sentences_lines: Iterable[tuple[list[list[str]], list[str]]],
 
 
 def conll_to_records(path: str | os.PathLike, token_column: int = 0, tag_column: int | None = -1,
-                     encoding: str = "utf-8") -> dict[str, list]:
+                     encoding: str = "utf-8", documents: bool = False) -> dict[str, list]:
     """Read a column file into ``{"tokens": [...], "tags": [...]}`` for ``Dataset.from_dict``.
 
     Args:
         path, token_column, tag_column, encoding: as for :func:`read_conll`.
+        documents: keep each ``-DOCSTART-`` as a row of its own (tokens ``["-DOCSTART-"]``, tags
+            ``["O"]``), the layout of hub copies of CoNLL files, so document breaks survive.
     """
     tokens: list[list[str]] = []
     tags: list[list[str]] = []
+    document = 0
     for sentence in read_conll(path, token_column, tag_column, encoding):
+        if documents and sentence.document != document:
+            tokens.append([DOCSTART])
+            tags.append(["O"] if tag_column is not None else [])
+            document = sentence.document
         tokens.append(sentence.tokens)
         tags.append(sentence.tags)
     return {"tokens": tokens, "tags": tags}

@@ -85,7 +85,7 @@ def load_file(path: Path, fmt: str, recipe: Recipe):
         from .conll import conll_to_records
 
         d = recipe.data
-        records = conll_to_records(path, token_column=d.token_index, tag_column=d.tag_index)
+        records = conll_to_records(path, token_column=d.token_index, tag_column=d.tag_index, documents=True)
         if not records["tokens"]:
             raise SeqtextError(f"{path}: no sentences found")
         ds = datasets.Dataset.from_dict({d.tokens_column: records["tokens"], d.tags_column: records["tags"]})

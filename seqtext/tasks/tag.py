@@ -10,6 +10,11 @@ are always scored against the dataset's original gold tags.
 Word lookup uses a normalized form (lowercased when ``[tokenizer] lowercase``, digits → 0), while
 the char CNN and the casing feature see the original token, so case and shape information is
 not lost by sharing one embedding row between "Paris", "PARIS" and "paris".
+
+With ``[data] context_tokens`` the examples are runs of consecutive sentences of one document
+(documents end at ``-DOCSTART-`` rows; :class:`PackedSplit`), so the encoder reads a headline or
+a table row together with its neighbours; predictions are cut back into sentences before they
+are scored or written.
 """
 
 from __future__ import annotations
@@ -122,7 +127,7 @@ class TagTask(Task):
                tag_col if has_tags else None, names)
 
         def fn(batch, indices):
-            out: dict[str, list] = {"tokens": [], "words": []}
+            out: dict[str, list] = {"tokens": [], "words": [], "docstart": []}
             if has_tags:
                 out["gold"] = []
             for row, i in enumerate(indices):
@@ -136,6 +141,7 @@ class TagTask(Task):
                 docstart = words == [DOCSTART]
                 if docstart:
                     words = []
+                out["docstart"].append(docstart)
                 out["words"].append(words)
                 out["tokens"].append([word_key(w) for w in words])
                 if has_tags:
@@ -146,7 +152,7 @@ class TagTask(Task):
                     out["gold"].append([_tag_name(t, names, split, i) for t in tags])
             return out
 
-        new_fp = fingerprint(getattr(ds, "_fingerprint", ""), "tokenize-tag", *key)
+        new_fp = fingerprint(getattr(ds, "_fingerprint", ""), "tokenize-tag-docs", *key)
         return ds.map(fn, batched=True, batch_size=1000, with_indices=True, num_proc=self._num_proc(ds),
                       desc=f"tokenize {split}", new_fingerprint=new_fp, remove_columns=ds.column_names)
 
@@ -235,13 +241,19 @@ class TagTask(Task):
         cols = ("ids", "casing", "char_ids", "char_lens") + (("target",) if has_tags else ())
         data = Split(ds, cols)
         empty = data.lengths == 0
+        # Documents: a -DOCSTART- row (or an empty row) starts a new one.
+        documents = np.cumsum(empty)
         if empty.any():
             # A CRF needs at least one position; empty sentences hold no entities either.
-            warn(f"{split} data: skipped {int(empty.sum())} empty sentences (or -DOCSTART- rows)")
-            data = Split(ds.select(np.flatnonzero(~empty)), cols)
+            docstarts = np.asarray(ds["docstart"], dtype=bool) if "docstart" in ds.column_names else empty & False
+            if (empty & ~docstarts).any():
+                warn(f"{split} data: skipped {int((empty & ~docstarts).sum())} empty sentences")
+            keep = np.flatnonzero(~empty)
+            data, documents = Split(ds.select(keep), cols), documents[keep]
         if len(data) == 0:
             raise SeqtextError(f"{split} data: no non-empty sentences")
-        return data
+        context = self.recipe.data.context_tokens
+        return PackedSplit(data, pack_sentences(data.lengths, documents, context)) if context else data
 
     # ------------------------------------------------------------------ model
     def build_net(self) -> Net | TaggerEnsemble:
@@ -262,9 +274,12 @@ class TagTask(Task):
         return Net(embedder, encoder, head)
 
     # ------------------------------------------------------------------ batches
-    def collate(self, data: Split, idx: np.ndarray) -> Batch:
+    def collate(self, data: Split | PackedSplit, idx: np.ndarray) -> Batch:
         cols = data.cols
-        rows = [{k: c.row(i) for k, c in cols.items()} for i in idx]
+        if isinstance(data, PackedSplit):
+            rows = [_concat_rows([{k: c.row(i) for k, c in cols.items()} for i in data.groups[g]]) for g in idx]
+        else:
+            rows = [{k: c.row(i) for k, c in cols.items()} for i in idx]
         batch = self.collate_rows(rows)
         batch.index = idx
         return batch
@@ -314,13 +329,17 @@ class TagTask(Task):
         return [[labels[i] for i in path] for path in paths]
 
     @torch.inference_mode()
-    def predict_split(self, net: Net, data: Split, device, batch_size: int = 64) -> list[list[str]]:
-        """Predicted tags in the data's own scheme, in the split's row order."""
+    def predict_split(self, net: Net, data: Split | PackedSplit, device, batch_size: int = 64) -> list[list[str]]:
+        """Predicted tags in the data's own scheme, one list per sentence in the split's row order."""
         net.eval()
-        out: list[list[str]] = [[] for _ in range(len(data))]
+        packed = isinstance(data, PackedSplit)
+        sentences = data.sentences if packed else data
+        out: list[list[str]] = [[] for _ in range(len(sentences))]
         for batch in self.eval_batches(data, batch_size):
             for i, tags in zip(batch.index, self.decode(net, batch.to(device))):
-                out[i] = convert(tags, TRAIN_SCHEME, self.source_scheme)
+                rows = data.groups[i] if packed else [i]
+                for row, part in zip(rows, _split_tags(tags, sentences.lengths[rows])):
+                    out[row] = convert(part, TRAIN_SCHEME, self.source_scheme)
         return out
 
     def evaluate(self, net: Net, data: Split, device, mode: str = "default", **kw) -> dict:
@@ -397,18 +416,34 @@ class TagTask(Task):
         return self._spacy
 
     @torch.inference_mode()
-    def tag_tokens(self, net: Net, sentences: list[list[str]], device, batch_size: int = 64) -> list[list[str]]:
-        """BIOES tags for pre-split sentences, batched by length (empty sentences get [])."""
+    def tag_tokens(self, net: Net, sentences: list[list[str]], device, batch_size: int = 64,
+                   documents: list[int] | None = None) -> list[list[str]]:
+        """BIOES tags for pre-split sentences, batched by length (empty sentences get []).
+
+        Args:
+            net, device: the model and where to run it.
+            sentences: token lists.
+            batch_size: sequences per forward pass.
+            documents: a document id per sentence; with ``[data] context_tokens`` neighbouring
+                sentences of one document are tagged together, as in training.
+        """
         net.eval()
         rows = [self.encode_tokens(words) for words in sentences]
-        lengths = np.asarray([len(r["ids"]) for r in rows])
+        lengths = np.asarray([len(r["ids"]) for r in rows], dtype=np.int64)
         out: list[list[str]] = [[] for _ in rows]
         nonempty = np.flatnonzero(lengths > 0)
-        for batch_idx in bucket_batches(lengths[nonempty], batch_size, shuffle=False):
-            idx = nonempty[batch_idx]
-            batch = self.collate_rows([rows[i] for i in idx]).to(device)
-            for i, tags in zip(idx, self.decode(net, batch)):
-                out[i] = tags
+        context = self.recipe.data.context_tokens
+        if context and documents is not None:
+            groups = [nonempty[g] for g in
+                      pack_sentences(lengths[nonempty], np.asarray(documents)[nonempty], context)]
+        else:
+            groups = [np.asarray([i]) for i in nonempty]
+        group_lengths = np.asarray([lengths[g].sum() for g in groups], dtype=np.int64)
+        for batch_idx in bucket_batches(group_lengths, batch_size, shuffle=False):
+            batch = self.collate_rows([_concat_rows([rows[i] for i in groups[g]]) for g in batch_idx]).to(device)
+            for g, tags in zip(batch_idx, self.decode(net, batch)):
+                for i, part in zip(groups[g], _split_tags(tags, lengths[groups[g]])):
+                    out[i] = part
         return out
 
     @torch.inference_mode()
@@ -453,7 +488,8 @@ class TagTask(Task):
         def tagged() -> Iterator[tuple[list[list[str]], list[str]]]:
             nonlocal count
             for chunk in _chunks(sentences, CHUNK_SENTENCES):
-                tags = self.tag_tokens(net, [s.tokens for s in chunk], device, batch_size)
+                tags = self.tag_tokens(net, [s.tokens for s in chunk], device, batch_size,
+                                       documents=[s.document for s in chunk])
                 for s, t in zip(chunk, tags):
                     count += 1
                     yield s.lines, convert(t, TRAIN_SCHEME, self.source_scheme)
@@ -464,6 +500,41 @@ class TagTask(Task):
             for lines, tags in tagged():
                 sys.stdout.write("".join(" ".join([*cols, tag]) + "\n" for cols, tag in zip(lines, tags)) + "\n")
         return count
+
+
+class PackedSplit:
+    """A tag split whose examples are runs of consecutive sentences of one document
+    (``[data] context_tokens``): batches, training and decoding see the runs, while scores
+    and outputs stay per sentence (``sentences``, in their row order)."""
+
+    def __init__(self, sentences: Split, groups: list[np.ndarray]):
+        self.sentences, self.groups = sentences, groups
+        self.ds, self.cols = sentences.ds, sentences.cols
+        self.lengths = np.asarray([sentences.lengths[g].sum() for g in groups], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+
+def pack_sentences(lengths: np.ndarray, documents: np.ndarray, max_tokens: int) -> list[np.ndarray]:
+    """Group consecutive sentences of the same document into runs of at most ``max_tokens`` tokens
+    (greedily, in order); a longer sentence is a run of its own.
+
+    Args:
+        lengths: tokens per sentence.
+        documents: a document id per sentence (a run never crosses a change of id).
+        max_tokens: the most tokens a run may hold.
+    """
+    groups: list[np.ndarray] = []
+    start, total = 0, 0
+    for i, n in enumerate(lengths):
+        if i > start and (documents[i] != documents[i - 1] or total + n > max_tokens):
+            groups.append(np.arange(start, i))
+            start, total = i, 0
+        total += int(n)
+    if len(lengths):
+        groups.append(np.arange(start, len(lengths)))
+    return groups
 
 
 class TaggerEnsemble(nn.Module):
@@ -497,6 +568,26 @@ def _tag_name(value, names: list[str] | None, split: str, row: int) -> str:
     if names is not None:
         raise SeqtextError(f"{split} data, row {row}: tag id {value} out of range (0..{len(names) - 1})")
     return str(value)
+
+
+def _concat_rows(rows: list[dict]) -> dict:
+    """One encoded sequence from several (see :meth:`TagTask.encode_tokens`), columns concatenated."""
+    if len(rows) == 1:
+        return rows[0]
+    return {k: np.concatenate([np.asarray(r[k]) for r in rows]) for k in rows[0]}
+
+
+def _split_tags(tags: list[str], lengths: np.ndarray) -> list[list[str]]:
+    """Cut one run's tags back into its sentences; an entity left open at a sentence end is
+    closed there (and one continuing into the next sentence starts afresh), as gold entities
+    never cross sentences."""
+    if len(lengths) == 1:
+        return [tags]
+    out, start = [], 0
+    for n in lengths:
+        out.append(convert(tags[start: start + int(n)], TRAIN_SCHEME, TRAIN_SCHEME))
+        start += int(n)
+    return out
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:
