@@ -110,7 +110,7 @@ def measure_lm_memory(data_dir: str) -> dict:
 
 
 def run_child(args: list[str], cache: str) -> dict:
-    env = {**os.environ, "HF_DATASETS_CACHE": cache, "OMP_WAIT_POLICY": "PASSIVE"}
+    env = {**os.environ, "HF_DATASETS_CACHE": cache}  # OpenMP defaults, as a user's run has them
     r = subprocess.run([sys.executable, __file__, *args], env=env, capture_output=True, text=True, cwd=ROOT)
     if r.returncode != 0:
         raise SystemExit(f"{' '.join(args)} failed:\n{r.stderr[-3000:]}")

@@ -64,6 +64,16 @@ def average_metrics(metrics: dict) -> dict:
     return {**metrics, **{k: v / world_size() for k, v in zip(keys, t.tolist())}}
 
 
+def agreed_seconds(seconds: float) -> float:
+    """Rank 0's elapsed time on every rank, so time budgets stop all ranks at the same step and
+    time-based LR schedules give every rank the same LR (a mismatch would hang or drift DDP)."""
+    if not active():
+        return seconds
+    t = torch.tensor([seconds], dtype=torch.float64)
+    tdist.broadcast(t, src=0)
+    return float(t.item())
+
+
 @contextlib.contextmanager
 def main_first():
     """Rank 0 runs the block first (filling caches, writing files); the others follow."""

@@ -129,6 +129,13 @@ def test_ragged_column_is_a_view(tmp_path):
     assert r.lengths.tolist() == [3, 0, 1] and r.row(2).tolist() == [4]
     sel = ds.select([2, 0])
     assert ragged_column(sel, "ids").row(1).tolist() == [1, 2, 3]
+    # a selection is read column by column in Arrow, not by rewriting the whole dataset
+    many = datasets.Dataset.from_dict({"ids": [[i] * (i % 4) for i in range(3000)], "text": ["x"] * 3000})
+    keep = [i for i in range(3000) if i % 4]
+    sel = many.select(keep)
+    sel.flatten_indices = None  # would raise if called
+    r = ragged_column(sel, "ids")
+    assert r.lengths.tolist() == [i % 4 for i in keep] and r.row(4).tolist() == [keep[4]] * (keep[4] % 4)
 
 
 def test_tokenization_is_cached_between_runs(tmp_path):

@@ -169,12 +169,16 @@ class Ragged:
 
 
 def ragged_column(dataset, column: str) -> Ragged:
-    """Zero-copy view of ``dataset[column]`` (a list<int> column) as numpy arrays."""
+    """Zero-copy view of ``dataset[column]`` (a list<int> column) as numpy arrays (a copy of the
+    selected rows when the dataset is a selection)."""
     import pyarrow as pa
 
+    array = dataset.data.column(column)
     if getattr(dataset, "_indices", None) is not None:
-        dataset = dataset.flatten_indices()
-    array = dataset.data.column(column).combine_chunks()
+        # A selection (e.g. rows without tokens dropped): take this column's rows in Arrow, instead
+        # of flatten_indices(), which would rewrite every column of the dataset through Python.
+        array = array.take(dataset._indices.column(0))
+    array = array.combine_chunks()
     if isinstance(array, pa.ChunkedArray):  # empty table
         array = pa.array([], type=array.type)
     offsets = array.offsets.to_numpy(zero_copy_only=False)
