@@ -56,8 +56,8 @@ class DataConfig:
                       choices=("auto", "IOB1", "IOB2", "BIOES"))
     context_tokens: int = opt(0, "tag: pack consecutive sentences of a document (split at CoNLL -DOCSTART- rows) "
                               "into sequences of up to this many tokens, so the encoder sees each sentence with "
-                              "its neighbours; scores and outputs stay per sentence (0 = each sentence alone). "
-                              "Use with [train] batch_tokens.", min=0)
+                              "its neighbours; scores and outputs stay per sentence (0 = each sentence alone). Data "
+                              "without -DOCSTART- rows is one document. Use with [train] batch_tokens.", min=0)
     dev_fraction: float = opt(0.1, "Share of train carved off as dev when the data has no dev split.",
                               min=0.0, max=0.5)
     max_examples: int = opt(0, "Use at most this many examples per split (0 = all); for quick runs.", min=0)
