@@ -83,8 +83,8 @@ def matmul_peak_flops(device: torch.device, seconds: float = 0.3, dtype: torch.d
     The best of several short timings, so that a moment of load from another process does not
     lower the peak (which would inflate MFU past 100 %). On CPU the oneDNN matmul is timed too:
     ``torch.matmul`` in fp32 goes through MKL, which on AMD CPUs runs well below the oneDNN
-    kernels the LSTM itself uses (174 vs 409 GFLOP/s on the 2-core reference machine), and a
-    peak below what the model's own kernels reach is no ceiling.
+    kernels the LSTM itself uses (``benchmarks/cpu_kernels.py``), and a peak below what the
+    model's own kernels reach is no ceiling.
     """
     key = f"{device}:{dtype}"
     if key not in _PEAK:

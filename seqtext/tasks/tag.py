@@ -245,15 +245,15 @@ class TagTask(Task):
         documents = np.cumsum(empty)
         if empty.any():
             # A CRF needs at least one position; empty sentences hold no entities either.
-            docstarts = np.asarray(ds["docstart"], dtype=bool) if "docstart" in ds.column_names else empty & False
-            if (empty & ~docstarts).any():
-                warn(f"{split} data: skipped {int((empty & ~docstarts).sum())} empty sentences")
+            blank = empty & ~np.asarray(ds["docstart"], dtype=bool)
+            if blank.any():
+                warn(f"{split} data: skipped {int(blank.sum())} empty sentences")
             keep = np.flatnonzero(~empty)
             data, documents = Split(ds.select(keep), cols), documents[keep]
         if len(data) == 0:
             raise SeqtextError(f"{split} data: no non-empty sentences")
-        context = self.recipe.data.context_tokens
-        return PackedSplit(data, pack_sentences(data.lengths, documents, context)) if context else data
+        # context_tokens = 0: every sentence is a run of its own
+        return PackedSplit(data, pack_sentences(data.lengths, documents, self.recipe.data.context_tokens))
 
     # ------------------------------------------------------------------ model
     def build_net(self) -> Net | TaggerEnsemble:
@@ -274,13 +274,8 @@ class TagTask(Task):
         return Net(embedder, encoder, head)
 
     # ------------------------------------------------------------------ batches
-    def collate(self, data: Split | PackedSplit, idx: np.ndarray) -> Batch:
-        cols = data.cols
-        if isinstance(data, PackedSplit):
-            rows = [_concat_rows([{k: c.row(i) for k, c in cols.items()} for i in data.groups[g]]) for g in idx]
-        else:
-            rows = [{k: c.row(i) for k, c in cols.items()} for i in idx]
-        batch = self.collate_rows(rows)
+    def collate(self, data: PackedSplit, idx: np.ndarray) -> Batch:
+        batch = self.collate_rows([_concat_rows([data.sentence(i) for i in data.groups[g]]) for g in idx])
         batch.index = idx
         return batch
 
@@ -329,20 +324,26 @@ class TagTask(Task):
         return [[labels[i] for i in path] for path in paths]
 
     @torch.inference_mode()
-    def predict_split(self, net: Net, data: Split | PackedSplit, device, batch_size: int = 64) -> list[list[str]]:
+    def predict_split(self, net: Net, data: PackedSplit, device, batch_size: int = 64) -> list[list[str]]:
         """Predicted tags in the data's own scheme, one list per sentence in the split's row order."""
         net.eval()
-        packed = isinstance(data, PackedSplit)
-        sentences = data.sentences if packed else data
-        out: list[list[str]] = [[] for _ in range(len(sentences))]
-        for batch in self.eval_batches(data, batch_size):
-            for i, tags in zip(batch.index, self.decode(net, batch.to(device))):
-                rows = data.groups[i] if packed else [i]
-                for row, part in zip(rows, _split_tags(tags, sentences.lengths[rows])):
-                    out[row] = convert(part, TRAIN_SCHEME, self.source_scheme)
+        out: list[list[str]] = [[] for _ in range(len(data.sentences))]
+        for i, tags in self._tag_runs(net, data.groups, data.sentences.lengths, data.sentence, device, batch_size):
+            out[i] = convert(tags, TRAIN_SCHEME, self.source_scheme)
         return out
 
-    def evaluate(self, net: Net, data: Split, device, mode: str = "default", **kw) -> dict:
+    def _tag_runs(self, net: Net, groups: list[np.ndarray], lengths: np.ndarray, sentence, device,
+                  batch_size: int) -> Iterator[tuple[int, list[str]]]:
+        """Decode runs of sentences (``groups[g]``: sentence indices; ``sentence(i)``: sentence i
+        encoded as by :meth:`encode_tokens`; ``lengths``: tokens per sentence), batched by run
+        length; yields ``(sentence index, BIOES tags)`` for every sentence of every run."""
+        run_lengths = np.asarray([lengths[g].sum() for g in groups], dtype=np.int64)
+        for idx in bucket_batches(run_lengths, batch_size, batch_tokens=batch_size * 256, shuffle=False):
+            batch = self.collate_rows([_concat_rows([sentence(i) for i in groups[g]]) for g in idx]).to(device)
+            for g, tags in zip(idx, self.decode(net, batch)):
+                yield from zip(groups[g], _split_tags(tags, lengths[groups[g]]))
+
+    def evaluate(self, net: Net, data: PackedSplit, device, mode: str = "default", **kw) -> dict:
         """Entity-level micro P/R/F1 (seqeval), per-type scores and token accuracy.
 
         Args:
@@ -432,18 +433,11 @@ class TagTask(Task):
         lengths = np.asarray([len(r["ids"]) for r in rows], dtype=np.int64)
         out: list[list[str]] = [[] for _ in rows]
         nonempty = np.flatnonzero(lengths > 0)
-        context = self.recipe.data.context_tokens
-        if context and documents is not None:
-            groups = [nonempty[g] for g in
-                      pack_sentences(lengths[nonempty], np.asarray(documents)[nonempty], context)]
-        else:
-            groups = [np.asarray([i]) for i in nonempty]
-        group_lengths = np.asarray([lengths[g].sum() for g in groups], dtype=np.int64)
-        for batch_idx in bucket_batches(group_lengths, batch_size, shuffle=False):
-            batch = self.collate_rows([_concat_rows([rows[i] for i in groups[g]]) for g in batch_idx]).to(device)
-            for g, tags in zip(batch_idx, self.decode(net, batch)):
-                for i, part in zip(groups[g], _split_tags(tags, lengths[groups[g]])):
-                    out[i] = part
+        context = self.recipe.data.context_tokens if documents is not None else 0
+        docs = np.asarray(documents)[nonempty] if documents is not None else np.zeros(len(nonempty))
+        groups = [nonempty[g] for g in pack_sentences(lengths[nonempty], docs, context)]
+        for i, tags in self._tag_runs(net, groups, lengths, rows.__getitem__, device, batch_size):
+            out[i] = tags
         return out
 
     @torch.inference_mode()
@@ -503,9 +497,9 @@ class TagTask(Task):
 
 
 class PackedSplit:
-    """A tag split whose examples are runs of consecutive sentences of one document
-    (``[data] context_tokens``): batches, training and decoding see the runs, while scores
-    and outputs stay per sentence (``sentences``, in their row order)."""
+    """An encoded tag split whose examples are runs of consecutive sentences of one document
+    (``[data] context_tokens``; one sentence per run without it): batches, training and decoding
+    see the runs, while scores and outputs stay per sentence (``sentences``, in their row order)."""
 
     def __init__(self, sentences: Split, groups: list[np.ndarray]):
         self.sentences, self.groups = sentences, groups
@@ -515,10 +509,15 @@ class PackedSplit:
     def __len__(self) -> int:
         return len(self.groups)
 
+    def sentence(self, i: int) -> dict[str, np.ndarray]:
+        """Sentence ``i``'s id columns (as :meth:`TagTask.encode_tokens` gives them)."""
+        return {k: c.row(i) for k, c in self.cols.items()}
+
 
 def pack_sentences(lengths: np.ndarray, documents: np.ndarray, max_tokens: int) -> list[np.ndarray]:
     """Group consecutive sentences of the same document into runs of at most ``max_tokens`` tokens
-    (greedily, in order); a longer sentence is a run of its own.
+    (greedily, in order); a longer sentence is a run of its own, so ``max_tokens = 0`` gives one
+    run per sentence.
 
     Args:
         lengths: tokens per sentence.
