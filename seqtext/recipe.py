@@ -112,6 +112,11 @@ class ModelConfig:
     output_dropout: float = opt(-1.0, "lm/tag/classify: dropout before the output layer "
                                 "(-1 = same as dropout).", min=-1.0, max=0.95)
     weight_dropout: float = opt(0.0, "lm: DropConnect on LSTM hidden-to-hidden weights.", min=0.0, max=0.95)
+    activation_reg: float = opt(0.0, "lm: activation regularisation (AWD-LSTM's alpha, 2 there): adds alpha × the "
+                                "mean square of the top LSTM layer's outputs to the training loss.", min=0.0)
+    temporal_activation_reg: float = opt(0.0, "lm: temporal activation regularisation (AWD-LSTM's beta, 1 there): "
+                                         "adds beta × the mean square of the change of the top layer's output "
+                                         "from one step to the next.", min=0.0)
     softmax: str = opt("full", "lm: output layer. adaptive = two-level softmax over frequency clusters of the "
                        "vocab (exact probabilities, 5-10x faster than full with 30k+ words).",
                        choices=("full", "adaptive"))

@@ -120,6 +120,33 @@ def test_carried_state_over_windows_equals_one_window(tmp_path):
     assert a["perplexity"] == pytest.approx(b["perplexity"], rel=1e-5)
 
 
+def test_activation_regularisation_adds_ar_and_tar_to_the_training_loss_only(tmp_path):
+    task, data = task_with_stream(tmp_path, tokens=8 * 12 + 1)
+    task.recipe.train.random_bptt = False
+    torch.manual_seed(0)
+    net = task.build_net().eval()  # eval: no dropout, so the losses differ by the penalty alone
+    batch = next(iter(task.train_batches(data, 0)))
+    _, _, (top, _) = net.encode(batch, None, return_directions=True)
+    ar = float(top.pow(2).mean())
+    tar = float((top[:, 1:] - top[:, :-1]).pow(2).mean())
+    assert ar > 0 and tar > 0
+
+    def loss(alpha, beta):
+        task.recipe.model.activation_reg, task.recipe.model.temporal_activation_reg = alpha, beta
+        task.reset_epoch()
+        return float(task.loss(net, batch))
+
+    plain = loss(0.0, 0.0)
+    assert loss(2.0, 0.0) == pytest.approx(plain + 2.0 * ar, rel=1e-5)
+    assert loss(0.0, 1.0) == pytest.approx(plain + tar, rel=1e-5)
+    assert loss(2.0, 1.0) == pytest.approx(plain + 2.0 * ar + tar, rel=1e-5)
+    # scoring reports the plain NLL whatever the regularisation
+    task.recipe.model.activation_reg = task.recipe.model.temporal_activation_reg = 0.0
+    without = task.evaluate(net, data, "cpu")["loss"]
+    task.recipe.model.activation_reg, task.recipe.model.temporal_activation_reg = 2.0, 1.0
+    assert task.evaluate(net, data, "cpu")["loss"] == pytest.approx(without)
+
+
 def test_evaluation_builds_no_autograd_graph(tmp_path, monkeypatch):
     """Perplexity carries the state over the whole split; with autograd on, the graph (and the
     memory) would grow with the split too."""

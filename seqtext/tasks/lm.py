@@ -254,11 +254,26 @@ class LMTask(Task):
             state = None  # a different number of streams (should not happen within an epoch)
         _, new_state, (f, b) = net.encode(batch, state, return_directions=True)
         self._carry = detach_state(new_state)
-        loss = self.token_nll(net, f, batch.targets).mean()
+        loss = self.token_nll(net, f, batch.targets).mean() + self.activation_penalty(f)
         if b is not None and batch.ids.size(1) > 1:
             # the backward state at t has read tokens t..end of the window and predicts token t-1
-            loss = 0.5 * (loss + self.token_nll(net, b[:, 1:], batch.ids[:, :-1]).mean())
+            backward = self.token_nll(net, b[:, 1:], batch.ids[:, :-1]).mean() + self.activation_penalty(b)
+            loss = 0.5 * (loss + backward)
         return loss
+
+    def activation_penalty(self, states: torch.Tensor) -> torch.Tensor | float:
+        """AR + TAR (Merity et al. 2017) on the top layer's outputs [B, T, H] (training only:
+        dev and test losses are the plain NLL). AR keeps activations small; TAR keeps them from
+        jumping between steps. Both act on the outputs before the output dropout; AWD-LSTM applies
+        AR after it, which in expectation is its alpha / (1 - output dropout) here."""
+        m = self.recipe.model
+        penalty = 0.0
+        if m.activation_reg > 0:
+            penalty = penalty + m.activation_reg * states.float().pow(2).mean()
+        if m.temporal_activation_reg > 0 and states.size(1) > 1:
+            steps = states[:, 1:].float() - states[:, :-1].float()
+            penalty = penalty + m.temporal_activation_reg * steps.pow(2).mean()
+        return penalty
 
     def reset_epoch(self) -> None:
         self._carry = None
