@@ -226,3 +226,18 @@ def test_schedule_can_anneal_by_the_time_budget(tiny, tmp_path, by_time):
     assert factor(1) == pytest.approx(0.5 if by_time else 1.0, abs=0.02)
     trainer.state.seconds = 11 * 60
     assert factor(1) == pytest.approx(0.0 if by_time else 1.0, abs=0.02)
+
+
+def test_matmul_peak_is_cached_and_a_longer_request_measures_again(monkeypatch):
+    import importlib
+
+    train_mod = importlib.import_module("seqtext.train")  # the module (seqtext.train is also a function)
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(train_mod, "_PEAK", {})
+    first = train_mod.matmul_peak_flops(cpu, seconds=0.01)
+    assert first > 0
+    key = next(iter(train_mod._PEAK))
+    train_mod._PEAK[key] = (0.01, 1.0)  # a quick measurement spoiled by load elsewhere
+    assert train_mod.matmul_peak_flops(cpu, seconds=0.01) == 1.0  # cached: no new timing
+    longer = train_mod.matmul_peak_flops(cpu, seconds=0.02)
+    assert longer > 1.0 and train_mod._PEAK[key] == (0.02, longer)
