@@ -386,7 +386,9 @@ class Trainer:
                                             f"{tps / 1000:.1f}k tok/s MFU {100 * mfu:.1f}%")
                         s.losses.append((s.global_step, window_loss / max(1, window_n)))
                         window_tokens, window_start, window_loss, window_n = 0, time.perf_counter(), 0.0, 0
-                    s.seconds = dist.agreed_seconds(time.perf_counter() - start_time)
+                    s.seconds = time.perf_counter() - start_time
+                    if c.max_minutes:  # only a time budget needs the ranks to agree on the clock
+                        s.seconds = dist.agreed_seconds(s.seconds)
                     out_of_time = c.max_minutes and s.seconds > 60 * c.max_minutes
                     if (c.max_steps and s.global_step >= c.max_steps) or out_of_time:
                         s.done = True

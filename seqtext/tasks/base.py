@@ -99,6 +99,12 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha1("|".join(map(str, parts)).encode()).hexdigest()[:16]
 
 
+
+def eval_order(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Index batches for scoring/prediction: length-bucketed, unshuffled, at most ``batch_size``
+    sequences and about ``batch_size`` × 256 padded tokens each."""
+    return bucket_batches(lengths, batch_size, batch_tokens=batch_size * 256, shuffle=False)
+
 class Task:
     """Base class: shared tokenization, vocab and bucketing; subclasses fill in the rest."""
 
@@ -252,5 +258,5 @@ class Task:
         return ids, lengths, mask
 
     def eval_batches(self, data, batch_size: int = 64) -> Iterator[Batch]:
-        for idx in bucket_batches(data.lengths, batch_size, batch_tokens=batch_size * 256, shuffle=False):
+        for idx in eval_order(data.lengths, batch_size):
             yield self.collate(data, idx)

@@ -267,12 +267,12 @@ class LMTask(Task):
         jumping between steps. Both act on the outputs before the output dropout; AWD-LSTM applies
         AR after it, which in expectation is its alpha / (1 - output dropout) here."""
         m = self.recipe.model
+        h = states.float()
         penalty = 0.0
         if m.activation_reg > 0:
-            penalty = penalty + m.activation_reg * states.float().pow(2).mean()
-        if m.temporal_activation_reg > 0 and states.size(1) > 1:
-            steps = states[:, 1:].float() - states[:, :-1].float()
-            penalty = penalty + m.temporal_activation_reg * steps.pow(2).mean()
+            penalty = penalty + m.activation_reg * h.pow(2).mean()
+        if m.temporal_activation_reg > 0 and h.size(1) > 1:
+            penalty = penalty + m.temporal_activation_reg * (h[:, 1:] - h[:, :-1]).pow(2).mean()
         return penalty
 
     def reset_epoch(self) -> None:

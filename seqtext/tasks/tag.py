@@ -29,14 +29,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.batching import Batch, bucket_batches
+from ..data.batching import Batch
 from ..data.conll import DOCSTART
 from ..data.tagging import convert, detect_scheme, entities, normalize_scheme, split_tag, validate
 from ..errors import SeqtextError
 from ..nn.crf import CRF
 from ..nn.embeddings import casing_id
 from ..nn.heads import TaggerHead
-from .base import Net, Split, Task, fingerprint
+from .base import Net, Split, Task, eval_order, fingerprint
 
 TRAIN_SCHEME = "BIOES"
 MAX_WORD_LEN = 30  # chars per word seen by the char CNN (head + tail of longer words)
@@ -338,7 +338,7 @@ class TagTask(Task):
         encoded as by :meth:`encode_tokens`; ``lengths``: tokens per sentence), batched by run
         length; yields ``(sentence index, BIOES tags)`` for every sentence of every run."""
         run_lengths = np.asarray([lengths[g].sum() for g in groups], dtype=np.int64)
-        for idx in bucket_batches(run_lengths, batch_size, batch_tokens=batch_size * 256, shuffle=False):
+        for idx in eval_order(run_lengths, batch_size):
             batch = self.collate_rows([_concat_rows([sentence(i) for i in groups[g]]) for g in idx]).to(device)
             for g, tags in zip(idx, self.decode(net, batch)):
                 yield from zip(groups[g], _split_tags(tags, lengths[groups[g]]))
