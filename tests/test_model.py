@@ -54,6 +54,31 @@ def test_pooling_ignores_padding(how):
     torch.testing.assert_close(pooled[1:], alone)
 
 
+@pytest.mark.parametrize("how", ["max", "mean", "maxmean"])
+def test_fast_pooling_matches_autograd_reference(how):
+    """The fused max/mean pooling gives the plain autograd formulas' values and gradients, and no
+    gradient reaches padding."""
+    torch.manual_seed(0)
+    lengths = torch.tensor([7, 3, 5, 7, 1])
+    mask = torch.arange(7).unsqueeze(0) < lengths.unsqueeze(1)
+    states = torch.randn(5, 7, 4, dtype=torch.float64)
+    states[~mask] = 1e6
+    m = mask.unsqueeze(-1)
+    reference = {"max": lambda x: x.masked_fill(~m, float("-inf")).max(1).values,
+                 "mean": lambda x: (x * m).sum(1) / lengths.unsqueeze(1)}
+    reference["maxmean"] = lambda x: torch.cat([reference["max"](x), reference["mean"](x)], -1)
+    a, b = states.clone().requires_grad_(True), states.clone().requires_grad_(True)
+    fast, slow = masked_pool(a, mask, lengths, how), reference[how](b)
+    torch.testing.assert_close(fast, slow)
+    grad = torch.randn_like(fast)
+    fast.backward(grad)
+    slow.backward(grad)
+    torch.testing.assert_close(a.grad, b.grad)
+    assert a.grad[~mask].abs().sum() == 0
+    x = torch.randn(5, 7, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: masked_pool(x, mask, lengths, how), (x,))
+
+
 def test_classifier_prediction_alone_equals_in_padded_batch(trained_demo):
     model = seqtext.load(trained_demo)
     text = "The film is a wonderful ride."
