@@ -126,7 +126,7 @@ def test_activation_regularisation_adds_ar_and_tar_to_the_training_loss_only(tmp
     torch.manual_seed(0)
     net = task.build_net().eval()  # eval: no dropout, so the losses differ by the penalty alone
     batch = next(iter(task.train_batches(data, 0)))
-    _, _, (top, _) = net.encode(batch, None, return_directions=True)
+    (top, _), _ = net.encode(batch, None, outputs="directions")
     ar = float(top.pow(2).mean())
     tar = float((top[:, 1:] - top[:, :-1]).pow(2).mean())
     assert ar > 0 and tar > 0
@@ -243,8 +243,8 @@ def test_no_future_leakage(tmp_path, softmax):
         y = x.clone()
         y[:, t + 1] = (y[:, t + 1] + 7) % 26 + 4
         with torch.no_grad():
-            pa = task.log_probs(net, net.encode(task._batch(x), return_directions=True)[2][0])
-            pb = task.log_probs(net, net.encode(task._batch(y), return_directions=True)[2][0])
+            pa = task.log_probs(net, net.encode(task._batch(x), outputs="directions")[0][0])
+            pb = task.log_probs(net, net.encode(task._batch(y), outputs="directions")[0][0])
         torch.testing.assert_close(pa[:, : t + 1], pb[:, : t + 1], rtol=0, atol=0)
         assert not torch.allclose(pa[:, t + 1], pb[:, t + 1])
 

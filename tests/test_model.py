@@ -41,6 +41,19 @@ def test_backward_direction_sees_the_future_forward_does_not():
     assert not torch.allclose(a[0, :4, 3:], b[0, :4, 3:])
 
 
+@pytest.mark.parametrize("joint", [True, False])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_encoder_output_modes_agree(joint, layers):
+    torch.manual_seed(0)
+    enc = Encoder(5, 7, layers=layers, bidirectional=True, joint=joint).eval()
+    x, lengths = torch.randn(3, 6, 5), torch.tensor([6, 2, 4])
+    out, _ = enc(x, lengths)
+    (f, b), _ = enc(x, lengths, outputs="directions")
+    torch.testing.assert_close(torch.cat([f, b], -1), out)
+    with pytest.raises(ValueError, match="outputs must be"):
+        enc(x, lengths, outputs="both")
+
+
 @pytest.mark.parametrize("how", ["max", "mean", "maxmean", "last", "attention"])
 def test_pooling_ignores_padding(how):
     torch.manual_seed(0)

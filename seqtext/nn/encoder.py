@@ -95,13 +95,18 @@ class Encoder(nn.Module):
         return lstm(x, state)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, state: State | None = None,
-                return_directions: bool = False):
+                outputs: str = "concat"):
         """Encode ``x`` [B, T, input_size] with real lengths ``lengths`` [B].
 
         ``state`` (forward stack only) carries LSTM state across calls for truncated BPTT
-        on token streams. Returns ``(outputs [B, T, output_size], new_state)`` and, with
-        ``return_directions``, the top forward and backward outputs separately.
+        on token streams. Returns ``(outputs, new_state)``, where ``outputs`` is, by ``outputs``:
+
+        - ``"concat"``: one [B, T, output_size] tensor, both directions side by side;
+        - ``"directions"``: the top (forward [B, T, H], backward [B, T, H] or None) outputs
+          (a biLM scores each direction on its own, so nothing is concatenated).
         """
+        if outputs not in ("concat", "directions"):
+            raise ValueError(f"outputs must be 'concat' or 'directions', got {outputs!r}")
         state = state or [None] * self.layers
         new_state: State = []
         rev = reversal_index(lengths, x.size(1), x.device) if self.bidirectional else None
@@ -114,27 +119,26 @@ class Encoder(nn.Module):
                 h = torch.cat([f, reverse_padded(b, lengths, rev)], -1)
                 if i < self.layers - 1:
                     h = self.drop(h)
-            f, b = h[..., : self.hidden_size], h[..., self.hidden_size:]
-            out = h
-        else:
-            f = x
+            if outputs == "concat":
+                return h, new_state
+            return (h[..., : self.hidden_size], h[..., self.hidden_size:]), new_state
+        f = x
+        for i in range(self.layers):
+            f, s = self._run(self.fwd[i], f, state[i])
+            new_state.append(s)
+            if i < self.layers - 1:
+                f = self.drop(f)
+        b = None
+        if self.bidirectional:
+            b = reverse_padded(x, lengths, rev)
             for i in range(self.layers):
-                f, s = self._run(self.fwd[i], f, state[i])
-                new_state.append(s)
+                b, _ = self._run(self.bwd[i], b)
                 if i < self.layers - 1:
-                    f = self.drop(f)
-            b = None
-            if self.bidirectional:
-                b = reverse_padded(x, lengths, rev)
-                for i in range(self.layers):
-                    b, _ = self._run(self.bwd[i], b)
-                    if i < self.layers - 1:
-                        b = self.drop(b)
-                b = reverse_padded(b, lengths, rev)
-            out = f if b is None else torch.cat([f, b], -1)
-        if return_directions:
-            return out, new_state, (f, b)
-        return out, new_state
+                    b = self.drop(b)
+            b = reverse_padded(b, lengths, rev)
+        if outputs == "concat":
+            return (f if b is None else torch.cat([f, b], -1)), new_state
+        return (f, b), new_state
 
 
 def detach_state(state: State | None) -> State | None:

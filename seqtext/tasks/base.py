@@ -47,9 +47,10 @@ class Net(nn.Module):
         """Run ``fn(self, *args)``: lets a task's loss go through DistributedDataParallel's forward."""
         return fn(self, *args)
 
-    def encode(self, batch: Batch, state=None, return_directions: bool = False):
+    def encode(self, batch: Batch, state=None, outputs: str = "concat"):
+        """Embed and encode a batch: ``(outputs, new_state)``, ``outputs`` as in :meth:`Encoder.forward`."""
         x = self.embedder(batch.ids, batch.chars, batch.casing)
-        return self.encoder(x, batch.lengths, state, return_directions=return_directions)
+        return self.encoder(x, batch.lengths, state, outputs=outputs)
 
     def flops_per_token(self) -> float:
         """Forward FLOPs per token of the matmul work (LSTM gates + output layers)."""

@@ -252,7 +252,7 @@ class LMTask(Task):
         state = self._carry
         if state is not None and state[0][0].size(1) != batch.ids.size(0):
             state = None  # a different number of streams (should not happen within an epoch)
-        _, new_state, (f, b) = net.encode(batch, state, return_directions=True)
+        (f, b), new_state = net.encode(batch, state, outputs="directions")
         self._carry = detach_state(new_state)
         loss = self.token_nll(net, f, batch.targets).mean() + self.activation_penalty(f)
         if b is not None and batch.ids.size(1) > 1:
@@ -367,7 +367,7 @@ class LMTask(Task):
         state = None
         for x, y in self._eval_windows(data, B, bptt):
             batch = self._batch(x, y).to(device)
-            _, state, (f, b) = net.encode(batch, state, return_directions=True)
+            (f, b), state = net.encode(batch, state, outputs="directions")
             score_forward(f, batch.targets)
             if b is not None and x.size(1) > 1:
                 out["bwd_sum"] += float(self.token_nll(net, b[:, 1:], batch.ids[:, :-1]).double().sum())
@@ -377,7 +377,7 @@ class LMTask(Task):
             last = [(h[:, -1:].contiguous(), c[:, -1:].contiguous()) for h, c in state]
             t = data.window(np.array([n * B]), n_tokens - n * B)
             batch = self._batch(t[:, :-1], t[:, 1:]).to(device)
-            _, _, (f, _) = net.encode(batch, last, return_directions=True)
+            (f, _), _ = net.encode(batch, last, outputs="directions")
             if cache is not None:
                 cache.keep_streams([B - 1])
             score_forward(f, batch.targets)
