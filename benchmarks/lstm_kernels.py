@@ -1,10 +1,12 @@
-"""Micro-benchmarks behind the encoder design (README "Architecture", benchmarks/README.md).
+"""Micro-benchmarks behind the encoder and pooling design (README "Architecture", benchmarks/README.md).
 
     python benchmarks/lstm_kernels.py
 
 1. nn.LSTM training tokens/s on packed vs padded input (CPU: packed leaves oneDNN's kernel).
 2. One bidirectional nn.LSTM vs seqtext's two unidirectional LSTMs + within-length reversal.
 3. Within-length reversal, forward+backward: autograd gather vs seqtext's self-inverse permutation.
+4. Masked max+mean pooling (the IMDB classifier's), forward+backward: the autograd formulas vs
+   seqtext's fused ``masked_pool``.
 Writes benchmarks/results/lstm_kernels.json.
 """
 
@@ -21,6 +23,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from benchmarks.common import save, table
 from seqtext.nn.encoder import Encoder, reverse_padded
+from seqtext.nn.heads import masked_pool
 
 
 def timed(fn, reps: int = 3) -> float:
@@ -66,6 +69,23 @@ def reversal_ms(B=32, T=400, D=256):
     return 1000 * gather, 1000 * ours
 
 
+def pooling_ms(B=32, T=350, D=384):
+    x = torch.randn(B, T, D, requires_grad=True)
+    lengths = torch.randint(300, T + 1, (B,))
+    lengths[0] = T
+    mask = torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)
+    m = mask.unsqueeze(-1)
+    g = torch.randn(B, 2 * D)
+
+    def autograd_formulas():
+        top = x.masked_fill(~m, float("-inf")).max(1).values
+        mean = (x * m).sum(1) / lengths.unsqueeze(1)
+        torch.cat([top, mean], -1).backward(g)
+
+    fused = timed(lambda: masked_pool(x, mask, lengths, "maxmean").backward(g), 20)
+    return 1000 * timed(autograd_formulas, 20), 1000 * fused
+
+
 def main() -> None:
     torch.manual_seed(0)
     result, rows = {"packed_vs_padded": [], "bidirectional_vs_encoder": []}, []
@@ -81,6 +101,9 @@ def main() -> None:
     gather, ours = reversal_ms()
     result["reversal_ms"] = {"gather": round(gather, 1), "permutation": round(ours, 1)}
     rows.append(("reversal fwd+bwd 32x400x256: gather / permutation ms", f"{gather:.1f} / {ours:.1f}"))
+    formulas, fused = pooling_ms()
+    result["maxmean_pooling_ms"] = {"autograd_formulas": round(formulas, 1), "fused": round(fused, 1)}
+    rows.append(("max+mean pooling fwd+bwd 32x350x384: autograd formulas / fused ms", f"{formulas:.1f} / {fused:.1f}"))
     print(table(rows, f"LSTM kernels ({torch.get_num_threads()} threads)"))
     print(f"written {save('lstm_kernels', result)}")
 

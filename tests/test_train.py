@@ -50,6 +50,7 @@ def kill_after(monkeypatch, n_calls):
 @pytest.mark.parametrize("kill_at,overrides", [
     (13, []), (17, []),  # mid-epoch (after checkpoint 10) and early in epoch 2
     (13, ["train.ema_decay=0.9"]),  # the weight average is part of the resume state
+    (13, ["train.sparse_embeddings=true"]),  # so is the lazy-row optimizer state
 ])
 def test_resume_matches_uninterrupted_run(tiny, tmp_path, monkeypatch, kill_at, overrides):
     full = seqtext.train(tiny, overrides, output=tmp_path / "full", quiet=True)
@@ -61,7 +62,7 @@ def test_resume_matches_uninterrupted_run(tiny, tmp_path, monkeypatch, kill_at, 
     a, b = weights(full, "checkpoint.safetensors"), weights(resumed, "checkpoint.safetensors")
     keys = [k for k in a if k.startswith(("model.", "optim.", "ema"))]
     assert keys and all(torch.equal(a[k], b[k]) for k in keys)
-    assert any(k.startswith("ema.") for k in keys) == bool(overrides)
+    assert any(k.startswith("ema.") for k in keys) == any("ema" in o for o in overrides)
     wa, wb = weights(full), weights(resumed)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     test_metrics = [json.loads((d / "metrics.json").read_text())["test"] for d in (full, resumed)]
@@ -241,3 +242,64 @@ def test_matmul_peak_is_cached_and_a_longer_request_measures_again(monkeypatch):
     assert train_mod.matmul_peak_flops(cpu, seconds=0.01) == 1.0  # cached: no new timing
     longer = train_mod.matmul_peak_flops(cpu, seconds=0.02)
     assert longer > 1.0 and train_mod._PEAK[key] == (0.02, longer)
+
+
+def test_lazy_row_adamw_equals_adamw_on_rows_in_the_batch_and_leaves_the_rest():
+    """Sparse gradients: rows a batch uses get exactly AdamW's update (weight decay included),
+    other rows and their optimizer state stay as they were; dense parameters are plain AdamW."""
+    from seqtext.train import AdamWLazyRows
+
+    torch.manual_seed(0)
+    dense_emb, sparse_emb = torch.nn.Embedding(6, 3), torch.nn.Embedding(6, 3, sparse=True)
+    sparse_emb.load_state_dict(dense_emb.state_dict())
+    dense_lin, sparse_lin = torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)
+    sparse_lin.load_state_dict(dense_lin.state_dict())
+    kw = {"lr": 0.1, "weight_decay": 0.1}
+    reference = torch.optim.AdamW([*dense_emb.parameters(), *dense_lin.parameters()], **kw)
+    lazy = AdamWLazyRows([*sparse_emb.parameters(), *sparse_lin.parameters()], **kw)
+    for ids in ([0, 1, 2, 3, 4, 5, 1], [5, 4, 3, 2, 1, 0], [0, 1, 2, 3, 4, 5, 5, 5]):  # every row each step
+        for emb, lin, opt in ((dense_emb, dense_lin, reference), (sparse_emb, sparse_lin, lazy)):
+            opt.zero_grad()
+            lin(emb(torch.tensor(ids))).square().sum().backward()
+            opt.step()
+    assert sparse_emb.weight.grad.is_sparse
+    torch.testing.assert_close(sparse_emb.weight, dense_emb.weight)
+    torch.testing.assert_close(sparse_lin.weight, dense_lin.weight)
+    before, state = sparse_emb.weight.detach().clone(), {k: v.clone() for k, v in lazy.state[sparse_emb.weight].items()}
+    lazy.zero_grad()
+    sparse_lin(sparse_emb(torch.tensor([1, 1, 4]))).sum().backward()
+    lazy.step()
+    untouched = [0, 2, 3, 5]
+    assert torch.equal(sparse_emb.weight[untouched], before[untouched])
+    assert not torch.equal(sparse_emb.weight[[1, 4]], before[[1, 4]])
+    for k in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(lazy.state[sparse_emb.weight][k][untouched], state[k][untouched])
+
+
+def test_clip_grad_norm_counts_sparse_rows_like_their_dense_gradient():
+    from seqtext.train import clip_grad_norm
+
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Embedding(5, 4, sparse=sparse), torch.nn.Linear(4, 2))
+            for sparse in (False, True)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    norms = []
+    for net in nets:
+        net(torch.tensor([1, 1, 3])).pow(3).sum().backward()  # row 1 twice: its two gradients add up
+        norms.append(clip_grad_norm(net.parameters(), 0.5))
+    assert nets[1][0].weight.grad.is_sparse
+    torch.testing.assert_close(norms[1], norms[0])
+    assert float(norms[0]) > 0.5  # so both were scaled
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(b.grad.to_dense(), a.grad)
+
+
+def test_sparse_embeddings_train_and_refuse_a_tied_lm(tiny, tmp_path):
+    out = seqtext.train(tiny, ["train.sparse_embeddings=true"], output=tmp_path / "s", quiet=True)
+    assert json.loads((out / "metrics.json").read_text())["test"]["accuracy"] >= 0.6  # chance: 0.5
+    from test_lm import lm_recipe
+
+    from seqtext.recipe import load_recipe
+
+    with pytest.raises(SeqtextError, match="sparse_embeddings"):
+        seqtext.train(load_recipe(lm_recipe(tmp_path), ["train.sparse_embeddings=true"]), quiet=True)
