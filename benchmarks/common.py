@@ -67,7 +67,10 @@ def training_step(recipe_path: str, data_dir: str | None, overrides: list[str], 
         trainer = train_module.Trainer(task, net, data, Path(tmp), torch.device("cpu"), quiet=True)
         net.train()
         task.reset_epoch()
-        yield trainer._step, batches
+        try:
+            yield trainer._step, batches
+        finally:
+            train_module.release_freed_memory()  # as the Trainer does when fit() ends
 
 
 def throughput(task, data, n_batches: int = 60, warmup: int = 5) -> dict:
@@ -78,7 +81,7 @@ def throughput(task, data, n_batches: int = 60, warmup: int = 5) -> dict:
     against the bf16 matmul peak). Bare = ``nn.LSTM`` (same sizes/directions/layers) forward +
     backward of ``out.sum()`` on random inputs shaped like each batch's embeddings, at the same precision.
     """
-    from seqtext.train import Trainer, matmul_peak_flops
+    from seqtext.train import Trainer, matmul_peak_flops, release_freed_memory
 
     torch.manual_seed(0)
     net = task.build_net()
@@ -105,6 +108,7 @@ def throughput(task, data, n_batches: int = 60, warmup: int = 5) -> dict:
         net.train()
         task.reset_epoch()
         seconds, tokens = time_interleaved(batches, {"full": trainer._step, "bare": bare_step}, warmup)
+        release_freed_memory()  # the Trainer applied keep_freed_memory; fit() would undo it at its end
     full, bare = tokens / seconds["full"], tokens / seconds["bare"]
     peak = matmul_peak_flops(device, seconds=1.0,
                              dtype=torch.bfloat16 if task.recipe.train.bf16 else torch.float32)

@@ -168,15 +168,39 @@ def test_epoch_end_does_not_evaluate_the_same_step_twice(tiny, tmp_path):
 
 def test_keep_freed_memory_applies_on_glibc():
     import platform
+    import subprocess
     import sys
 
-    from seqtext.train import keep_freed_memory
+    from seqtext.train import keep_freed_memory, release_freed_memory
 
     applied = keep_freed_memory()
     if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
         assert applied is True
     else:
         assert applied is False
+        assert release_freed_memory() is False
+        return
+
+    # in a fresh process: this one's heap already holds other tests' freed memory
+    script = """
+import os, torch
+from seqtext.train import keep_freed_memory, release_freed_memory
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+keep_freed_memory()
+block = torch.ones(64 * 2**20 // 4)  # 64 MB from the heap, written so it is resident
+before_free = rss_mb()
+del block
+kept = rss_mb()
+assert kept > before_free - 16, (before_free, kept)  # freed but kept for reuse
+assert release_freed_memory() is True
+assert rss_mb() < kept - 48, (kept, rss_mb())  # handed back to the OS
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 def test_weight_average_follows_its_definition_and_swaps_back():
