@@ -5,7 +5,6 @@ Everything printed is measured in the same process on this machine; nothing is t
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import json
 import platform
@@ -54,23 +53,20 @@ def training_step(recipe_path: str, data_dir: str | None, overrides: list[str], 
     """Yield (seqtext's training step function, the first ``n_batches`` batches of epoch 0) for a
     recipe, exactly as ``seqtext train`` would run them (fresh weights, seed 0, CPU).
 
-    ``keep_freed_memory=False`` keeps glibc's default allocator settings, which the Trainer would
-    otherwise change for the whole process (so compare the two in separate processes)."""
-    train_module = importlib.import_module("seqtext.train")  # the module; seqtext.train is also a function
-    if not keep_freed_memory:
-        train_module.keep_freed_memory = lambda: False
+    ``keep_freed_memory=False`` keeps glibc's default allocator settings, which the Trainer's
+    training loop otherwise changes while it runs (compare the two in separate processes)."""
+    from seqtext.train import Trainer, freed_memory_kept
+
     task, data = prepare(recipe_path, data_dir, overrides)
     torch.manual_seed(0)
     net = task.build_net()
     batches = list(itertools.islice(task.train_batches(data["train"], epoch=0), n_batches))
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = train_module.Trainer(task, net, data, Path(tmp), torch.device("cpu"), quiet=True)
+        trainer = Trainer(task, net, data, Path(tmp), torch.device("cpu"), quiet=True)
         net.train()
         task.reset_epoch()
-        try:
+        with freed_memory_kept(keep_freed_memory):  # as the Trainer's fit() has it
             yield trainer._step, batches
-        finally:
-            train_module.release_freed_memory()  # as the Trainer does when fit() ends
 
 
 def throughput(task, data, n_batches: int = 60, warmup: int = 5) -> dict:
@@ -81,7 +77,7 @@ def throughput(task, data, n_batches: int = 60, warmup: int = 5) -> dict:
     against the bf16 matmul peak). Bare = ``nn.LSTM`` (same sizes/directions/layers) forward +
     backward of ``out.sum()`` on random inputs shaped like each batch's embeddings, at the same precision.
     """
-    from seqtext.train import Trainer, matmul_peak_flops, release_freed_memory
+    from seqtext.train import Trainer, freed_memory_kept, matmul_peak_flops
 
     torch.manual_seed(0)
     net = task.build_net()
@@ -107,8 +103,8 @@ def throughput(task, data, n_batches: int = 60, warmup: int = 5) -> dict:
         trainer = Trainer(task, net, data, Path(tmp), device, quiet=True)
         net.train()
         task.reset_epoch()
-        seconds, tokens = time_interleaved(batches, {"full": trainer._step, "bare": bare_step}, warmup)
-        release_freed_memory()  # the Trainer applied keep_freed_memory; fit() would undo it at its end
+        with freed_memory_kept():  # the allocator settings of the Trainer's fit()
+            seconds, tokens = time_interleaved(batches, {"full": trainer._step, "bare": bare_step}, warmup)
     full, bare = tokens / seconds["full"], tokens / seconds["bare"]
     peak = matmul_peak_flops(device, seconds=1.0,
                              dtype=torch.bfloat16 if task.recipe.train.bf16 else torch.float32)

@@ -34,7 +34,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=15)
     ap.add_argument("--by-shape", action="store_true", help="one row per operator and input shapes")
     ap.add_argument("--glibc-default", action="store_true",
-                    help="keep glibc's allocator settings (the Trainer applies keep_freed_memory otherwise)")
+                    help="keep glibc's allocator settings (the training loop applies keep_freed_memory otherwise)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)

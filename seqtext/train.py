@@ -57,6 +57,16 @@ _PEAK: dict[str, tuple[float, float]] = {}  # device:dtype -> (seconds measured,
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 
 
+def _libc():
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
 def keep_freed_memory() -> bool:
     """Make glibc keep freed heap memory for reuse instead of returning it to the OS.
 
@@ -65,37 +75,37 @@ def keep_freed_memory() -> bool:
     LM's 33k × 400 embedding gradient, zeroed by the kernel page by page every step).
     Serving them from the heap and never trimming it made that recipe's step 1.46× faster, with
     ~4 % more peak RSS (the heap keeps its high-water mark): ``benchmarks/malloc_step.py``. Returns
-    whether the settings were applied (False off glibc, e.g. macOS/Windows).
+    whether the settings were applied (False off glibc, e.g. macOS/Windows). Undo it with
+    :func:`release_freed_memory`; :func:`freed_memory_kept` does both around a block.
     """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallopt"):
         return False
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
 
 
 def release_freed_memory() -> bool:
-    """Undo :func:`keep_freed_memory` when training ends: glibc's default thresholds again, and the
-    kept free memory handed back to the OS (``malloc_trim``).
-
-    Work done afterwards in heap mode grows the heap badly: when the IMDB data was prepared after
-    the settings were applied (a second run, an ensemble's next member, a benchmark process),
-    dense training peaked at 9.1 GB instead of 3.9 GB. Returns whether it applied (glibc only)."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
-    except (OSError, AttributeError):
+    """Undo :func:`keep_freed_memory`: glibc's default thresholds again, and the kept free memory
+    handed back to the OS (``malloc_trim``). Work done afterwards in heap mode fragments the heap:
+    a benchmark process that prepared the IMDB data again after the settings were applied peaked at
+    13.0 GB instead of 6.9 GB (benchmarks/README.md). Returns whether it applied (glibc only)."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "malloc_trim"):
         return False
-    applied = bool(mallopt(_M_MMAP_MAX, 65536)) and bool(mallopt(_M_TRIM_THRESHOLD, 128 * 1024))
-    malloc_trim(0)
+    applied = bool(libc.mallopt(_M_MMAP_MAX, 65536)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 128 * 1024))
+    libc.malloc_trim(0)
     return applied
+
+
+@contextlib.contextmanager
+def freed_memory_kept(enabled: bool = True):
+    """:func:`keep_freed_memory` for the duration of a block (a training loop), released after it."""
+    applied = enabled and keep_freed_memory()
+    try:
+        yield applied
+    finally:
+        if applied:
+            release_freed_memory()
 
 
 def matmul_peak_flops(device: torch.device, seconds: float = 0.3, dtype: torch.dtype = torch.float32) -> float:
@@ -174,7 +184,7 @@ class AdamWLazyRows(torch.optim.AdamW):
     ``torch.optim.SparseAdam`` and TF's LazyAdam do, here with AdamW's decoupled weight decay on
     those rows); rows of words absent from the batch stay as they are. On CPU this turns the
     per-step pass over a whole 50k × 128 embedding (its gradient zero-fill, clipping norm and
-    AdamW update, ~6 % of an IMDB step) into work on the ~3k rows a batch uses.
+    AdamW update, ~6 % of an IMDB step) into work on the rows a batch uses.
     ``SparseAdam`` itself cannot be used: it takes sparse parameters only and has no weight decay.
     State keys match AdamW's, so checkpoints save and load it unchanged."""
 
@@ -291,8 +301,6 @@ class Trainer:
         self.task, self.net, self.data, self.run_dir, self.device = task, net, data, run_dir, device
         self.recipe: Recipe = task.recipe
         self.cfg = self.recipe.train
-        if device.type == "cpu":
-            keep_freed_memory()
         self.quiet = quiet or not dist.is_main()
         self.rank, self.world = dist.rank(), dist.world_size()
         self.steps_per_epoch = max(1, task.steps_per_epoch(data["train"], self.world))
@@ -312,14 +320,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _sparse_word_gradients(self) -> None:
-        if self.recipe.task == "lm" and self.recipe.model.tie_weights:
+        words = self.net.embedder.words
+        if any(p is words.weight for p in self.net.head.parameters()):
             raise SeqtextError("[train] sparse_embeddings: the word embedding is tied to the output layer, so its "
                                "gradient is dense; set [model] tie_weights = false or sparse_embeddings = false")
         if self.world > 1 and self.device.type == "cuda":
             warnings.warn("[train] sparse_embeddings is ignored with several CUDA processes (NCCL cannot reduce "
                           "sparse gradients)", stacklevel=2)
             return
-        self.net.embedder.words.sparse = True
+        words.sparse = True
 
     def _param_groups(self):
         encoder = [p for n, p in self.net.named_parameters() if n.startswith(("embedder.", "encoder."))]
@@ -453,64 +462,64 @@ class Trainer:
             interrupted = True
 
         old_handler = signal.signal(signal.SIGINT, on_sigint) if dist.is_main() else None
-        try:
-            while not s.done and s.epoch < c.epochs:
-                self._set_frozen(s.epoch < c.freeze_epochs)
-                if s.step_in_epoch == 0:
-                    self.task.reset_epoch()
-                self.model.train()
-                batches = self.task.train_batches(self.data["train"], s.epoch, self.rank, self.world)
-                bar = tqdm(total=self.steps_per_epoch, initial=s.step_in_epoch, disable=self.quiet,
-                           desc=f"epoch {s.epoch + 1}/{c.epochs}", unit="step", mininterval=1.0,
-                           file=sys.stderr, leave=False, dynamic_ncols=True)
-                window_tokens, window_start, window_loss, window_n = 0, time.perf_counter(), 0.0, 0
-                for i, batch in enumerate(batches):
-                    if i < s.step_in_epoch:
-                        continue  # resumed mid-epoch: data order is deterministic, skip what was seen
-                    loss = self._step(batch)
-                    s.step_in_epoch += 1
-                    s.global_step += 1
-                    s.tokens += batch.num_tokens * self.world
-                    window_tokens += batch.num_tokens * self.world
-                    if loss is not None:
-                        window_loss, window_n = window_loss + loss, window_n + 1
-                    bar.update(1)
-                    if s.global_step % 20 == 0 or i == 0:
-                        dt = max(1e-9, time.perf_counter() - window_start)
-                        tps = window_tokens / dt
-                        mfu = tps * self.flops_per_token / self.peak
-                        bar.set_postfix_str(f"loss {window_loss / max(1, window_n):.4f} "
-                                            f"{tps / 1000:.1f}k tok/s MFU {100 * mfu:.1f}%")
-                        s.losses.append((s.global_step, window_loss / max(1, window_n)))
-                        window_tokens, window_start, window_loss, window_n = 0, time.perf_counter(), 0.0, 0
-                    s.seconds = time.perf_counter() - start_time
-                    if c.max_minutes:  # only a time budget needs the ranks to agree on the clock
-                        s.seconds = dist.agreed_seconds(s.seconds)
-                    out_of_time = c.max_minutes and s.seconds > 60 * c.max_minutes
-                    if (c.max_steps and s.global_step >= c.max_steps) or out_of_time:
-                        s.done = True
-                    if c.eval_every and s.global_step % c.eval_every == 0 and not s.done:
+        # large step buffers stay on the heap for reuse instead of being page-faulted in every step
+        with freed_memory_kept(self.device.type == "cpu"):
+            try:
+                while not s.done and s.epoch < c.epochs:
+                    self._set_frozen(s.epoch < c.freeze_epochs)
+                    if s.step_in_epoch == 0:
+                        self.task.reset_epoch()
+                    self.model.train()
+                    batches = self.task.train_batches(self.data["train"], s.epoch, self.rank, self.world)
+                    bar = tqdm(total=self.steps_per_epoch, initial=s.step_in_epoch, disable=self.quiet,
+                               desc=f"epoch {s.epoch + 1}/{c.epochs}", unit="step", mininterval=1.0,
+                               file=sys.stderr, leave=False, dynamic_ncols=True)
+                    window_tokens, window_start, window_loss, window_n = 0, time.perf_counter(), 0.0, 0
+                    for i, batch in enumerate(batches):
+                        if i < s.step_in_epoch:
+                            continue  # resumed mid-epoch: data order is deterministic, skip what was seen
+                        loss = self._step(batch)
+                        s.step_in_epoch += 1
+                        s.global_step += 1
+                        s.tokens += batch.num_tokens * self.world
+                        window_tokens += batch.num_tokens * self.world
+                        if loss is not None:
+                            window_loss, window_n = window_loss + loss, window_n + 1
+                        bar.update(1)
+                        if s.global_step % 20 == 0 or i == 0:
+                            dt = max(1e-9, time.perf_counter() - window_start)
+                            tps = window_tokens / dt
+                            mfu = tps * self.flops_per_token / self.peak
+                            bar.set_postfix_str(f"loss {window_loss / max(1, window_n):.4f} "
+                                                f"{tps / 1000:.1f}k tok/s MFU {100 * mfu:.1f}%")
+                            s.losses.append((s.global_step, window_loss / max(1, window_n)))
+                            window_tokens, window_start, window_loss, window_n = 0, time.perf_counter(), 0.0, 0
+                        s.seconds = time.perf_counter() - start_time
+                        if c.max_minutes:  # only a time budget needs the ranks to agree on the clock
+                            s.seconds = dist.agreed_seconds(s.seconds)
+                        out_of_time = c.max_minutes and s.seconds > 60 * c.max_minutes
+                        if (c.max_steps and s.global_step >= c.max_steps) or out_of_time:
+                            s.done = True
+                        if c.eval_every and s.global_step % c.eval_every == 0 and not s.done:
+                            self._evaluate()
+                        if s.global_step % c.checkpoint_every == 0 or s.done or interrupted:
+                            self.save_checkpoint()
+                        if interrupted:
+                            raise KeyboardInterrupt
+                        if s.done:
+                            break
+                    bar.close()
+                    if s.step_in_epoch >= self.steps_per_epoch or not s.done:
+                        s.epoch += 1
+                        s.step_in_epoch = 0
+                    if s.last_eval_step != s.global_step:  # eval_every may have just evaluated this step
                         self._evaluate()
-                    if s.global_step % c.checkpoint_every == 0 or s.done or interrupted:
-                        self.save_checkpoint()
-                    if interrupted:
-                        raise KeyboardInterrupt
-                    if s.done:
-                        break
-                bar.close()
-                if s.step_in_epoch >= self.steps_per_epoch or not s.done:
-                    s.epoch += 1
-                    s.step_in_epoch = 0
-                if s.last_eval_step != s.global_step:  # eval_every may have just evaluated this step
-                    self._evaluate()
-                if c.patience and s.bad_evals >= c.patience:
-                    s.done = True
-                self.save_checkpoint()
-        finally:
-            if old_handler is not None:
-                signal.signal(signal.SIGINT, old_handler)
-            if self.device.type == "cpu":
-                release_freed_memory()
+                    if c.patience and s.bad_evals >= c.patience:
+                        s.done = True
+                    self.save_checkpoint()
+            finally:
+                if old_handler is not None:
+                    signal.signal(signal.SIGINT, old_handler)
         s.done = True
         self.save_checkpoint()
         return {"steps": s.global_step, "seconds": s.seconds, "tokens": s.tokens,
