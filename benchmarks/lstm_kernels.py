@@ -1,17 +1,21 @@
 """Micro-benchmarks behind the encoder and pooling design (README "Architecture", benchmarks/README.md).
 
-    python benchmarks/lstm_kernels.py
+    python benchmarks/lstm_kernels.py             # all of them
+    python benchmarks/lstm_kernels.py --only crf  # one part (writes lstm_kernels_crf.json)
 
 1. nn.LSTM training tokens/s on packed vs padded input (CPU: packed leaves oneDNN's kernel).
 2. One bidirectional nn.LSTM vs seqtext's two unidirectional LSTMs + within-length reversal.
 3. Within-length reversal, forward+backward: autograd gather vs seqtext's self-inverse permutation.
 4. Masked max+mean pooling (the IMDB classifier's), forward+backward: the autograd formulas vs
    seqtext's fused ``masked_pool``.
-Writes benchmarks/results/lstm_kernels.json.
+5. CRF log partition (the tagger's loss), forward+backward over 17 BIOES tags: the log-space
+   recursion under autograd vs seqtext's probability-space forward-backward.
+Writes benchmarks/results/lstm_kernels[_<part>].json.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -22,6 +26,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from benchmarks.common import save, table
+from seqtext.nn.crf import CRF
 from seqtext.nn.encoder import Encoder, reverse_padded
 from seqtext.nn.heads import masked_pool
 
@@ -86,27 +91,73 @@ def pooling_ms(B=32, T=350, D=384):
     return 1000 * timed(autograd_formulas, 20), 1000 * fused
 
 
-def main() -> None:
-    torch.manual_seed(0)
-    result, rows = {"packed_vs_padded": [], "bidirectional_vs_encoder": []}, []
+def crf_ms(B, T, K=17):
+    crf = CRF(K)
+    x = torch.randn(B, T, K, requires_grad=True)
+    mask = torch.arange(T).unsqueeze(0) < torch.randint(T // 2, T + 1, (B,)).unsqueeze(1)
+    mask[0] = True
+
+    def loss(partition):
+        partition(x, mask, *crf._scores()).sum().backward()
+
+    return (1000 * timed(lambda: loss(CRF._log_partition_log_space), 50),
+            1000 * timed(lambda: loss(CRF._log_partition), 50))
+
+
+def packed_part(result, rows):
+    result["packed_vs_padded"] = []
     for E, H, B, T in [(128, 128, 32, 256), (200, 200, 64, 256)]:
         packed, padded = packed_vs_padded(E, H, B, T)
         result["packed_vs_padded"].append({"shape": [E, H, B, T], "packed": round(packed), "padded": round(padded)})
         rows.append((f"BiLSTM {E}/{H} B={B} T={T}: packed / padded tokens/s", f"{packed:.0f} / {padded:.0f}"))
+
+
+def encoder_part(result, rows):
+    result["bidirectional_vs_encoder"] = []
     for E, H, B, T in [(128, 128, 32, 256), (300, 256, 32, 256)]:
         bi, ours = bi_vs_ours(E, H, B, T)
         result["bidirectional_vs_encoder"].append({"shape": [E, H, B, T], "nn_lstm_bi": round(bi),
                                                    "seqtext_encoder": round(ours)})
         rows.append((f"{E}/{H} B={B} T={T}: nn.LSTM(bi) / seqtext Encoder tokens/s", f"{bi:.0f} / {ours:.0f}"))
+
+
+def reversal_part(result, rows):
     gather, ours = reversal_ms()
     result["reversal_ms"] = {"gather": round(gather, 1), "permutation": round(ours, 1)}
     rows.append(("reversal fwd+bwd 32x400x256: gather / permutation ms", f"{gather:.1f} / {ours:.1f}"))
+
+
+def pooling_part(result, rows):
     formulas, fused = pooling_ms()
     result["maxmean_pooling_ms"] = {"autograd_formulas": round(formulas, 1), "fused": round(fused, 1)}
     rows.append(("max+mean pooling fwd+bwd 32x350x384: autograd formulas / fused ms", f"{formulas:.1f} / {fused:.1f}"))
-    print(table(rows, f"LSTM kernels ({torch.get_num_threads()} threads)"))
-    print(f"written {save('lstm_kernels', result)}")
 
+
+def crf_part(result, rows):
+    result["crf_partition_ms"] = []
+    for B, T in [(5, 64), (45, 78)]:  # a CoNLL training batch of runs of sentences; an eval-sized batch
+        log_space, scaled = crf_ms(B, T)
+        result["crf_partition_ms"].append({"shape": [B, T, 17], "log_space_autograd": round(log_space, 2),
+                                           "probability_space": round(scaled, 2)})
+        rows.append((f"CRF log Z fwd+bwd {B}x{T}x17: log space (autograd) / probability space ms",
+                     f"{log_space:.2f} / {scaled:.2f}"))
+
+
+PARTS = {"packed": packed_part, "encoder": encoder_part, "reversal": reversal_part,
+         "pooling": pooling_part, "crf": crf_part}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=sorted(PARTS), help="run one part")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    result, rows = {}, []
+    for name, part in PARTS.items():
+        if args.only in (None, name):
+            part(result, rows)
+    print(table(rows, f"LSTM kernels ({torch.get_num_threads()} threads)"))
+    print(f"written {save('lstm_kernels' + (f'_{args.only}' if args.only else ''), result)}")
 
 if __name__ == "__main__":
     main()

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from seqtext.nn.crf import CRF, FORBIDDEN, constraints_for
+from seqtext.nn.crf import CRF, FORBIDDEN, _ScaledForwardBackward, constraints_for
 
 IOB2_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 BIOES_LABELS = ["O", "B-PER", "I-PER", "E-PER", "S-PER", "B-LOC", "I-LOC", "E-LOC", "S-LOC"]
@@ -238,3 +238,59 @@ def test_log_partition_gradcheck():
     emissions.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda e, tr, s, en: CRF._log_partition(e, mask, tr, s, en),
                                     (emissions, trans, start, end))
+
+
+def test_scaled_partition_matches_log_space():
+    """The probability-space forward-backward gives the log-space recursion's values and
+    gradients, on a padded, constrained batch with large scores and with a length-1 batch."""
+    k = len(BIOES_LABELS)
+    crf = _crf(k, 13, *constraints_for(BIOES_LABELS, "BIOES"))
+    gen = torch.Generator().manual_seed(13)
+    for lengths in ([7, 1, 5, 7, 2], [1, 1]):
+        emissions, _, mask = _batch(lengths, k, gen)
+        emissions = (emissions * 10).requires_grad_(True)  # scores spread over ~±60
+        weights = torch.rand(len(lengths), generator=gen, dtype=torch.double)
+        results = []
+        for fn in (CRF._log_partition, CRF._log_partition_log_space):
+            log_z = fn(emissions, mask, *crf._scores())
+            params = [emissions, crf.transitions, crf.start_transitions, crf.end_transitions]
+            results.append((log_z, torch.autograd.grad((log_z * weights).sum(), params,
+                                                          materialize_grads=True)))
+        (z, grads), (want_z, want_grads) = results
+        torch.testing.assert_close(z, want_z)
+        for g, w in zip(grads, want_grads):
+            torch.testing.assert_close(g, w)
+
+
+def test_partition_falls_back_when_every_allowed_path_underflows():
+    """Emissions that favour only forbidden starts by 1000 leave the allowed paths no mass in
+    probability space; the log partition is then taken in log space, finite, with gradients."""
+    k = len(BIOES_LABELS)
+    allowed, start_ok, end_ok = constraints_for(BIOES_LABELS, "BIOES")
+    crf = _crf(k, 17, allowed, start_ok, end_ok)
+    emissions = torch.zeros(2, 3, k, dtype=torch.double)
+    emissions[:, 0, start_ok] = -1000.0  # exp(-1000) is 0 even in float64
+    emissions.requires_grad_(True)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    with torch.no_grad():  # the case this test is about: probability space underflows
+        assert not torch.isfinite(_ScaledForwardBackward.apply(emissions, mask, *crf._scores())).any()
+    log_z = CRF._log_partition(emissions, mask, *crf._scores())
+    want = CRF._log_partition_log_space(emissions, mask, *crf._scores())
+    assert torch.isfinite(log_z).all()
+    torch.testing.assert_close(log_z, want)
+    (grad,) = torch.autograd.grad(log_z.sum(), [emissions])
+    assert torch.isfinite(grad).all()
+
+
+def test_partition_of_low_precision_scores_is_computed_in_float32():
+    k = len(IOB2_LABELS)
+    crf = _crf(k, 19).float()
+    gen = torch.Generator().manual_seed(19)
+    emissions, _, mask = _batch([6, 3], k, gen)
+    half = emissions.to(torch.bfloat16).requires_grad_(True)
+    log_z = CRF._log_partition(half, mask, *crf._scores())
+    assert log_z.dtype == torch.float32
+    want = CRF._log_partition_log_space(half.float(), mask, *crf._scores())
+    torch.testing.assert_close(log_z, want)
+    (grad,) = torch.autograd.grad(log_z.sum(), [half])
+    assert grad.dtype == torch.bfloat16
