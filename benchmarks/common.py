@@ -69,13 +69,15 @@ def training_step(recipe_path: str, data_dir: str | None, overrides: list[str], 
             yield trainer._step, batches
 
 
-def throughput(task, data, n_batches: int = 60, warmup: int = 5) -> dict:
+def throughput(task, data, n_batches: int = 60, warmup: int = 5, also: dict | None = None) -> dict:
     """Training tokens/s of the full pipeline and of a bare nn.LSTM on the same batches.
 
     Full pipeline = seqtext's whole training step: embedding, encoder, head, loss, backward,
     clipping, AdamW and LR schedule (under bf16 autocast when the recipe asks for it; MFU is then
     against the bf16 matmul peak). Bare = ``nn.LSTM`` (same sizes/directions/layers) forward +
     backward of ``out.sum()`` on random inputs shaped like each batch's embeddings, at the same precision.
+    ``also`` = more step functions (name → step(batch)) timed in the same interleaving; each
+    adds ``<name>_tokens_per_s``.
     """
     from seqtext.train import Trainer, freed_memory_kept, matmul_peak_flops
 
@@ -104,15 +106,17 @@ def throughput(task, data, n_batches: int = 60, warmup: int = 5) -> dict:
         net.train()
         task.reset_epoch()
         with freed_memory_kept():  # the allocator settings of the Trainer's fit()
-            seconds, tokens = time_interleaved(batches, {"full": trainer._step, "bare": bare_step}, warmup)
+            seconds, tokens = time_interleaved(batches, {"full": trainer._step, "bare": bare_step, **(also or {})},
+                                               warmup)
     full, bare = tokens / seconds["full"], tokens / seconds["bare"]
+    extra = {f"{name}_tokens_per_s": round(tokens / seconds[name]) for name in also or {}}
     peak = matmul_peak_flops(device, seconds=1.0,
                              dtype=torch.bfloat16 if task.recipe.train.bf16 else torch.float32)
     flops = net.flops_per_token() * 3
     return {"full_tokens_per_s": round(full), "bare_lstm_tokens_per_s": round(bare), "ratio": round(full / bare, 3),
             "model_flops_per_token": flops, "matmul_peak_gflops": round(peak / 1e9, 1),
             "achieved_gflops": round(full * flops / 1e9, 1), "mfu": round(full * flops / peak, 3),
-            "batches": n_batches}
+            "batches": n_batches, **extra}
 
 
 def time_interleaved(batches, steps: dict, warmup: int) -> tuple[dict[str, float], int]:

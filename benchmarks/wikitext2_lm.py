@@ -33,10 +33,10 @@ from benchmarks import lm_reference
 from benchmarks.common import peak_rss_mb, prepare, save, table, throughput, time_interleaved
 
 
-def output_layer_step_speed(task, data, n_batches: int = 20) -> float:
-    """Tokens/s of a bare nn.Embedding → nn.LSTM → (seqtext's output layer) step with plain
-    AdamW on the same windows, at the recipe's precision: what the LM costs without the framework
-    around it."""
+def output_layer_step(task):
+    """A bare nn.Embedding → nn.LSTM → (seqtext's output layer) training step with plain AdamW, at
+    the recipe's precision: what the LM costs without the framework around it. Pass it to
+    ``benchmarks.common.throughput(..., also={...})`` to time it interleaved with seqtext's step."""
     from seqtext.tasks.lm import LMTask
 
     torch.manual_seed(0)
@@ -47,11 +47,8 @@ def output_layer_step_speed(task, data, n_batches: int = 20) -> float:
     head = net.head  # same output layer class and size (adaptive or full), untied from emb here
     params = [*emb.parameters(), *lstm.parameters(), *[p for n, p in head.named_parameters()]]
     opt = torch.optim.AdamW(params, lr=1e-3)
-    tokens, seconds = 0, 0.0
-    for i, b in enumerate(task.train_batches(data["train"], epoch=0)):
-        if i == n_batches + 3:
-            break
-        start = time.perf_counter()
+
+    def step(b) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=task.recipe.train.bf16):  # same precision
             out, _ = lstm(emb(b.ids))
             loss = LMTask.token_nll(net, out, b.targets).mean()
@@ -59,9 +56,8 @@ def output_layer_step_speed(task, data, n_batches: int = 20) -> float:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 0.25)
         opt.step()
-        if i >= 3:
-            tokens, seconds = tokens + b.num_tokens, seconds + time.perf_counter() - start
-    return tokens / seconds
+
+    return step
 
 
 # seqtext configured like the reference: emsize = nhid = 200, 2 layers, tied, full softmax,
@@ -135,8 +131,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     overrides = [*args.overrides, f"train.threads={args.threads}"]
     task, data = prepare(args.recipe, args.data_dir, overrides)
-    speed = throughput(task, data, n_batches=args.speed_batches)
-    speed["bare_lstm_plus_output_tokens_per_s"] = round(output_layer_step_speed(task, data, args.speed_batches))
+    speed = throughput(task, data, n_batches=args.speed_batches,
+                       also={"bare_lstm_plus_output": output_layer_step(task)})
     same = reference_size_speed(args.recipe, args.data_dir, args.threads, args.ref_batches, args.overrides)
     result = {"recipe": args.recipe, "overrides": overrides, "throughput": speed,
               "train_tokens": int(data["train"].num_tokens),
