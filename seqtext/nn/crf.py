@@ -277,7 +277,6 @@ class _ScaledForwardBackward(torch.autograd.Function):
         grad_start = (marginals[:, 0] * g).sum(0)
         last = alphas[:, -1] * p_end  # alphas carry the last real step through the padding
         grad_end = (last / last.sum(1, keepdim=True) * g).sum(0)
-        grad_trans = None
         if emit.size(1) > 1:
             # P(tag i at t-1, tag j at t) ∝ a_{t-1}(i) * p_trans(i, j) * emit_t(j) * beta_t(j)
             ahead = emit[:, 1:] * betas[:, 1:]  # [B, T-1, K]
