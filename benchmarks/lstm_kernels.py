@@ -160,5 +160,6 @@ def main() -> None:
     print(table(rows, f"LSTM kernels ({torch.get_num_threads()} threads)"))
     print(f"written {save('lstm_kernels' + (f'_{args.only}' if args.only else ''), result)}")
 
+
 if __name__ == "__main__":
     main()
