@@ -10,6 +10,9 @@
    seqtext's fused ``masked_pool``.
 5. CRF log partition (the tagger's loss), forward+backward over 17 BIOES tags: the log-space
    recursion under autograd vs seqtext's probability-space forward-backward.
+6. Char CNN convolution (the tagger's), forward+backward over a CoNLL batch's characters:
+   ``nn.Conv1d`` vs the same convolution as one matrix product (``CharCNN``), on inputs whose
+   length changes every call as it does from batch to batch, and at one fixed length.
 Writes benchmarks/results/lstm_kernels[_<part>].json.
 """
 
@@ -23,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
+import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from benchmarks.common import save, table
@@ -105,6 +109,24 @@ def crf_ms(B, T, K=17):
             1000 * timed(lambda: loss(CRF._log_partition), 50))
 
 
+def char_conv_ms(lengths: list[int], C=30, filters=50, k=3):
+    """ms per forward+backward of a width-k convolution over [length, C] character embeddings."""
+    conv = torch.nn.Conv1d(C, filters, k)
+    inputs = [torch.randn(n, C, requires_grad=True) for n in lengths]
+
+    def conv1d():
+        for x in inputs:
+            conv(x.t().unsqueeze(0)).sum().backward()
+
+    def matmul():  # as seqtext.nn.chars.CharCNN computes it
+        weight = conv.weight.permute(0, 2, 1).reshape(filters, -1)
+        for x in inputs:
+            n = x.size(0) - k + 1
+            F.linear(torch.cat([x[j: j + n] for j in range(k)], 1), weight, conv.bias).sum().backward()
+
+    return 1000 * timed(conv1d) / len(inputs), 1000 * timed(matmul) / len(inputs)
+
+
 def packed_part(result, rows):
     result["packed_vs_padded"] = []
     for E, H, B, T in [(128, 128, 32, 256), (200, 200, 64, 256)]:
@@ -144,8 +166,18 @@ def crf_part(result, rows):
                      f"{log_space:.2f} / {scaled:.2f}"))
 
 
+def chars_part(result, rows):
+    # ~320 words of ~6 characters plus one gap each: 1,800-2,400 positions per CoNLL batch
+    result["char_conv_ms"] = {}
+    for name, lengths in (("varying_length", list(range(1800, 2400, 3))), ("fixed_length", [2100] * 200)):
+        conv1d, matmul = char_conv_ms(lengths)
+        result["char_conv_ms"][name] = {"conv1d": round(conv1d, 2), "matmul": round(matmul, 2)}
+        rows.append((f"char conv fwd+bwd, {name.replace('_', ' ')}: nn.Conv1d / matmul ms",
+                     f"{conv1d:.2f} / {matmul:.2f}"))
+
+
 PARTS = {"packed": packed_part, "encoder": encoder_part, "reversal": reversal_part,
-         "pooling": pooling_part, "crf": crf_part}
+         "pooling": pooling_part, "crf": crf_part, "chars": chars_part}
 
 
 def main() -> None:
