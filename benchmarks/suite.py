@@ -1,6 +1,6 @@
 """The benchmark suite: one command, every task at its default recipe size, on this machine.
 
-    python benchmarks/suite.py [--tasks classify,tag,lm] [--batches 150] [--repeats 5] [--skip-memory]
+    python benchmarks/suite.py [--tasks classify,tag,tag_1thread,lm] [--batches 150] [--repeats 5] [--skip-memory]
 
 For each task (in its own subprocess, so peak RSS is per task, with a fresh datasets cache):
 - data preparation throughput (tokenize + numericalize), first run vs cached run;
@@ -12,6 +12,8 @@ Then the LM memory check: peak RSS of preparing and streaming one epoch of a syn
 and of one 10× larger (it should stay flat). Weights are freshly initialised: speed does not
 depend on training. The tagger recipe is an ensemble; its figures are for one member (members
 train as ordinary runs; the ensemble's own inference speed is in benchmarks/conll2003_ner.py).
+``tag_1thread`` measures that member on one thread, as the recipe trains it (two members at a
+time on the two cores, ``[train] parallel_members = 2``); the other tasks use every core.
 Each task runs in ``--repeats`` separate processes and the one with the median full/bare ratio is
 reported, with every process's ratio beside it: interleaving cancels load within a process, but the
 ratio still moved by up to ±5 % from one process to the next here (0.80-0.93 for the classifier).
@@ -37,17 +39,23 @@ TASKS = {
     "tag": ("recipes/conll2003_ner.toml", "../shared/data/conll2003"),
     "lm": ("recipes/wikitext2_lm.toml", "../shared/data/wikitext2"),
 }
+# The tagger recipe trains its ensemble members two at a time, one thread each
+# ([train] parallel_members = 2): also measure one member the way it actually trains.
+VARIANTS = {"tag_1thread": ("tag", 1)}  # name → (task, threads)
 
 
 def split_tokens(split) -> int:
     return int(split.num_tokens) if hasattr(split, "num_tokens") else int(split.lengths.sum())
 
 
-def measure_task(name: str, batches: int) -> dict:
+def measure_task(variant: str, batches: int) -> dict:
     import torch
 
     from benchmarks.common import peak_rss_mb, prepare, throughput
 
+    name, threads = VARIANTS.get(variant, (variant, None))
+    if threads:
+        torch.set_num_threads(threads)
     recipe, data_dir = TASKS[name]
     start = time.perf_counter()
     task, data = prepare(recipe, data_dir)
@@ -56,7 +64,7 @@ def measure_task(name: str, batches: int) -> dict:
     start = time.perf_counter()
     task, data = prepare(recipe, data_dir)
     cached = time.perf_counter() - start
-    out = {"task": name, "recipe": recipe, "prep_tokens": tokens,
+    out = {"task": name, "recipe": recipe, "threads": torch.get_num_threads(), "prep_tokens": tokens,
            "prep_first_tokens_per_s": round(tokens / first), "prep_cached_tokens_per_s": round(tokens / cached)}
     also = {}
     if name == "lm":
@@ -123,7 +131,8 @@ def run_child(args: list[str], cache: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tasks", default="classify,tag,lm")
+    ap.add_argument("--tasks", default="classify,tag,tag_1thread,lm",
+                    help=f"Comma-separated, from {', '.join([*TASKS, *VARIANTS])}.")
     ap.add_argument("--batches", type=int, default=150, help="Training batches timed per task.")
     ap.add_argument("--repeats", type=int, default=5,
                     help="Processes per task; the one with the median full/bare ratio is reported.")
@@ -142,6 +151,9 @@ def main() -> None:
     from benchmarks.common import save, table
 
     results: dict = {"tasks": {}}
+    unknown = set(args.tasks.split(",")) - {*TASKS, *VARIANTS}
+    if unknown:
+        ap.error(f"--tasks: unknown {', '.join(sorted(unknown))}; expected names from {', '.join([*TASKS, *VARIANTS])}")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.tasks.split(","):
             runs = [run_child(["--child", name, "--batches", str(args.batches)], f"{tmp}/{name}{i}")
