@@ -186,6 +186,7 @@ def main() -> None:
     parser.add_argument("--no-sentencizer", action="store_true",
                         help="seqtext pipeline without spaCy's rule-based sentencizer (then each doc is one sequence)")
     parser.add_argument("--seqtext-batch-size", type=int, default=64, help="seqtext_ner batch_size (sequences)")
+    parser.add_argument("--bf16", action="store_true", help="seqtext_ner with bf16 = true (bf16 autocast)")
     parser.add_argument("--sents-per-doc", type=int, default=10, help="spacy convert -n (sentences per doc)")
     parser.add_argument("--max-sentences", type=int, default=0,
                         help="use only the first N sentences of each split (quick checks; 0 = all)")
@@ -229,7 +230,8 @@ def main() -> None:
             # seqtext_ner then tags sentence by sentence, as the tagger was trained (and faster
             # than one long sequence per 10-sentence doc); its time is part of the measurement.
             ours.add_pipe("sentencizer")
-        ours.add_pipe("seqtext_ner", config={"model": str(args.seqtext_model), "batch_size": args.seqtext_batch_size})
+        ours.add_pipe("seqtext_ner", config={"model": str(args.seqtext_model), "batch_size": args.seqtext_batch_size,
+                                             "bf16": args.bf16})
         results = {}
         for name, nlp in (("spacy_efficiency", baseline), ("seqtext_ner", ours)):
             print(f"scoring {name} ...", flush=True)
@@ -244,7 +246,8 @@ def main() -> None:
         "spacy_efficiency": {**s, "train": spacy_train, "pipeline": str(best), "pipe_names": baseline.pipe_names,
                              "spacy": spacy.__version__},
         "seqtext_ner": {**q, "model": args.seqtext_model, "pipe_names": ours.pipe_names,
-                        "batch_size": args.seqtext_batch_size, "parameters": seqtext_info.num_parameters(),
+                        "batch_size": args.seqtext_batch_size, "bf16": args.bf16,
+                        "parameters": seqtext_info.num_parameters(),
                         "train": seqtext_info.metrics().get("train", {})},
         "goal": {"higher_f1": q["f1"] > s["f1"], "at_least_same_words_per_second":
                  q["words_per_second"] >= s["words_per_second"]},
@@ -255,7 +258,7 @@ def main() -> None:
     write_json(args.results, result)
 
     print(f"\nCoNLL-2003 test ({q['docs']} docs, {q['words']} words; spaCy Scorer, nlp.pipe "
-          f"batch {args.batch_size}, {args.threads} torch threads)")
+          f"batch {args.batch_size}, {args.threads} torch threads{', seqtext_ner in bf16' if args.bf16 else ''})")
     print(f"{'pipeline':<36}{'F1':>8}{'P':>8}{'R':>8}{'words/s':>10}")
     for label, r in (("spaCy efficiency: " + " + ".join(baseline.pipe_names), s),
                      ("seqtext: " + " + ".join(ours.pipe_names), q)):

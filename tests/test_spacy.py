@@ -232,6 +232,54 @@ def test_pipeline_round_trip_without_run_dirs(ner_run, trained_demo, tmp_path):
     assert [d.cats for d in spacy.load(tmp_path / "again").pipe(texts)] == [d.cats for d in before]
 
 
+def test_components_run_in_bf16_when_asked(ner_run, trained_demo, tmp_path):
+    """bf16=True runs the encoders under bf16 autocast (the tagger's Viterbi and the classifier's
+    softmax still get fp32 scores), finds the same entities as fp32 here, and survives to_disk."""
+    nlp = spacy.blank("en")
+    ner = nlp.add_pipe("seqtext_ner", config={"model": str(ner_run), "bf16": True})
+    cat = nlp.add_pipe("seqtext_textcat", config={"model": str(trained_demo), "bf16": True})
+    fp32 = spacy.blank("en")
+    fp32.add_pipe("seqtext_ner", config={"model": str(ner_run)})
+    fp32.add_pipe("seqtext_textcat", config={"model": str(trained_demo)})
+
+    encoded, decoded = [], []
+    for component in (ner, cat):
+        component.seqtext_model.net.encoder.register_forward_hook(
+            lambda module, args, out: encoded.append(out[0].dtype))
+    head = ner.seqtext_model.net.head
+    original_decode = head.decode
+    head.decode = lambda scores, *a: decoded.append(scores.dtype) or original_decode(scores, *a)
+
+    texts = NER_TEXTS + CLS_TEXTS
+    docs, reference = list(nlp.pipe(texts)), list(fp32.pipe(texts))
+    assert encoded and set(encoded) == {torch.bfloat16}
+    assert decoded and set(decoded) == {torch.float32}
+    assert [ents(d) for d in docs] == [ents(d) for d in reference]
+    assert sum(len(d.ents) for d in docs) >= 5
+    for d, r in zip(docs, reference):
+        assert d.cats.keys() == r.cats.keys()
+        assert all(abs(d.cats[k] - r.cats[k]) < 0.05 for k in d.cats)
+        if d.cats:
+            assert abs(sum(d.cats.values()) - 1) < 1e-5
+
+    nlp.to_disk(tmp_path / "pipeline")
+    loaded = spacy.load(tmp_path / "pipeline")
+    assert loaded.get_pipe("seqtext_ner").seqtext_model.bf16 and loaded.get_pipe("seqtext_textcat").bf16
+    assert not fp32.get_pipe("seqtext_ner").seqtext_model.bf16
+
+
+def test_cli_bf16_predict_and_evaluate(ner_run):
+    runner = CliRunner()
+    plain = runner.invoke(main, ["predict", str(ner_run), "--json", *NER_TEXTS[:2]])
+    bf16 = runner.invoke(main, ["predict", str(ner_run), "--json", "--bf16", *NER_TEXTS[:2]])
+    assert plain.exit_code == 0 and bf16.exit_code == 0, bf16.output
+    assert bf16.stdout == plain.stdout
+    scores = [json.loads(runner.invoke(main, ["evaluate", str(ner_run), "--json", *flag]).stdout)
+              for flag in ([], ["--bf16"])]
+    assert abs(scores[0]["f1"] - scores[1]["f1"]) < 0.05
+    assert seqtext.load(ner_run, "cpu", bf16=True).bf16
+
+
 def test_sentencepiece_classifier_round_trip(tmp_path):
     recipe = tiny_recipe(tmp_path, tokenizer={"kind": '"sentencepiece"', "vocab_size": "100"}, train={"epochs": "1"})
     run = seqtext.train(recipe, output=tmp_path / "run", quiet=True)

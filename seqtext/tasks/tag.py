@@ -308,9 +308,10 @@ class TagTask(Task):
         return net.head.loss(states, batch.mask, batch.targets)
 
     def emissions(self, net: Net | TaggerEnsemble, batch: Batch) -> torch.Tensor:
-        """Per-token tag scores ``[B, T, K]`` (before the CRF); an ensemble's mean."""
+        """Per-token tag scores ``[B, T, K]`` (before the CRF), in fp32 also under bf16 autocast
+        (Viterbi adds them up); an ensemble's mean."""
         members = net.members if isinstance(net, TaggerEnsemble) else [net]
-        scores = [m.head.emissions(m.encode(batch)[0]) for m in members]
+        scores = [m.head.emissions(m.encode(batch)[0]).float() for m in members]
         return scores[0] if len(scores) == 1 else torch.stack(scores).mean(0)
 
     @torch.inference_mode()
