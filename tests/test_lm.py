@@ -366,6 +366,17 @@ def test_perplexity_metrics(bilm):
         assert "backward_perplexity" in m
 
 
+def test_bf16_evaluation_close_to_fp32(bilm):
+    """evaluate under bf16 autocast (seqtext.load(bf16=True)), cache included, gives about the
+    fp32 perplexities: the carried LSTM state and the adaptive softmax work in bf16."""
+    fp32 = seqtext.load(bilm, "cpu").evaluate(split="test", cache_size=20, cache_theta=0.3, cache_lambda=0.1)
+    bf16 = seqtext.load(bilm, "cpu", bf16=True).evaluate(split="test", cache_size=20, cache_theta=0.3,
+                                                            cache_lambda=0.1)
+    for key in ("perplexity", "backward_perplexity", "cache_perplexity"):
+        assert bf16[key] == pytest.approx(fp32[key], rel=0.05)
+    assert bf16["perplexity"] != fp32["perplexity"]  # it did run in bf16
+
+
 def classifier_recipe(tmp_path, init_from, **model):
     return tiny_recipe(tmp_path, init_from=f'"{init_from}"',
                        model={"embedding_dim": "16", "hidden_size": "24", "layers": "2", **model},
