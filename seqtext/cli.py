@@ -88,6 +88,12 @@ def train(recipe, overrides, output, data_dir, resume, force, device, quiet):
     click.echo(str(out))
 
 
+bf16_option = click.option(
+    "--bf16", is_flag=True,
+    help="Run the model under bf16 autocast: 1.5-1.8x the tokens/s where bf16 is native (CUDA, CPUs with "
+         "AVX512-BF16/AMX; the CoNLL tagger's test F1 was unchanged), slower elsewhere.")
+
+
 # ---------------------------------------------------------------------- evaluate
 @main.command()
 @click.argument("model_dir", type=click.Path(path_type=Path))
@@ -106,9 +112,7 @@ def train(recipe, overrides, output, data_dir, resume, force, device, quiet):
               help="lm: cache interpolation weight λ (default: chosen on dev).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--bf16", is_flag=True,
-              help="Run the model under bf16 autocast: 1.5-1.8x the tokens/s where bf16 is native (CUDA, CPUs "
-                   "with AVX512-BF16/AMX; the CoNLL tagger's test F1 was unchanged), slower elsewhere.")
+@bf16_option
 def evaluate(model_dir, split, data_file, data_dir, mode, cache_size, cache_theta, cache_lambda, as_json, device,
              bf16):
     """Score a trained model: accuracy/F1 (classify), entity F1 (tag) or perplexity (lm)."""
@@ -181,9 +185,7 @@ def _chunks(handle, name, size: int = 1000):
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per input line.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--bf16", is_flag=True,
-              help="Run the model under bf16 autocast: 1.5-1.8x the tokens/s where bf16 is native (CUDA, CPUs "
-                   "with AVX512-BF16/AMX; the CoNLL tagger's test F1 was unchanged), slower elsewhere.")
+@bf16_option
 def predict(model_dir, texts, file, fmt, output, as_json, batch_size, device, bf16):
     """Predict labels (classify) or entities (tag) for TEXTS, a --file, or stdin ('-').
 
