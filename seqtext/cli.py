@@ -315,7 +315,8 @@ def info(model_dir, as_json):
     click.echo(f"  encoder: {m.layers} layer(s), hidden {m.hidden_size}, "
                f"{'bi' if m.bidirectional else 'uni'}directional, embedding {m.embedding_dim}")
     if m.ensemble > 1:
-        click.echo(f"  ensemble: {m.ensemble} taggers (seeds {r.train.seed}-{r.train.seed + m.ensemble - 1}) in "
+        kind = "taggers" if model.task.name == "tag" else "classifiers"
+        click.echo(f"  ensemble: {m.ensemble} {kind} (seeds {r.train.seed}-{r.train.seed + m.ensemble - 1}) in "
                    f"{summary['directory']}/members/")
     if summary["labels"]:
         click.echo(f"  labels: {', '.join(summary['labels'])}")

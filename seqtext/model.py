@@ -106,9 +106,9 @@ def check_model_dir(directory: str | Path, task: str | None = None) -> Path:
 
 
 def refuse_ensemble(where: str, recipe, directory: str | Path) -> None:
-    """Reusing a model's embedding and encoder needs one tagger, not an ensemble of them."""
+    """Reusing a model's embedding and encoder needs one model, not an ensemble of them."""
     if recipe.model.ensemble > 1:
-        raise SeqtextError(f"{where}: is an ensemble of {recipe.model.ensemble} taggers; initialise from one of "
+        raise SeqtextError(f"{where}: is an ensemble of {recipe.model.ensemble} models; initialise from one of "
                            f"them, e.g. {Path(directory) / 'members' / '1'}")
 
 

@@ -60,6 +60,9 @@ class DataConfig:
                               "without -DOCSTART- rows is one document. Use with [train] batch_tokens.", min=0)
     dev_fraction: float = opt(0.1, "Share of train carved off as dev when the data has no dev split.",
                               min=0.0, max=0.5)
+    split_seed: int = opt(0, "Seed for carving dev from train and for max_examples sampling (0 = [train] seed). "
+                          "Ensemble members all use the ensemble's, so they share train, dev and vocabulary.",
+                          min=0)
     max_examples: int = opt(0, "Use at most this many examples per split (0 = all); for quick runs.", min=0)
     max_length: int = opt(0, "Truncate inputs to this many tokens (0 = no limit; classify keeps "
                           "head and tail).", min=0)
@@ -103,9 +106,10 @@ class ModelConfig:
     char_filters: int = opt(50, "tag: char-CNN filters (its output size).", min=1)
     casing: bool = opt(False, "tag: add a casing feature embedding (lower/upper/title/digit/other).")
     crf: bool = opt(True, "tag: linear-chain CRF output layer (else per-token softmax).")
-    ensemble: int = opt(1, "tag: train this many taggers (seeds seed, seed+1, ...) in <run>/members/ and predict with "
-                        "all of them: tag scores and CRF transitions are averaged. Costs N× training and inference "
-                        "time; [train] max_minutes applies to each member.", min=1, max=16)
+    ensemble: int = opt(1, "classify/tag: train this many models (seeds seed, seed+1, ...) in <run>/members/ and "
+                        "predict with all of them: class probabilities, or tag scores and CRF transitions, are "
+                        "averaged. Costs N× training and inference time; [train] max_minutes applies to each "
+                        "member.", min=1, max=16)
     tie_weights: bool = opt(True, "lm: share the embedding and output matrices when sizes allow.")
     projection_size: int = opt(0, "lm: project LSTM output to this size before the softmax "
                                "(0 = embedding_dim when tying, else none).", min=0)

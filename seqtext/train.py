@@ -726,18 +726,18 @@ def _train_member(member: Recipe, data_dir: str | None, resume: bool, quiet: boo
 
 
 def train_ensemble(recipe: Recipe, data_dir: str | None, resume: bool, force: bool, quiet: bool) -> Path:
-    """Train ``[model] ensemble`` taggers, each an ordinary run with its own seed (seed, seed + 1,
+    """Train ``[model] ensemble`` classifiers or taggers, each an ordinary run with its own seed (seed, seed + 1,
     ...) in ``<run>/members/<i>``, then write the run directory as one model holding all of them
     (``members.<i>.*`` weights) and score it on dev and test.
 
     ``[train] parallel_members`` > 1 trains that many at once in separate processes that split
     the threads.
-    Members share vocabulary, characters and labels because these come from the training data
-    alone. ``--resume`` skips finished members and resumes interrupted ones."""
+    Members share train/dev split (``[data] split_seed``), vocabulary, characters and labels, because
+    these come from the training data alone. ``--resume`` skips finished members and resumes interrupted ones."""
     from .model import load
 
-    if recipe.task != "tag":
-        raise SeqtextError(f"{recipe.source}: [model] ensemble: only tag models can be ensembles "
+    if recipe.task not in ("classify", "tag"):
+        raise SeqtextError(f"{recipe.source}: [model] ensemble: only classify and tag models can be ensembles "
                            f"(this recipe's task is {recipe.task!r}); set ensemble = 1")
     run_dir = recipe.output_dir
     n, parallel = recipe.model.ensemble, min(recipe.train.parallel_members, recipe.model.ensemble)
@@ -756,6 +756,7 @@ def train_ensemble(recipe: Recipe, data_dir: str | None, resume: bool, force: bo
         member = copy.deepcopy(recipe)
         member.model.ensemble = 1
         member.train.seed = recipe.train.seed + i
+        member.data.split_seed = recipe.data.split_seed or recipe.train.seed  # one dev split for all
         member.name = f"{recipe.name}-{i + 1}"
         member.output.dir = str(run_dir / "members" / str(i + 1))
         if parallel > 1:

@@ -334,13 +334,13 @@ def test_cli_predict_conll_file(trained, tmp_path):
 # ---------------------------------------------------------------------- ensembles
 
 def test_ensemble_of_copies_predicts_like_its_member(model):
-    from seqtext.tasks.tag import TaggerEnsemble
+    from seqtext.tasks.base import Ensemble
 
     task, net = model.task, model.net
     twin = task.build_tagger()
     twin.load_state_dict(net.state_dict())
     batch = task.collate_rows([task.encode_tokens(t) for t, _ in make_sentences(12, 5)])
-    ensemble = TaggerEnsemble([net, twin]).eval()
+    ensemble = Ensemble([net, twin]).eval()
     assert task.decode(ensemble, batch) == task.decode(net, batch)
     torch.testing.assert_close(task.emissions(ensemble, batch), task.emissions(net, batch))
 
@@ -348,7 +348,7 @@ def test_ensemble_of_copies_predicts_like_its_member(model):
 def test_ensemble_averages_scores_and_transitions(model):
     """Decoding an ensemble = Viterbi over the members' mean tag scores and mean transitions."""
     from seqtext.nn.crf import CRF
-    from seqtext.tasks.tag import TaggerEnsemble
+    from seqtext.tasks.base import Ensemble
 
     task, net = model.task, model.net
     other = task.build_tagger()
@@ -356,7 +356,7 @@ def test_ensemble_averages_scores_and_transitions(model):
     with torch.no_grad():
         for p, q in zip(other.parameters(), net.parameters()):
             p.copy_(q + 0.5 * torch.randn_like(q))
-    ensemble = TaggerEnsemble([net, other]).eval()
+    ensemble = Ensemble([net, other]).eval()
     batch = task.collate_rows([task.encode_tokens(t) for t, _ in make_sentences(12, 6)])
     with torch.no_grad():
         mean = (task.emissions(net.eval(), batch) + task.emissions(other.eval(), batch)) / 2
@@ -402,7 +402,7 @@ def test_ensemble_training_resume_and_model_directory(tmp_path, monkeypatch):
     nlp.add_pipe("seqtext_ner", config={"model": str(out)})
     assert [(e.text, e.label_) for e in nlp("Angela Merkel visited Paris .").ents] == [
         ("Angela Merkel", "PER"), ("Paris", "LOC")]
-    with pytest.raises(SeqtextError, match="is an ensemble of 2 taggers; initialise from one of them"):
+    with pytest.raises(SeqtextError, match="is an ensemble of 2 models; initialise from one of them"):
         importlib.import_module("seqtext.train").init_from(members[0].net, str(out))
     result = CliRunner().invoke(main, ["evaluate", str(out), "--json", "--split", "test"])
     assert result.exit_code == 0, result.output
@@ -411,9 +411,11 @@ def test_ensemble_training_resume_and_model_directory(tmp_path, monkeypatch):
     assert info.exit_code == 0 and "ensemble: 2 taggers (seeds 1-2)" in info.output
 
 
-def test_ensemble_is_for_taggers_only(tiny):
-    with pytest.raises(SeqtextError, match=r"\[model\] ensemble: only tag models"):
-        seqtext.train(tiny, ["model.ensemble=2"], quiet=True)
+def test_ensemble_is_for_classifiers_and_taggers_only(tmp_path):
+    from test_lm import lm_recipe
+
+    with pytest.raises(SeqtextError, match=r"\[model\] ensemble: only classify and tag models"):
+        seqtext.train(load_recipe(lm_recipe(tmp_path, ensemble=2)), quiet=True)
 
 
 def test_ensemble_members_train_in_parallel_processes(tmp_path):

@@ -327,3 +327,24 @@ def test_sparse_embeddings_train_and_refuse_a_tied_lm(tiny, tmp_path):
 
     with pytest.raises(SeqtextError, match="sparse_embeddings"):
         seqtext.train(load_recipe(lm_recipe(tmp_path), ["train.sparse_embeddings=true"]), quiet=True)
+
+
+def test_classifier_ensemble_averages_member_probabilities(tiny, tmp_path):
+    """[model] ensemble for a classifier: members (seeds 3, 4) share the dev split carved from
+    train ([data] split_seed), hence the vocabulary, and the ensemble predicts the mean of the
+    members' class probabilities."""
+    out = seqtext.train(tiny, ["model.ensemble=2"], output=tmp_path / "ens", quiet=True)
+    members = [seqtext.load(out / "members" / str(i), "cpu") for i in (1, 2)]
+    assert [m.recipe.train.seed for m in members] == [3, 4]
+    assert [m.recipe.data.split_seed for m in members] == [3, 3]
+    texts = ["a wonderful film with great acting", "dull and boring", "an instant classic"]
+    each = [m.predict(texts) for m in members]
+    labels = list(each[0][0]["probs"])
+    assert any(abs(each[0][i]["probs"][k] - each[1][i]["probs"][k]) > 1e-4 for i in range(3) for k in labels)
+    for i, result in enumerate(seqtext.load(out, "cpu").predict(texts)):
+        for k in labels:
+            assert result["probs"][k] == pytest.approx((each[0][i]["probs"][k] + each[1][i]["probs"][k]) / 2,
+                                                       abs=1e-5)
+        assert result["label"] == max(result["probs"], key=result["probs"].get)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train"]["members"] == 2 and 0.0 <= metrics["test"]["accuracy"] <= 1.0

@@ -161,7 +161,8 @@ def _load_hub(recipe: Recipe, only) -> dict:
 
 def _finish(recipe: Recipe, splits: dict, only) -> dict:
     """Carve a dev split from train if needed and apply max_examples."""
-    d, seed = recipe.data, recipe.train.seed
+    d = recipe.data
+    seed = d.split_seed or recipe.train.seed
     if "dev" not in splits and "train" in splits and (not only or "dev" in only):
         if recipe.task == "lm":
             raise SeqtextError(f"{recipe.source}: the language model needs a dev/valid file or split")

@@ -64,6 +64,19 @@ class Net(nn.Module):
         return total
 
 
+class Ensemble(nn.Module):
+    """Models trained separately (one seed each, ``[model] ensemble``) that predict together; the
+    task combines them (tagger: mean tag and CRF transition scores; classifier: mean class
+    probabilities). Weights are saved as ``members.<i>.*``."""
+
+    def __init__(self, members: list[Net]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def flops_per_token(self) -> float:
+        return sum(m.flops_per_token() for m in self.members)
+
+
 class Split:
     """An encoded split: the Arrow-backed dataset plus numpy views of its id columns.
 

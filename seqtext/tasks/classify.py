@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from ..data.batching import Batch
 from ..errors import SeqtextError
 from ..nn.heads import ClassifierHead
-from .base import Net, Split, Task, fingerprint
+from .base import Ensemble, Net, Split, Task, fingerprint
 
 
 def truncate(ids: list[int], max_length: int) -> list[int]:
@@ -69,7 +69,12 @@ class ClassifyTask(Task):
         ds = self._map(ds, fn, f"encode {split}", *key, remove=["tokens"])
         return Split(ds, ("ids",), ("target",) if has_labels else ())
 
-    def build_net(self) -> Net:
+    def build_net(self) -> Net | Ensemble:
+        """One classifier, or ``[model] ensemble`` of them (trained one by one, see seqtext.train)."""
+        n = self.recipe.model.ensemble
+        return Ensemble([self.build_classifier() for _ in range(n)]) if n > 1 else self.build_classifier()
+
+    def build_classifier(self) -> Net:
         m = self.recipe.model
         embedder = self.make_embedder()
         encoder = self.make_encoder(embedder.output_dim)
@@ -81,7 +86,12 @@ class ClassifyTask(Task):
         targets = torch.from_numpy(data.flat["target"][idx]) if "target" in data.flat else None
         return Batch(ids, lengths, mask, targets, index=idx)
 
-    def logits(self, net: Net, batch: Batch) -> torch.Tensor:
+    def logits(self, net: Net | Ensemble, batch: Batch) -> torch.Tensor:
+        """Class scores [B, C] whose softmax is the prediction; for an ensemble the log of the
+        members' mean probabilities (so the softmax gives that mean)."""
+        if isinstance(net, Ensemble):
+            probs = torch.stack([self.logits(m, batch).float().softmax(-1) for m in net.members]).mean(0)
+            return probs.log()
         states, _ = net.encode(batch)
         return net.head(states, batch.mask, batch.lengths)
 

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..data.batching import Batch
 from ..data.conll import DOCSTART
@@ -36,7 +35,7 @@ from ..errors import SeqtextError
 from ..nn.crf import CRF
 from ..nn.embeddings import casing_id
 from ..nn.heads import TaggerHead
-from .base import Net, Split, Task, eval_order, fingerprint
+from .base import Ensemble, Net, Split, Task, eval_order, fingerprint
 
 TRAIN_SCHEME = "BIOES"
 MAX_WORD_LEN = 30  # chars per word seen by the char CNN (head + tail of longer words)
@@ -256,10 +255,10 @@ class TagTask(Task):
         return PackedSplit(data, pack_sentences(data.lengths, documents, self.recipe.data.context_tokens))
 
     # ------------------------------------------------------------------ model
-    def build_net(self) -> Net | TaggerEnsemble:
+    def build_net(self) -> Net | Ensemble:
         """One tagger, or ``[model] ensemble`` of them (trained one by one, see seqtext.train)."""
         n = self.recipe.model.ensemble
-        return TaggerEnsemble([self.build_tagger() for _ in range(n)]) if n > 1 else self.build_tagger()
+        return Ensemble([self.build_tagger() for _ in range(n)]) if n > 1 else self.build_tagger()
 
     def build_tagger(self) -> Net:
         m = self.recipe.model
@@ -307,17 +306,17 @@ class TagTask(Task):
         states, _ = net.encode(batch)
         return net.head.loss(states, batch.mask, batch.targets)
 
-    def emissions(self, net: Net | TaggerEnsemble, batch: Batch) -> torch.Tensor:
+    def emissions(self, net: Net | Ensemble, batch: Batch) -> torch.Tensor:
         """Per-token tag scores ``[B, T, K]`` (before the CRF), in fp32 also under bf16 autocast
         (Viterbi adds them up); an ensemble's mean."""
-        members = net.members if isinstance(net, TaggerEnsemble) else [net]
+        members = net.members if isinstance(net, Ensemble) else [net]
         scores = [m.head.emissions(m.encode(batch)[0]).float() for m in members]
         return scores[0] if len(scores) == 1 else torch.stack(scores).mean(0)
 
     @torch.inference_mode()
-    def decode(self, net: Net | TaggerEnsemble, batch: Batch) -> list[list[str]]:
+    def decode(self, net: Net | Ensemble, batch: Batch) -> list[list[str]]:
         """Best BIOES tag sequence of each sentence in ``batch``."""
-        members = net.members if isinstance(net, TaggerEnsemble) else [net]
+        members = net.members if isinstance(net, Ensemble) else [net]
         head = members[0].head
         mean = CRF.mean_scores([m.head.crf for m in members]) if head.crf is not None and len(members) > 1 else None
         paths = head.decode(self.emissions(net, batch), batch.mask, mean)
@@ -535,18 +534,6 @@ def pack_sentences(lengths: np.ndarray, documents: np.ndarray, max_tokens: int) 
     if len(lengths):
         groups.append(np.arange(start, len(lengths)))
     return groups
-
-
-class TaggerEnsemble(nn.Module):
-    """Taggers trained separately (one seed each) that predict together: TagTask averages their
-    tag scores and CRF transition scores before Viterbi. Weights are saved as ``members.<i>.*``."""
-
-    def __init__(self, members: list[Net]):
-        super().__init__()
-        self.members = nn.ModuleList(members)
-
-    def flops_per_token(self) -> float:
-        return sum(m.flops_per_token() for m in self.members)
 
 
 # ---------------------------------------------------------------------- helpers
