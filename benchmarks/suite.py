@@ -1,6 +1,7 @@
 """The benchmark suite: one command, every task at its default recipe size, on this machine.
 
-    python benchmarks/suite.py [--tasks classify,tag,tag_1thread,lm] [--batches 150] [--repeats 5] [--skip-memory]
+    python benchmarks/suite.py [--tasks classify,classify_1thread,tag,tag_1thread,lm] [--batches 150] [--repeats 5]
+                               [--skip-memory]
 
 For each task (in its own subprocess, so peak RSS is per task, with a fresh datasets cache):
 - data preparation throughput (tokenize + numericalize), first run vs cached run;
@@ -10,10 +11,11 @@ For each task (in its own subprocess, so peak RSS is per task, with a fresh data
 - peak resident memory.
 Then the LM memory check: peak RSS of preparing and streaming one epoch of a synthetic corpus
 and of one 10× larger (it should stay flat). Weights are freshly initialised: speed does not
-depend on training. The tagger recipe is an ensemble; its figures are for one member (members
-train as ordinary runs; the ensemble's own inference speed is in benchmarks/conll2003_ner.py).
-``tag_1thread`` measures that member on one thread, as the recipe trains it (two members at a
-time on the two cores, ``[train] parallel_members = 2``); the other tasks use every core.
+depend on training. The classifier and tagger recipes are ensembles; their figures are for one
+member (members train as ordinary runs; the ensembles' own inference speed is in
+benchmarks/imdb_sentiment.py and benchmarks/conll2003_ner.py). ``classify_1thread`` and
+``tag_1thread`` measure that member on one thread, as the recipe trains it (two members at a time
+on the two cores, ``[train] parallel_members = 2``); the other rows use every core.
 Each task runs in ``--repeats`` separate processes and the one with the median full/bare ratio is
 reported, with every process's ratio beside it: interleaving cancels load within a process, but the
 ratio still moved by up to ±5 % from one process to the next here (0.80-0.93 for the classifier).
@@ -39,9 +41,9 @@ TASKS = {
     "tag": ("recipes/conll2003_ner.toml", "../shared/data/conll2003"),
     "lm": ("recipes/wikitext2_lm.toml", "../shared/data/wikitext2"),
 }
-# The tagger recipe trains its ensemble members two at a time, one thread each
+# The classifier and tagger recipes train their ensemble members two at a time, one thread each
 # ([train] parallel_members = 2): also measure one member the way it actually trains.
-VARIANTS = {"tag_1thread": ("tag", 1)}  # name → (task, threads)
+VARIANTS = {"classify_1thread": ("classify", 1), "tag_1thread": ("tag", 1)}  # name → (task, threads)
 
 
 def split_tokens(split) -> int:
@@ -131,7 +133,7 @@ def run_child(args: list[str], cache: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tasks", default="classify,tag,tag_1thread,lm",
+    ap.add_argument("--tasks", default="classify,classify_1thread,tag,tag_1thread,lm",
                     help=f"Comma-separated, from {', '.join([*TASKS, *VARIANTS])}.")
     ap.add_argument("--batches", type=int, default=150, help="Training batches timed per task.")
     ap.add_argument("--repeats", type=int, default=5,
