@@ -26,10 +26,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
-import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from benchmarks.common import save, table
+from seqtext.nn.chars import conv1d_as_matmul
 from seqtext.nn.crf import CRF
 from seqtext.nn.encoder import Encoder, reverse_padded
 from seqtext.nn.heads import masked_pool
@@ -119,10 +119,8 @@ def char_conv_ms(lengths: list[int], C=30, filters=50, k=3):
             conv(x.t().unsqueeze(0)).sum().backward()
 
     def matmul():  # as seqtext.nn.chars.CharCNN computes it
-        weight = conv.weight.permute(0, 2, 1).reshape(filters, -1)
         for x in inputs:
-            n = x.size(0) - k + 1
-            F.linear(torch.cat([x[j: j + n] for j in range(k)], 1), weight, conv.bias).sum().backward()
+            conv1d_as_matmul(x, conv.weight, conv.bias).sum().backward()
 
     return 1000 * timed(conv1d) / len(inputs), 1000 * timed(matmul) / len(inputs)
 

@@ -100,3 +100,15 @@ def test_flat_convolution_equals_padded_rows_values_and_gradients(kernel):
     torch.testing.assert_close(cnn(ids), _padded_reference(cnn, ids))
     for g, p in zip(got, cnn.parameters()):
         torch.testing.assert_close(g, p.grad)
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 4])
+def test_conv1d_as_matmul_equals_conv1d(kernel):
+    import torch.nn.functional as F
+
+    from seqtext.nn.chars import conv1d_as_matmul
+
+    torch.manual_seed(kernel)
+    x = torch.randn(17, 5, dtype=torch.double)
+    weight, bias = torch.randn(7, 5, kernel, dtype=torch.double), torch.randn(7, dtype=torch.double)
+    torch.testing.assert_close(conv1d_as_matmul(x, weight, bias), F.conv1d(x.t().unsqueeze(0), weight, bias)[0].t())

@@ -337,7 +337,7 @@ def test_ensemble_of_copies_predicts_like_its_member(model):
     from seqtext.tasks.base import Ensemble
 
     task, net = model.task, model.net
-    twin = task.build_tagger()
+    twin = task.build_member()
     twin.load_state_dict(net.state_dict())
     batch = task.collate_rows([task.encode_tokens(t) for t, _ in make_sentences(12, 5)])
     ensemble = Ensemble([net, twin]).eval()
@@ -351,7 +351,7 @@ def test_ensemble_averages_scores_and_transitions(model):
     from seqtext.tasks.base import Ensemble
 
     task, net = model.task, model.net
-    other = task.build_tagger()
+    other = task.build_member()
     torch.manual_seed(3)
     with torch.no_grad():
         for p, q in zip(other.parameters(), net.parameters()):

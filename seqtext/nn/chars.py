@@ -7,6 +7,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def conv1d_as_matmul(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.conv1d`` (stride 1, no padding) of one sequence ``x`` [L, C_in] with ``weight``
+    [C_out, C_in, k], as one matrix product over its windows: [L - k + 1, C_out].
+
+    Why not ``F.conv1d``: on CPU, oneDNN's convolution costs far more for an input length it has
+    not seen, and the char CNN's flattened length changes with every batch (2.78 vs 0.59 ms
+    forward + backward: ``python benchmarks/lstm_kernels.py --only chars``)."""
+    k = weight.size(2)
+    n = x.size(0) - k + 1
+    windows = torch.cat([x[j: j + n] for j in range(k)], 1)  # [n, k * C_in], window o = x[o : o + k]
+    return F.linear(windows, weight.permute(0, 2, 1).reshape(weight.size(0), -1), bias)
+
+
 class CharCNN(nn.Module):
     """Encode words given as padded character-id rows into ``output_dim``-sized vectors.
 
@@ -60,13 +73,7 @@ class CharCNN(nn.Module):
         seq[pos] = char_ids[mask]
         # Zero padded embeddings explicitly (as a zero-padded row would look to the conv).
         emb = self.dropout(self.embedding(seq)) * (seq != self.padding_idx).unsqueeze(1)
-        # The convolution as one matrix product over the windows: oneDNN's conv1d prepares a
-        # kernel per input length, which changes with every batch (~2.5x slower here).
-        kernel = self.conv.kernel_size[0]
-        n = total - kernel + 1
-        windows = torch.cat([emb[j: j + n] for j in range(kernel)], 1)  # [n, kernel * char_dim]
-        weight = self.conv.weight.permute(0, 2, 1).reshape(self.output_dim, -1)
-        feats = F.linear(windows, weight, self.conv.bias)  # [n, filters]
+        feats = conv1d_as_matmul(emb, self.conv.weight, self.conv.bias)  # [total - kernel + 1, filters]
         # output o covers seq[o : o + kernel], so the window centred on position p is o = p - left
         per_char = feats.index_select(0, pos - left)  # [characters, filters]
         pooled = torch.segment_reduce(per_char, "max", lengths=lengths, unsafe=True)

@@ -202,7 +202,13 @@ class Task:
         return n if n > 1 and len(ds) >= 2 * n else None
 
     # ------------------------------------------------------------------ model
-    def build_net(self) -> Net:
+    def build_net(self) -> Net | Ensemble:
+        """One model, or ``[model] ensemble`` of them (each trained as its own run, see seqtext.train)."""
+        n = self.recipe.model.ensemble
+        return Ensemble([self.build_member() for _ in range(n)]) if n > 1 else self.build_member()
+
+    def build_member(self) -> Net:
+        """One model of this task (an ensemble is several)."""
         raise NotImplementedError
 
     def make_embedder(self, **extra) -> Embedder:

@@ -69,12 +69,7 @@ class ClassifyTask(Task):
         ds = self._map(ds, fn, f"encode {split}", *key, remove=["tokens"])
         return Split(ds, ("ids",), ("target",) if has_labels else ())
 
-    def build_net(self) -> Net | Ensemble:
-        """One classifier, or ``[model] ensemble`` of them (trained one by one, see seqtext.train)."""
-        n = self.recipe.model.ensemble
-        return Ensemble([self.build_classifier() for _ in range(n)]) if n > 1 else self.build_classifier()
-
-    def build_classifier(self) -> Net:
+    def build_member(self) -> Net:
         m = self.recipe.model
         embedder = self.make_embedder()
         encoder = self.make_encoder(embedder.output_dim)

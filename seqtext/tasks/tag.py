@@ -255,12 +255,7 @@ class TagTask(Task):
         return PackedSplit(data, pack_sentences(data.lengths, documents, self.recipe.data.context_tokens))
 
     # ------------------------------------------------------------------ model
-    def build_net(self) -> Net | Ensemble:
-        """One tagger, or ``[model] ensemble`` of them (trained one by one, see seqtext.train)."""
-        n = self.recipe.model.ensemble
-        return Ensemble([self.build_tagger() for _ in range(n)]) if n > 1 else self.build_tagger()
-
-    def build_tagger(self) -> Net:
+    def build_member(self) -> Net:
         m = self.recipe.model
         extra = {"casing": m.casing}
         if m.char_encoder == "cnn":
