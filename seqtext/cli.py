@@ -24,7 +24,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except Interrupted as e:
-            click.echo(str(e), err=True)
+            if str(e):  # under torchrun only rank 0 explains
+                click.echo(str(e), err=True)
             ctx.exit(130)
         except SeqtextError as e:
             self._fail(ctx, str(e))

@@ -64,14 +64,35 @@ def average_metrics(metrics: dict) -> dict:
     return {**metrics, **{k: v / world_size() for k, v in zip(keys, t.tolist())}}
 
 
-def agreed_seconds(seconds: float) -> float:
-    """Rank 0's elapsed time on every rank, so time budgets stop all ranks at the same step and
-    time-based LR schedules give every rank the same LR (a mismatch would hang or drift DDP)."""
+def agree(seconds: float, stop: bool) -> tuple[float, bool]:
+    """(the largest elapsed time, whether any rank was asked to stop), the same on every rank.
+
+    One small all-reduce per step: time budgets then end every rank at the same step, time-based
+    LR schedules give every rank the same LR, and a SIGTERM/SIGINT that reaches the ranks a few
+    steps apart stops them all at one step with one checkpoint (a mismatch would hang DDP)."""
     if not active():
-        return seconds
-    t = torch.tensor([seconds], dtype=torch.float64)
-    tdist.broadcast(t, src=0)
-    return float(t.item())
+        return seconds, stop
+    t = torch.tensor([seconds, float(stop)], dtype=torch.float64)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return float(t[0]), bool(t[1])
+
+
+def gather(obj) -> list | None:
+    """Every rank's ``obj`` as a list on rank 0 (None on the others); ``[obj]`` without DDP."""
+    if not active():
+        return [obj]
+    out = [None] * world_size() if is_main() else None
+    tdist.gather_object(obj, out, dst=0)
+    return out
+
+
+def all_equal(value) -> bool:
+    """Whether every rank holds the same (picklable) ``value``."""
+    if not active():
+        return True
+    values = [None] * world_size()
+    tdist.all_gather_object(values, value)
+    return all(v == values[0] for v in values)
 
 
 @contextlib.contextmanager

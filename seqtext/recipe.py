@@ -131,8 +131,10 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     epochs: int = opt(5, "Passes over the training data.", min=1)
-    batch_size: int = opt(32, "Sequences per batch (lm: parallel streams).", min=1)
-    batch_tokens: int = opt(0, "classify/tag: cap padded tokens per batch instead (0 = use batch_size).", min=0)
+    batch_size: int = opt(32, "Sequences per batch (lm: parallel streams); per process under torchrun, so "
+                                 "the global batch is this × the number of processes.", min=1)
+    batch_tokens: int = opt(0, "classify/tag: cap padded tokens per batch instead (0 = use batch_size); per "
+                                   "process under torchrun.", min=0)
     bptt: int = opt(70, "lm: tokens per truncated-BPTT segment.", min=2)
     random_bptt: bool = opt(True, "lm: vary segment length randomly around bptt (AWD-LSTM style).")
     lr: float = opt(2e-3, "Peak learning rate for AdamW.", min=0.0, min_exclusive=True)

@@ -20,6 +20,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -371,6 +372,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> None:
+        """Write the checkpoint (rank 0 only). Under DDP every rank calls this at the same step: the
+        random state and the task's carried state are each rank's own, so rank 0 gathers them."""
+        own = {"rng.cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            for i, s in enumerate(torch.cuda.get_rng_state_all()):
+                own[f"rng.cuda{i}"] = s
+        own |= {f"task.{k}": v.detach().cpu() for k, v in self.task.train_state().items()}
+        per_rank = dist.gather(own)
         if not dist.is_main():
             return
         tensors = {f"model.{k}": v for k, v in self.net.state_dict().items()}
@@ -382,12 +391,9 @@ class Trainer:
                     tensors[f"optim.{pid}.{k}"] = v
                 else:
                     scalars[f"{pid}.{k}"] = v
-        tensors["rng.cpu"] = torch.get_rng_state()
-        if torch.cuda.is_available():
-            for i, s in enumerate(torch.cuda.get_rng_state_all()):
-                tensors[f"rng.cuda{i}"] = s
-        for k, v in self.task.train_state().items():
-            tensors[f"task.{k}"] = v
+        for rank, state in enumerate(per_rank):
+            prefix = f"rank{rank}." if self.world > 1 else ""
+            tensors |= {prefix + k: v for k, v in state.items()}
         if self.average is not None:
             tensors |= self.average.state()
         meta = {
@@ -395,6 +401,7 @@ class Trainer:
             "optim_groups": json.dumps(osd["param_groups"]),
             "optim_scalars": json.dumps(scalars),
             "scheduler": json.dumps(self.scheduler.state_dict()),
+            "world": str(self.world),
         }
         save_state_dict(self.run_dir / CHECKPOINT_FILE, tensors, meta)
 
@@ -404,9 +411,17 @@ class Trainer:
         path = self.run_dir / CHECKPOINT_FILE
         if not path.is_file():
             return False
-        tensors = load_state_dict(path)
         with safe_open(str(path), "pt") as f:
             meta = f.metadata()
+        saved_world = int(meta.get("world", 1))
+        if saved_world != self.world:
+            # each rank's share of the data, random state and (LM) carried state depend on the count
+            raise SeqtextError(f"{path}: written by a run of {saved_world} process(es), resumed with {self.world}; "
+                               f"resume with the same number of processes (torchrun --nproc_per_node × --nnodes)")
+        tensors = load_state_dict(path)
+        if self.world > 1:  # this rank's own random and carried state
+            own = f"rank{self.rank}."
+            tensors |= {k[len(own):]: v for k, v in tensors.items() if k.startswith(own)}
         self.net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         state: dict = {}
         for k, v in tensors.items():
@@ -457,11 +472,14 @@ class Trainer:
         start_time = time.perf_counter() - s.seconds
         interrupted = False
 
-        def on_sigint(signum, frame):
+        def on_stop(signum, frame):
             nonlocal interrupted
             interrupted = True
 
-        old_handler = signal.signal(signal.SIGINT, on_sigint) if dist.is_main() else None
+        # Ctrl-C, or SIGTERM from a job scheduler or from torchrun (which forwards Ctrl-C to its
+        # workers that way): finish the step, save a checkpoint, stop
+        catch = threading.current_thread() is threading.main_thread()
+        old_handlers = {sig: signal.signal(sig, on_stop) for sig in (signal.SIGINT, signal.SIGTERM)} if catch else {}
         # large step buffers stay on the heap for reuse instead of being page-faulted in every step
         with freed_memory_kept(self.device.type == "cpu"):
             try:
@@ -495,8 +513,8 @@ class Trainer:
                             s.losses.append((s.global_step, window_loss / max(1, window_n)))
                             window_tokens, window_start, window_loss, window_n = 0, time.perf_counter(), 0.0, 0
                         s.seconds = time.perf_counter() - start_time
-                        if c.max_minutes:  # only a time budget needs the ranks to agree on the clock
-                            s.seconds = dist.agreed_seconds(s.seconds)
+                        if self.world > 1:  # the ranks must agree on when to stop and on a time-based LR
+                            s.seconds, interrupted = dist.agree(s.seconds, interrupted)
                         out_of_time = c.max_minutes and s.seconds > 60 * c.max_minutes
                         if (c.max_steps and s.global_step >= c.max_steps) or out_of_time:
                             s.done = True
@@ -518,8 +536,8 @@ class Trainer:
                         s.done = True
                     self.save_checkpoint()
             finally:
-                if old_handler is not None:
-                    signal.signal(signal.SIGINT, old_handler)
+                for sig, handler in old_handlers.items():
+                    signal.signal(sig, handler)
         s.done = True
         self.save_checkpoint()
         return {"steps": s.global_step, "seconds": s.seconds, "tokens": s.tokens,
@@ -599,6 +617,8 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, force: bool) ->
         raise SeqtextError(f"{run_dir}: exists and is not a seqtext run; choose another --output or use --force")
     previous = load_recipe(saved).to_dict()
     current = recipe.to_dict()
+    for d in (previous, current):  # where the run was written does not matter: a moved run resumes
+        d.get("output", {}).pop("dir", None)
     if previous != current:
         diff = sorted(f"{s}.{k}" for s in current if isinstance(current[s], dict)
                       for k in current[s] if current[s].get(k) != previous.get(s, {}).get(k))
@@ -675,6 +695,9 @@ def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+    if not dist.all_equal(resuming):
+        raise SeqtextError(f"{run_dir / CHECKPOINT_FILE}: some processes see it and others do not; with several "
+                           "machines, --output must be on a filesystem that every node shares")
     torch.manual_seed(recipe.train.seed)
     net = task.build_net()
     if recipe.init_from and not resuming:
@@ -709,7 +732,7 @@ def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None
         summary = trainer.fit()
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted; checkpoint saved. Resume with: seqtext train "
-                          f"{run_dir / RECIPE_FILE} --resume") from None
+                          f"{run_dir / RECIPE_FILE} --resume" if dist.is_main() else "") from None
     if dist.is_main():
         finish(run_dir, task, net, data, dev, summary, quiet)
     dist.barrier()

@@ -1,6 +1,8 @@
 """Run the seqtext CLI in a subprocess that SIGKILLs itself at a chosen moment.
 
-    python tests/killable.py step N  seqtext-args...   # die inside the N-th training step
+    python tests/killable.py step N  seqtext-args...   # die inside the N-th classifier loss call
+    python tests/killable.py trainstep N seqtext-args...  # die at the start of the N-th training
+                                                          # step, any task (each rank under torchrun)
     python tests/killable.py checkpoint N seqtext-args...  # die in the N-th checkpoint write,
                                                           # after the temp file, before the rename
 """
@@ -11,6 +13,7 @@ import sys
 
 from seqtext.cli import main
 from seqtext.tasks.classify import ClassifyTask
+from seqtext.train import Trainer
 
 mode, n, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 count = 0
@@ -31,6 +34,14 @@ if mode == "step":
         return real_loss(self, net, batch)
 
     ClassifyTask.loss = loss
+elif mode == "trainstep":
+    real_step = Trainer._step
+
+    def _step(self, batch):
+        die_at_n()
+        return real_step(self, batch)
+
+    Trainer._step = _step
 elif mode == "checkpoint":
     real_replace = os.replace
 

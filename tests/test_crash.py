@@ -47,7 +47,8 @@ def test_sigkill_then_resume_reproduces_the_run(reference, tmp_path, mode, n):
     assert not list(out.glob(".*.tmp"))  # the interrupted write left nothing behind
 
 
-def test_sigint_saves_checkpoint_and_explains_resume(reference, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C; a job scheduler's stop
+def test_sigint_or_sigterm_saves_checkpoint_and_explains_resume(reference, tmp_path, sig):
     recipe, _ = reference
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "seqtext", "train", str(recipe), "-o", str(out), "-q",
@@ -56,7 +57,7 @@ def test_sigint_saves_checkpoint_and_explains_resume(reference, tmp_path):
     deadline = time.time() + 120
     while not (out / "checkpoint.safetensors").exists() and time.time() < deadline:
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-800:]
     assert "--resume" in err and "Traceback" not in err

@@ -1,12 +1,25 @@
-"""2-process DistributedDataParallel (gloo, CPU) training through torchrun."""
+"""DistributedDataParallel (gloo, CPU) training through torchrun: quality, several nodes, resume, stop."""
 
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from test_lm import lm_recipe, toml_of
 
 import seqtext
+from seqtext.model import load_state_dict
+
+HERE = Path(__file__).resolve().parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def free_port() -> int:
@@ -15,15 +28,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def torchrun(program: list[str], nproc: int = 2, port: int | None = None, launch: list[str] = ()) -> list[str]:
+    """The torchrun command line for ``program`` (``-m seqtext ...`` or a script and its arguments)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), *launch,
+            "--master_addr", "127.0.0.1", "--master_port", str(port or free_port()), *program]
+
+
+def run(cmd: list[str], timeout: int = 400) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
 def test_two_processes_match_one_process_quality(tiny, tmp_path):
     epochs = ["--set", "train.epochs=6", "--set", "train.patience=0"]
     single = seqtext.train(tiny, ["train.batch_size=16", "train.epochs=6", "train.patience=0"],
                            output=tmp_path / "one", quiet=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "-m", "seqtext", "train", str(tiny), "--set", "train.batch_size=8",
-           *epochs, "-o", str(tmp_path / "two"), "-q"]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    r = run(torchrun(["-m", "seqtext", "train", str(tiny), "--set", "train.batch_size=8", *epochs,
+                      "-o", str(tmp_path / "two"), "-q"]))
     assert r.returncode == 0, r.stderr[-2000:]
     one = json.loads((single / "metrics.json").read_text())
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
@@ -32,3 +52,98 @@ def test_two_processes_match_one_process_quality(tiny, tmp_path):
     assert one["test"]["accuracy"] > 0.7  # learned something: chance is 0.5
     # only rank 0 wrote files, and the model directory is complete
     assert seqtext.load(tmp_path / "two").predict(["a great film"])[0]["label"] in {"neg", "pos"}
+
+
+def test_two_nodes_one_process_each(tiny, tmp_path):
+    """``--nnodes 2``: two launchers (here both on localhost) rendezvous and train one model."""
+    port = free_port()
+    program = ["-m", "seqtext", "train", str(tiny), "--set", "train.batch_size=8", "--set", "train.epochs=6",
+               "--set", "train.patience=0", "-o", str(tmp_path / "run"), "-q"]
+    nodes = [subprocess.Popen(torchrun(program, nproc=1, port=port, launch=["--nnodes", "2", "--node_rank", str(n)]),
+                              env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in (0, 1)]
+    results = [p.communicate(timeout=400) for p in nodes]
+    for p, (_, err) in zip(nodes, results):
+        assert p.returncode == 0, err[-2000:]
+    single = seqtext.train(tiny, ["train.batch_size=16", "train.epochs=6", "train.patience=0"],
+                           output=tmp_path / "one", quiet=True)
+    one = json.loads((single / "metrics.json").read_text())
+    two = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert two["train"]["steps"] == one["train"]["steps"]
+    assert two["test"]["accuracy"] >= one["test"]["accuracy"] - 0.05 and one["test"]["accuracy"] > 0.7
+    history = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(history) == len({json.loads(line)["step"] for line in history})  # one writer, no duplicate lines
+
+
+def lm_ddp_recipe(tmp_path: Path) -> Path:
+    """A tiny LM with dropout (each rank draws its own masks) and state carried across windows."""
+    r = lm_recipe(tmp_path, "lm", dropout=0.2, weight_dropout=0.2)
+    r["train"] |= {"epochs": 2, "batch_size": 4, "checkpoint_every": 5}
+    path = tmp_path / "lm.toml"
+    path.write_text(toml_of(r))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ddp_recipes(tmp_path_factory):
+    """(recipe, uninterrupted 2-process run) for a classifier and a language model."""
+    from conftest import tiny_recipe
+
+    out = {}
+    for task in ("classify", "lm"):
+        base = tmp_path_factory.mktemp(f"ddp_{task}")
+        # dropout: each rank draws its own masks, from a random state a resume must restore per rank
+        recipe = tiny_recipe(base, model={"embedding_dim": "16", "hidden_size": "16", "dropout": "0.3",
+                                          "word_dropout": "0.1"}) if task == "classify" else lm_ddp_recipe(base)
+        r = run(torchrun(["-m", "seqtext", "train", str(recipe), "-o", str(base / "full"), "-q"]))
+        assert r.returncode == 0, r.stderr[-2000:]
+        out[task] = recipe, base / "full"
+    return out
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    wa, wb = load_state_dict(a / "weights.safetensors"), load_state_dict(b / "weights.safetensors")
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize("task", ["classify", "lm"])
+def test_killed_two_process_run_resumes_to_the_uninterrupted_weights(ddp_recipes, tmp_path, task):
+    """Both ranks die mid-epoch after a checkpoint; resuming restores each rank's own random
+    state and (LM) carried LSTM state, so the result is bit-identical to never stopping."""
+    recipe, full = ddp_recipes[task]
+    out = tmp_path / "run"
+    killed = run(torchrun([str(HERE / "killable.py"), "trainstep", "8", "train", str(recipe), "-o", str(out), "-q"]))
+    assert killed.returncode != 0
+    assert (out / "checkpoint.safetensors").is_file()
+    resumed = run(torchrun(["-m", "seqtext", "train", str(recipe), "-o", str(out), "--resume", "-q"]))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert same_weights(full, out)
+
+
+def test_resume_with_another_number_of_processes_is_refused(ddp_recipes, tmp_path):
+    _, full = ddp_recipes["classify"]
+    copy = shutil.copytree(full, tmp_path / "copy")
+    r = run([sys.executable, "-m", "seqtext", "train", str(copy / "recipe.toml"), "-o", str(copy), "--resume"])
+    assert r.returncode == 2
+    assert "a run of 2 process(es), resumed with 1" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_stopping_torchrun_stops_every_rank_at_one_step_with_a_checkpoint(ddp_recipes, tmp_path):
+    """Ctrl-C on torchrun (it sends the workers SIGTERM): the ranks agree on the step to stop at,
+    save one checkpoint holding each rank's state, and exit without waiting to be killed."""
+    recipe, _ = ddp_recipes["classify"]
+    out = tmp_path / "run"
+    cmd = torchrun(["-m", "seqtext", "train", str(recipe), "-o", str(out), "-q",
+                    "--set", "train.epochs=1000", "--set", "train.patience=0"])
+    proc = subprocess.Popen(cmd, env=ENV, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 200
+    while not (out / "metrics.jsonl").exists() and time.time() < deadline:  # training has started
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stopped = time.time()
+    _, err = proc.communicate(timeout=120)
+    assert time.time() - stopped < 20  # torchrun kills workers that ignore SIGTERM after 30 s
+    assert err.count("checkpoint saved. Resume with") == 1, err[-2000:]  # rank 0 alone explains
+    with safe_open(str(out / "checkpoint.safetensors"), "pt") as f:
+        keys, meta = set(f.keys()), f.metadata()
+    assert {"rank0.rng.cpu", "rank1.rng.cpu"} <= keys and meta["world"] == "2"
+    assert not json.loads(meta["loop"])["done"]

@@ -81,6 +81,17 @@ def test_refuses_to_overwrite_a_different_run(tiny, tmp_path):
     assert seqtext.load(out).recipe.model.hidden_size == 8
 
 
+def test_a_moved_run_resumes_from_its_new_place(tiny, tmp_path):
+    """The saved recipe's output.dir records where the run was written; it does not pin the run there."""
+    import shutil
+
+    first = seqtext.train(tiny, ["train.epochs=1"], output=tmp_path / "a", quiet=True)
+    moved = shutil.move(first, tmp_path / "b")
+    with pytest.raises(SeqtextError, match=r"different recipe.*train\.epochs"):
+        seqtext.train(moved / "recipe.toml", ["train.epochs=2"], output=moved, resume=True, quiet=True)
+    assert seqtext.train(moved / "recipe.toml", output=moved, resume=True, quiet=True) == moved
+
+
 def test_saved_recipe_reproduces_the_run(tiny, tmp_path):
     a = seqtext.train(tiny, output=tmp_path / "a", quiet=True)
     b = seqtext.train(a / "recipe.toml", output=tmp_path / "b", quiet=True)
