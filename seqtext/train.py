@@ -846,14 +846,28 @@ def _train_members_in_processes(members: list[Recipe], parallel: int, data_dir: 
     if not quiet:
         print(f"training {len(members)} ensemble members, {parallel} at a time with {first.train.threads} "
               f"thread(s) each; member 1 shows its progress", file=sys.stderr)
-    with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_train_member, m, data_dir, resume, quiet or i > 0) for i, m in enumerate(members)]
-        summaries = []
-        for i, future in enumerate(futures):
-            summaries.append(future.result())
-            if not quiet:
-                print(f"ensemble member {i + 1}/{len(members)} done: dev {summaries[-1]['best_dev']:.4f}",
-                      file=sys.stderr)
+
+    def on_term(signum, frame):
+        # a SIGTERM (job scheduler, `kill`) reaches this process only, unlike Ctrl-C, which reaches
+        # the whole process group: pass it on, so each member saves a checkpoint and stops
+        for child in multiprocessing.active_children():
+            child.terminate()
+        raise KeyboardInterrupt
+
+    catch = threading.current_thread() is threading.main_thread()
+    old_handler = signal.signal(signal.SIGTERM, on_term) if catch else None
+    try:
+        with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_train_member, m, data_dir, resume, quiet or i > 0) for i, m in enumerate(members)]
+            summaries = []
+            for i, future in enumerate(futures):
+                summaries.append(future.result())
+                if not quiet:
+                    print(f"ensemble member {i + 1}/{len(members)} done: dev {summaries[-1]['best_dev']:.4f}",
+                          file=sys.stderr)
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
     return summaries
 
 

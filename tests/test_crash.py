@@ -64,6 +64,49 @@ def test_sigint_or_sigterm_saves_checkpoint_and_explains_resume(reference, tmp_p
     assert (out / "checkpoint.safetensors").is_file()
 
 
+def child_pids(pid: int) -> list[int]:
+    """Live processes whose parent is ``pid`` (Linux /proc; zombies count as gone)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, ValueError):
+            continue
+        if int(ppid) == pid and state != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_sigterm_to_a_parallel_ensemble_stops_its_member_processes(reference, tmp_path):
+    """SIGTERM reaches the parent alone: it passes it on, each member saves a checkpoint, and no
+    member process is left training on its own."""
+    recipe, _ = reference
+    out = tmp_path / "ens"
+    proc = subprocess.Popen([sys.executable, "-m", "seqtext", "train", str(recipe), "-o", str(out), "-q",
+                             "--set", "model.ensemble=2", "--set", "train.parallel_members=2",
+                             "--set", "train.threads=2", "--set", "train.epochs=500", "--set", "train.patience=0"],
+                            env=ENV, stderr=subprocess.PIPE, text=True)
+    checkpoints = [out / "members" / str(i) / "checkpoint.safetensors" for i in (1, 2)]
+    deadline = time.time() + 200
+    while not all(c.exists() for c in checkpoints) and time.time() < deadline:
+        time.sleep(0.2)
+    members = child_pids(proc.pid)
+    assert len(members) >= 2
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-800:]
+    assert "--resume" in err and "Traceback" not in err
+    time.sleep(0.5)
+    assert not [pid for pid in members if alive(pid)]
+
+
 def test_atomic_write_gives_normal_permissions_and_keeps_existing_ones(tmp_path):
     """Temp-file-and-rename must not leave model files private (mkstemp's 0600)."""
     import os
