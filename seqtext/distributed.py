@@ -45,13 +45,17 @@ def device_for_rank(device: torch.device) -> torch.device:
     return device
 
 
-def wrap(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+def wrap(net: torch.nn.Module, device: torch.device, find_unused: bool) -> torch.nn.Module:
+    """DDP around ``net``. ``find_unused``: some parameters may get no gradient in a step (frozen
+    layers, an adaptive-softmax cluster no target fell in); it costs a walk over the autograd
+    graph every step, so it is asked for only where that can happen."""
     if not active():
         return net
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(net, device_ids=ids, find_unused_parameters=True)
+    return DistributedDataParallel(net, device_ids=ids, find_unused_parameters=find_unused,
+                                   gradient_as_bucket_view=True)
 
 
 def average_metrics(metrics: dict) -> dict:

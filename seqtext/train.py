@@ -296,6 +296,11 @@ class WeightAverage:
         self.calls = int(tensors["ema_calls"])
 
 
+# Under DDP the ranks agree on the clock and on stop requests every this many steps: each
+# agreement is one more collective, and so one more point where every rank waits for the slowest.
+AGREE_EVERY = 10
+
+
 class Trainer:
     def __init__(self, task, net: nn.Module, data: dict, run_dir: Path, device: torch.device,
                  quiet: bool = False):
@@ -308,7 +313,7 @@ class Trainer:
         self.total_steps = self.cfg.max_steps or self.cfg.epochs * self.steps_per_epoch
         if self.cfg.sparse_embeddings:
             self._sparse_word_gradients()
-        self.model = dist.wrap(net, device)
+        self.model = dist.wrap(net, device, find_unused=self.cfg.freeze_epochs > 0 or self.recipe.task == "lm")
         self.optimizer = self._optimizer()
         self.state = LoopState()
         self.scheduler = self._scheduler()
@@ -470,11 +475,12 @@ class Trainer:
     def fit(self) -> dict:
         s, c = self.state, self.cfg
         start_time = time.perf_counter() - s.seconds
-        interrupted = False
+        requested = False  # set by the signal handler, at any moment
+        stopping = False  # acted on: under DDP only at a step where the ranks agreed on it
 
         def on_stop(signum, frame):
-            nonlocal interrupted
-            interrupted = True
+            nonlocal requested
+            requested = True
 
         # Ctrl-C, or SIGTERM from a job scheduler or from torchrun (which forwards Ctrl-C to its
         # workers that way): finish the step, save a checkpoint, stop
@@ -512,17 +518,20 @@ class Trainer:
                                                 f"{tps / 1000:.1f}k tok/s MFU {100 * mfu:.1f}%")
                             s.losses.append((s.global_step, window_loss / max(1, window_n)))
                             window_tokens, window_start, window_loss, window_n = 0, time.perf_counter(), 0.0, 0
-                        s.seconds = time.perf_counter() - start_time
-                        if self.world > 1:  # the ranks must agree on when to stop and on a time-based LR
-                            s.seconds, interrupted = dist.agree(s.seconds, interrupted)
+                        if self.world == 1:
+                            s.seconds, stopping = time.perf_counter() - start_time, requested
+                        elif s.global_step % AGREE_EVERY == 0:
+                            # the ranks must agree on when to stop and on a time-based LR; in between
+                            # they keep the last agreed clock
+                            s.seconds, stopping = dist.agree(time.perf_counter() - start_time, requested)
                         out_of_time = c.max_minutes and s.seconds > 60 * c.max_minutes
                         if (c.max_steps and s.global_step >= c.max_steps) or out_of_time:
                             s.done = True
                         if c.eval_every and s.global_step % c.eval_every == 0 and not s.done:
                             self._evaluate()
-                        if s.global_step % c.checkpoint_every == 0 or s.done or interrupted:
+                        if s.global_step % c.checkpoint_every == 0 or s.done or stopping:
                             self.save_checkpoint()
-                        if interrupted:
+                        if stopping:
                             raise KeyboardInterrupt
                         if s.done:
                             break
@@ -538,6 +547,8 @@ class Trainer:
             finally:
                 for sig, handler in old_handlers.items():
                     signal.signal(sig, handler)
+        if self.world > 1:  # the clock of the last few steps, for the summary
+            s.seconds, _ = dist.agree(time.perf_counter() - start_time, False)
         s.done = True
         self.save_checkpoint()
         return {"steps": s.global_step, "seconds": s.seconds, "tokens": s.tokens,

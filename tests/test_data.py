@@ -66,6 +66,23 @@ def test_bucket_batches_cover_all_rows_and_are_deterministic():
     assert all(len(x) * lengths[x].max() <= 500 or len(x) == 1 for x in capped)
 
 
+@pytest.mark.parametrize("batch_tokens", [0, 300])
+def test_bucket_batches_in_groups_give_the_processes_of_a_step_neighbouring_lengths(batch_tokens):
+    """DDP: batch k·world + r goes to process r; the batches of one step must come from one
+    stretch of the length order, or every step waits for its longest batch."""
+    lengths = np.random.default_rng(0).permutation(1000) + 1
+    world = 3
+    batches = bucket_batches(lengths, 10, batch_tokens, seed=4, pool=1000, group=world)  # one pool: a global sort
+    assert len(batches) % world == 0
+    one = bucket_batches(lengths, 10, batch_tokens, seed=4, pool=1000)
+    assert len(batches) == len(one) // world * world  # only an incomplete last group is dropped
+    for k in range(0, len(batches), world):
+        step = np.sort(lengths[np.concatenate(batches[k: k + world])])
+        assert step[-1] - step[0] + 1 == len(step)  # a contiguous run of the sorted lengths
+    # without groups, the steps' batches would be scattered over the length range
+    assert any(abs(int(lengths[one[k]].max()) - int(lengths[one[k + 1]].max())) > 100 for k in range(0, 20, 2))
+
+
 def test_local_formats_and_columns(tmp_path):
     import pandas as pd
 

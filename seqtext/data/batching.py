@@ -253,13 +253,18 @@ def pad(rows: list[np.ndarray], pad_id: int = 0, dtype=torch.long) -> tuple[torc
 
 
 def bucket_batches(lengths: np.ndarray, batch_size: int, batch_tokens: int = 0, shuffle: bool = True,
-                   seed: int = 0, pool: int = 50) -> list[np.ndarray]:
+                   seed: int = 0, pool: int = 50, group: int = 1) -> list[np.ndarray]:
     """Group row indices into batches of similar length.
 
     Rows are shuffled (with ``seed``), cut into pools of ``pool`` batches, sorted by length
     inside each pool and split; the batch order is then shuffled again. Without shuffling,
     rows are simply sorted by length (fastest for evaluation). ``batch_tokens`` caps the
     padded size B × T_max instead of the row count.
+
+    ``group`` > 1 (DDP: the number of processes) keeps runs of ``group`` neighbouring batches
+    together through the final shuffle, and drops an incomplete last run: batch ``k·group + r``
+    goes to process r, so the processes' batches at a step have similar lengths and none waits
+    long for the others.
     """
     rng = np.random.default_rng(seed)
     n = len(lengths)
@@ -279,7 +284,8 @@ def bucket_batches(lengths: np.ndarray, batch_size: int, batch_tokens: int = 0, 
         batches.append(order[start: start + size])
         start += size
     if shuffle:
-        batches = [batches[i] for i in rng.permutation(len(batches))]
+        runs = len(batches) // group
+        batches = [batches[i * group + r] for i in rng.permutation(runs) for r in range(group)]
     return batches
 
 

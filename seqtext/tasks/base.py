@@ -228,9 +228,9 @@ class Task:
     # ------------------------------------------------------------------ training
     def train_batches(self, data, epoch: int, rank: int = 0, world: int = 1) -> Iterator[Batch]:
         t = self.recipe.train
+        # every process takes the same number of steps (or DDP would hang), on batches of similar length
         batches = bucket_batches(data.lengths, t.batch_size, t.batch_tokens, shuffle=True,
-                                 seed=t.seed * 1000 + epoch)
-        batches = batches[: len(batches) // world * world]  # equal step counts, or DDP would hang
+                                 seed=t.seed * 1000 + epoch, group=world)
         for i, idx in enumerate(batches):
             if i % world == rank:
                 yield self.collate(data, idx)
