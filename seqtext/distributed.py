@@ -58,12 +58,19 @@ def wrap(net: torch.nn.Module, device: torch.device, find_unused: bool) -> torch
                                    gradient_as_bucket_view=True)
 
 
+def _collective_device() -> torch.device:
+    """Where small tensors for a collective must live: NCCL reduces CUDA tensors only."""
+    if tdist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def average_metrics(metrics: dict) -> dict:
     """Every rank evaluates the full dev split, so metrics agree; average guards drift."""
     if not active():
         return metrics
     keys = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
-    t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
+    t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=_collective_device())
     tdist.all_reduce(t)
     return {**metrics, **{k: v / world_size() for k, v in zip(keys, t.tolist())}}
 
@@ -76,7 +83,7 @@ def agree(seconds: float, stop: bool) -> tuple[float, bool]:
     steps apart stops them all at one step with one checkpoint (a mismatch would hang DDP)."""
     if not active():
         return seconds, stop
-    t = torch.tensor([seconds, float(stop)], dtype=torch.float64)
+    t = torch.tensor([seconds, float(stop)], dtype=torch.float64, device=_collective_device())
     tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
     return float(t[0]), bool(t[1])
 

@@ -74,6 +74,30 @@ def test_two_nodes_one_process_each(tiny, tmp_path):
     assert len(history) == len({json.loads(line)["step"] for line in history})  # one writer, no duplicate lines
 
 
+def test_a_time_budget_stops_every_rank_at_the_same_step(tiny, tmp_path):
+    """max_minutes under DDP: the ranks share one clock, so they stop together (a rank that stopped
+    alone would leave the other waiting in an all-reduce until torchrun's timeout)."""
+    r = run(torchrun(["-m", "seqtext", "train", str(tiny), "-o", str(tmp_path / "run"), "-q",
+                      "--set", "train.epochs=100000", "--set", "train.patience=0", "--set", "train.max_minutes=0.05",
+                      "--set", "train.schedule=linear", "--set", "train.anneal_by_time=true"]), timeout=200)
+    assert r.returncode == 0, r.stderr[-2000:]
+    train = json.loads((tmp_path / "run" / "metrics.json").read_text())["train"]
+    assert 3 <= train["seconds"] < 30 and train["steps"] < 100000
+
+
+def test_two_process_tagger_with_crf_chars_and_sparse_embeddings(tmp_path):
+    """Every tagger parameter gets a gradient each step (DDP is not asked to look for unused
+    ones), and the sparse word-embedding gradient is all-reduced over gloo."""
+    from test_tag import write_recipe
+
+    recipe = write_recipe(tmp_path, model={"crf": "true"},
+                          train={"batch_size": 8, "sparse_embeddings": "true", "ema_decay": 0.9})
+    r = run(torchrun(["-m", "seqtext", "train", str(recipe), "-o", str(tmp_path / "two"), "-q"]))
+    assert r.returncode == 0, r.stderr[-2000:]
+    metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert metrics["test"]["f1"] > 0.8
+
+
 def lm_ddp_recipe(tmp_path: Path) -> Path:
     """A tiny LM with dropout (each rank draws its own masks) and state carried across windows."""
     r = lm_recipe(tmp_path, "lm", dropout=0.2, weight_dropout=0.2)
