@@ -380,9 +380,8 @@ class Trainer:
         """Write the checkpoint (rank 0 only). Under DDP every rank calls this at the same step: the
         random state and the task's carried state are each rank's own, so rank 0 gathers them."""
         own = {"rng.cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            for i, s in enumerate(torch.cuda.get_rng_state_all()):
-                own[f"rng.cuda{i}"] = s
+        if self.device.type == "cuda":  # this process's GPU only: touching the others would open a context on each
+            own["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         own |= {f"task.{k}": v.detach().cpu() for k, v in self.task.train_state().items()}
         per_rank = dist.gather(own)
         if not dist.is_main():
@@ -440,10 +439,10 @@ class Trainer:
         self.scheduler.load_state_dict(json.loads(meta["scheduler"]))
         self.state = LoopState(**json.loads(meta["loop"]))
         torch.set_rng_state(tensors["rng.cpu"])
-        if torch.cuda.is_available():
-            cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda")]
-            if cuda:
-                torch.cuda.set_rng_state_all(cuda)
+        if self.device.type == "cuda":
+            cuda = tensors.get("rng.cuda", tensors.get(f"rng.cuda{self.device.index or 0}"))  # or as written before
+            if cuda is not None:
+                torch.cuda.set_rng_state(cuda, self.device)
         self.task.load_train_state({k[5:]: v.to(self.device) for k, v in tensors.items() if k.startswith("task.")})
         if self.average is not None:
             self.average.load_state(tensors)
