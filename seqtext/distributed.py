@@ -2,8 +2,9 @@
 
 ``torchrun --nproc_per_node N -m seqtext train RECIPE`` sets RANK/WORLD_SIZE; we then use
 gloo on CPU and NCCL on GPU. Each rank reads its own share of the batches (classify/tag:
-every world-th bucketed batch; LM: its own columns of the token stream), only rank 0
-writes files, and dev metrics are averaged across ranks.
+every world-th bucketed batch, the batches of one step neighbours in length; LM: its own
+columns of the token stream), only rank 0 writes files (gathering each rank's random and
+carried state into the checkpoint), and dev metrics are averaged across ranks.
 """
 
 from __future__ import annotations
@@ -78,9 +79,10 @@ def average_metrics(metrics: dict) -> dict:
 def agree(seconds: float, stop: bool) -> tuple[float, bool]:
     """(the largest elapsed time, whether any rank was asked to stop), the same on every rank.
 
-    One small all-reduce per step: time budgets then end every rank at the same step, time-based
-    LR schedules give every rank the same LR, and a SIGTERM/SIGINT that reaches the ranks a few
-    steps apart stops them all at one step with one checkpoint (a mismatch would hang DDP)."""
+    One small all-reduce (the Trainer calls it every few steps): time budgets then end every rank
+    at the same step, time-based LR schedules give every rank the same LR, and a SIGTERM/SIGINT
+    that reaches the ranks at different moments stops them all at one step with one checkpoint
+    (a mismatch would hang DDP)."""
     if not active():
         return seconds, stop
     t = torch.tensor([seconds, float(stop)], dtype=torch.float64, device=_collective_device())
