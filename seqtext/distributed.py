@@ -47,9 +47,9 @@ def device_for_rank(device: torch.device) -> torch.device:
 
 
 def wrap(net: torch.nn.Module, device: torch.device, find_unused: bool) -> torch.nn.Module:
-    """DDP around ``net``. ``find_unused``: some parameters may get no gradient in a step (frozen
-    layers, an adaptive-softmax cluster no target fell in); it costs a walk over the autograd
-    graph every step, so it is asked for only where that can happen."""
+    """DDP around ``net``. ``find_unused``: some parameters may get no gradient in a step (layers
+    frozen for the first epochs); it costs a walk over the autograd graph every step, so it is
+    asked for only where that can happen."""
     if not active():
         return net
     from torch.nn.parallel import DistributedDataParallel

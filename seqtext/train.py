@@ -313,7 +313,9 @@ class Trainer:
         self.total_steps = self.cfg.max_steps or self.cfg.epochs * self.steps_per_epoch
         if self.cfg.sparse_embeddings:
             self._sparse_word_gradients()
-        self.model = dist.wrap(net, device, find_unused=self.cfg.freeze_epochs > 0 or self.recipe.task == "lm")
+        # frozen layers get no gradient; every other parameter gets one in every step (the adaptive
+        # softmax's clusters are slices of one weight, so a cluster without targets still counts)
+        self.model = dist.wrap(net, device, find_unused=self.cfg.freeze_epochs > 0)
         self.optimizer = self._optimizer()
         self.state = LoopState()
         self.scheduler = self._scheduler()

@@ -85,6 +85,13 @@ def test_a_time_budget_stops_every_rank_at_the_same_step(tiny, tmp_path):
     assert 3 <= train["seconds"] < 30 and train["steps"] < 100000
 
 
+def test_two_processes_with_layers_frozen_for_the_first_epoch(tiny, tmp_path):
+    """freeze_epochs: the embedding and encoder get no gradient at first, which DDP must expect."""
+    r = run(torchrun(["-m", "seqtext", "train", str(tiny), "-o", str(tmp_path / "run"), "-q",
+                      "--set", "train.freeze_epochs=1", "--set", "train.batch_size=8"]))
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
 def test_two_process_tagger_with_crf_chars_and_sparse_embeddings(tmp_path):
     """Every tagger parameter gets a gradient each step (DDP is not asked to look for unused
     ones), and the sparse word-embedding gradient is all-reduced over gloo."""
@@ -98,9 +105,9 @@ def test_two_process_tagger_with_crf_chars_and_sparse_embeddings(tmp_path):
     assert metrics["test"]["f1"] > 0.8
 
 
-def lm_ddp_recipe(tmp_path: Path) -> Path:
+def lm_ddp_recipe(tmp_path: Path, **model) -> Path:
     """A tiny LM with dropout (each rank draws its own masks) and state carried across windows."""
-    r = lm_recipe(tmp_path, "lm", dropout=0.2, weight_dropout=0.2)
+    r = lm_recipe(tmp_path, "lm", dropout=0.2, weight_dropout=0.2, **model)
     r["train"] |= {"epochs": 2, "batch_size": 4, "checkpoint_every": 5}
     path = tmp_path / "lm.toml"
     path.write_text(toml_of(r))
@@ -109,15 +116,19 @@ def lm_ddp_recipe(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def ddp_recipes(tmp_path_factory):
-    """(recipe, uninterrupted 2-process run) for a classifier and a language model."""
+    """(recipe, uninterrupted 2-process run) for a classifier and language models (full and adaptive softmax)."""
     from conftest import tiny_recipe
 
     out = {}
-    for task in ("classify", "lm"):
+    for task in ("classify", "lm", "lm_adaptive"):
         base = tmp_path_factory.mktemp(f"ddp_{task}")
-        # dropout: each rank draws its own masks, from a random state a resume must restore per rank
-        recipe = tiny_recipe(base, model={"embedding_dim": "16", "hidden_size": "16", "dropout": "0.3",
-                                          "word_dropout": "0.1"}) if task == "classify" else lm_ddp_recipe(base)
+        if task == "classify":  # dropout: each rank draws its own masks, from a random state a resume must restore
+            recipe = tiny_recipe(base, model={"embedding_dim": "16", "hidden_size": "16", "dropout": "0.3",
+                                              "word_dropout": "0.1"})
+        elif task == "lm":
+            recipe = lm_ddp_recipe(base)
+        else:  # steps where the rare words' cluster gets no target still give its weights a gradient
+            recipe = lm_ddp_recipe(base, softmax="adaptive", softmax_cutoffs=[20, 60], tie_weights=False)
         r = run(torchrun(["-m", "seqtext", "train", str(recipe), "-o", str(base / "full"), "-q"]))
         assert r.returncode == 0, r.stderr[-2000:]
         out[task] = recipe, base / "full"
@@ -129,7 +140,7 @@ def same_weights(a: Path, b: Path) -> bool:
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-@pytest.mark.parametrize("task", ["classify", "lm"])
+@pytest.mark.parametrize("task", ["classify", "lm", "lm_adaptive"])
 def test_killed_two_process_run_resumes_to_the_uninterrupted_weights(ddp_recipes, tmp_path, task):
     """Both ranks die mid-epoch after a checkpoint; resuming restores each rank's own random
     state and (LM) carried LSTM state, so the result is bit-identical to never stopping."""
