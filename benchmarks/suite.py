@@ -140,6 +140,7 @@ def main() -> None:
                     help="Processes per task; the one with the median full/bare ratio is reported.")
     ap.add_argument("--skip-memory", action="store_true", help="Skip the LM 1x vs 10x corpus memory check.")
     ap.add_argument("--lines", type=int, default=100_000, help="Synthetic corpus lines for the 1x memory run.")
+    ap.add_argument("--name", default="suite", help="Results file benchmarks/results/<name>.json.")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--memory-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -193,7 +194,7 @@ def main() -> None:
                      f"{a['peak_rss_mb']} ({a['train_tokens']} tok) / {b['peak_rss_mb']} ({b['train_tokens']} tok) "
                      f"= {results['lm_memory_ratio']}x"))
     print(table(rows, "seqtext benchmark suite"))
-    print(f"written {save('suite', results)}")
+    print(f"written {save(args.name, results)}")
 
 
 if __name__ == "__main__":
