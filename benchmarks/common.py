@@ -9,6 +9,7 @@ import itertools
 import json
 import platform
 import resource
+import socket
 import sys
 import tempfile
 import time
@@ -19,6 +20,16 @@ import torch
 from torch import nn
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def torchrun(nproc: int, program: list[str]) -> list[str]:
+    """The command line that runs ``program`` (``-m seqtext ...`` or a script and its arguments)
+    in ``nproc`` local processes under torchrun, on a free port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+            "--master_addr", "127.0.0.1", "--master_port", str(port), *program]
 
 
 def peak_rss_mb() -> float:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,28 +28,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import save
+from benchmarks.common import save, torchrun
 
 RECIPES = {"classify": "recipes/demo_sentiment.toml", "tag": "recipes/demo_ner.toml", "lm": "recipes/demo_lm.toml"}
 SAMPLE = {"classify": "a wonderful film", "tag": "Angela Merkel visited Paris .", "lm": "the"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def check(name: str, cmd: list[str], results: list[dict]) -> bool:
-    start = time.perf_counter()
-    r = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True)
-    ok = r.returncode == 0
+def record(name: str, ok: bool, start: float, stderr: str, results: list[dict]) -> None:
     results.append({"check": name, "ok": ok, "seconds": round(time.perf_counter() - start, 1),
-                    **({} if ok else {"stderr_tail": r.stderr[-3000:]})})
+                    **({} if ok else {"stderr_tail": stderr[-3000:]})})
     print(f"{'ok  ' if ok else 'FAIL'} {name} ({results[-1]['seconds']} s)", flush=True)
     if not ok:
-        print(r.stderr[-3000:], file=sys.stderr)
-    return ok
+        print(stderr[-3000:], file=sys.stderr)
+
+
+def check(name: str, cmd: list[str], results: list[dict]) -> None:
+    start = time.perf_counter()
+    r = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True)
+    record(name, r.returncode == 0, start, r.stderr, results)
 
 
 def interrupted_and_resumed(task: str, first: list[str], resume: list[str], run_dir: Path, results: list[dict]):
@@ -62,10 +57,8 @@ def interrupted_and_resumed(task: str, first: list[str], resume: list[str], run_
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
-    ok = "checkpoint saved" in err
-    results.append({"check": f"{task}: torchrun (DDP) stopped by Ctrl-C with a checkpoint", "ok": ok,
-                    "seconds": round(time.perf_counter() - start, 1), **({} if ok else {"stderr_tail": err[-3000:]})})
-    print(f"{'ok  ' if ok else 'FAIL'} {results[-1]['check']} ({results[-1]['seconds']} s)", flush=True)
+    record(f"{task}: torchrun (DDP) stopped by Ctrl-C with a checkpoint", "checkpoint saved" in err, start, err,
+           results)
     check(f"{task}: torchrun (DDP) resumed to the end of its time budget", resume, results)
 
 
@@ -92,12 +85,11 @@ def main() -> None:
               [py, "-m", "seqtext", *base, *steps, "--set", "train.bf16=true", "-o", str(out / f"{task}_bf16")],
               results)
         ddp = out / f"{task}_ddp"
-        torchrun = [py, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_addr", "127.0.0.1"]
         budget = [*base, "--set", "train.epochs=100000", "--set", "train.patience=0", "--set",
                   f"train.max_minutes={args.ddp_minutes}", "--set", "train.checkpoint_every=20", "-o", str(ddp)]
-        interrupted_and_resumed(task, [*torchrun, "--master_port", str(free_port()), "-m", "seqtext", *budget],
-                                [*torchrun, "--master_port", str(free_port()), "-m", "seqtext",
-                                 *[a for a in budget if a != "--force"], "--resume"], ddp, results)
+        interrupted_and_resumed(task, torchrun(1, ["-m", "seqtext", *budget]),
+                                torchrun(1, ["-m", "seqtext", *[a for a in budget if a != "--force"], "--resume"]),
+                                ddp, results)
         for run in ("fp32", "bf16", "ddp"):
             model_dir = out / f"{task}_{run}"
             if not (model_dir / "metrics.json").is_file():

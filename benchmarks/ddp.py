@@ -19,14 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import save, table
+from benchmarks.common import save, table, torchrun
+from seqtext.recipe import load_recipe
 
 # task → (recipe, data dir, the per-process batch setting to divide)
 TASKS = {
@@ -35,21 +35,11 @@ TASKS = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def train(recipe: str, data_dir: str, overrides: list[str], output: Path, procs: int) -> dict:
     program = ["-m", "seqtext", "train", recipe, "--data-dir", data_dir, "-o", str(output), "--force", "-q"]
     for o in overrides:
         program += ["--set", o]
-    if procs > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
-               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *program]
-    else:
-        cmd = [sys.executable, *program]
+    cmd = torchrun(procs, program) if procs > 1 else [sys.executable, *program]
     env = {**os.environ, "OMP_NUM_THREADS": str(1 if procs > 1 else procs)}
     subprocess.run(cmd, env=env, check=True)
     return json.loads((output / "metrics.json").read_text())["train"]
@@ -121,8 +111,7 @@ def sync_probe(task_name: str, batch_override: str, steps: int = 100) -> None:
 
 def worker_json(procs: int, args: list[str], marker: str) -> dict:
     """Run this script under torchrun with ``args``; the JSON rank 0 printed after ``marker``."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--master_addr",
-           "127.0.0.1", "--master_port", str(free_port()), __file__, *args]
+    cmd = torchrun(procs, [__file__, *args])
     r = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, check=True)
     line = next(x for x in r.stdout.splitlines() if x.startswith(marker + " "))
     return json.loads(line.split(" ", 1)[1])
@@ -156,8 +145,6 @@ def main() -> None:
         if name not in TASKS:
             ap.error(f"--tasks: unknown task {name!r} (known: {', '.join(TASKS)})")
         recipe, data_dir, batch_key = TASKS[name]
-        from seqtext.recipe import load_recipe
-
         batch = getattr(load_recipe(recipe).train, batch_key)
         steps = args.steps or (300 if name == "classify" else 600)
         common = ["model.ensemble=1", f"train.max_steps={steps}", "train.eval_every=0", "train.max_minutes=0",
@@ -173,8 +160,6 @@ def main() -> None:
                      f"{one['tokens_per_second']:.0f} / {many['tokens_per_second']:.0f} (DDP {ratio:.2f}×)"))
     for name in results if args.sync_probe else []:
         recipe, _, batch_key = TASKS[name]
-        from seqtext.recipe import load_recipe
-
         per_process = getattr(load_recipe(recipe).train, batch_key) // args.procs
         step = worker_json(args.procs, ["--worker", f"sync:{name}:train.{batch_key}={per_process}"], "STEP_MS")
         results[name]["step_ms"] = step

@@ -296,6 +296,21 @@ class WeightAverage:
         self.calls = int(tensors["ema_calls"])
 
 
+@contextlib.contextmanager
+def signals_handled(handler, *signums: int):
+    """``handler`` for ``signums`` while the block runs, the previous handlers after it. Only the
+    main thread may set handlers, so elsewhere (a training run inside a thread) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, handler) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
 # Under DDP the ranks agree on the clock and on stop requests every this many steps: each
 # agreement is one more collective, and so one more point where every rank waits for the slowest.
 AGREE_EVERY = 10
@@ -483,71 +498,65 @@ class Trainer:
             nonlocal requested
             requested = True
 
+        # Large step buffers stay on the heap for reuse instead of being page-faulted in every step.
         # Ctrl-C, or SIGTERM from a job scheduler or from torchrun (which forwards Ctrl-C to its
-        # workers that way): finish the step, save a checkpoint, stop
-        catch = threading.current_thread() is threading.main_thread()
-        old_handlers = {sig: signal.signal(sig, on_stop) for sig in (signal.SIGINT, signal.SIGTERM)} if catch else {}
-        # large step buffers stay on the heap for reuse instead of being page-faulted in every step
-        with freed_memory_kept(self.device.type == "cpu"):
-            try:
-                while not s.done and s.epoch < c.epochs:
-                    self._set_frozen(s.epoch < c.freeze_epochs)
-                    if s.step_in_epoch == 0:
-                        self.task.reset_epoch()
-                    self.model.train()
-                    batches = self.task.train_batches(self.data["train"], s.epoch, self.rank, self.world)
-                    bar = tqdm(total=self.steps_per_epoch, initial=s.step_in_epoch, disable=self.quiet,
-                               desc=f"epoch {s.epoch + 1}/{c.epochs}", unit="step", mininterval=1.0,
-                               file=sys.stderr, leave=False, dynamic_ncols=True)
-                    window_tokens, window_start, window_loss, window_n = 0, time.perf_counter(), 0.0, 0
-                    for i, batch in enumerate(batches):
-                        if i < s.step_in_epoch:
-                            continue  # resumed mid-epoch: data order is deterministic, skip what was seen
-                        loss = self._step(batch)
-                        s.step_in_epoch += 1
-                        s.global_step += 1
-                        s.tokens += batch.num_tokens * self.world
-                        window_tokens += batch.num_tokens * self.world
-                        if loss is not None:
-                            window_loss, window_n = window_loss + loss, window_n + 1
-                        bar.update(1)
-                        if s.global_step % 20 == 0 or i == 0:
-                            dt = max(1e-9, time.perf_counter() - window_start)
-                            tps = window_tokens / dt
-                            mfu = tps * self.flops_per_token / self.peak
-                            bar.set_postfix_str(f"loss {window_loss / max(1, window_n):.4f} "
-                                                f"{tps / 1000:.1f}k tok/s MFU {100 * mfu:.1f}%")
-                            s.losses.append((s.global_step, window_loss / max(1, window_n)))
-                            window_tokens, window_start, window_loss, window_n = 0, time.perf_counter(), 0.0, 0
-                        if self.world == 1:
-                            s.seconds, stopping = time.perf_counter() - start_time, requested
-                        elif s.global_step % AGREE_EVERY == 0:
-                            # the ranks must agree on when to stop and on a time-based LR; in between
-                            # they keep the last agreed clock
-                            s.seconds, stopping = dist.agree(time.perf_counter() - start_time, requested)
-                        out_of_time = c.max_minutes and s.seconds > 60 * c.max_minutes
-                        if (c.max_steps and s.global_step >= c.max_steps) or out_of_time:
-                            s.done = True
-                        if c.eval_every and s.global_step % c.eval_every == 0 and not s.done:
-                            self._evaluate()
-                        if s.global_step % c.checkpoint_every == 0 or s.done or stopping:
-                            self.save_checkpoint()
-                        if stopping:
-                            raise KeyboardInterrupt
-                        if s.done:
-                            break
-                    bar.close()
-                    if s.step_in_epoch >= self.steps_per_epoch or not s.done:
-                        s.epoch += 1
-                        s.step_in_epoch = 0
-                    if s.last_eval_step != s.global_step:  # eval_every may have just evaluated this step
-                        self._evaluate()
-                    if c.patience and s.bad_evals >= c.patience:
+        # workers that way): finish the step, save a checkpoint, stop.
+        with freed_memory_kept(self.device.type == "cpu"), signals_handled(on_stop, signal.SIGINT, signal.SIGTERM):
+            while not s.done and s.epoch < c.epochs:
+                self._set_frozen(s.epoch < c.freeze_epochs)
+                if s.step_in_epoch == 0:
+                    self.task.reset_epoch()
+                self.model.train()
+                batches = self.task.train_batches(self.data["train"], s.epoch, self.rank, self.world)
+                bar = tqdm(total=self.steps_per_epoch, initial=s.step_in_epoch, disable=self.quiet,
+                           desc=f"epoch {s.epoch + 1}/{c.epochs}", unit="step", mininterval=1.0,
+                           file=sys.stderr, leave=False, dynamic_ncols=True)
+                window_tokens, window_start, window_loss, window_n = 0, time.perf_counter(), 0.0, 0
+                for i, batch in enumerate(batches):
+                    if i < s.step_in_epoch:
+                        continue  # resumed mid-epoch: data order is deterministic, skip what was seen
+                    loss = self._step(batch)
+                    s.step_in_epoch += 1
+                    s.global_step += 1
+                    s.tokens += batch.num_tokens * self.world
+                    window_tokens += batch.num_tokens * self.world
+                    if loss is not None:
+                        window_loss, window_n = window_loss + loss, window_n + 1
+                    bar.update(1)
+                    if s.global_step % 20 == 0 or i == 0:
+                        dt = max(1e-9, time.perf_counter() - window_start)
+                        tps = window_tokens / dt
+                        mfu = tps * self.flops_per_token / self.peak
+                        bar.set_postfix_str(f"loss {window_loss / max(1, window_n):.4f} "
+                                            f"{tps / 1000:.1f}k tok/s MFU {100 * mfu:.1f}%")
+                        s.losses.append((s.global_step, window_loss / max(1, window_n)))
+                        window_tokens, window_start, window_loss, window_n = 0, time.perf_counter(), 0.0, 0
+                    if self.world == 1:
+                        s.seconds, stopping = time.perf_counter() - start_time, requested
+                    elif s.global_step % AGREE_EVERY == 0:
+                        # the ranks must agree on when to stop and on a time-based LR; in between
+                        # they keep the last agreed clock
+                        s.seconds, stopping = dist.agree(time.perf_counter() - start_time, requested)
+                    out_of_time = c.max_minutes and s.seconds > 60 * c.max_minutes
+                    if (c.max_steps and s.global_step >= c.max_steps) or out_of_time:
                         s.done = True
-                    self.save_checkpoint()
-            finally:
-                for sig, handler in old_handlers.items():
-                    signal.signal(sig, handler)
+                    if c.eval_every and s.global_step % c.eval_every == 0 and not s.done:
+                        self._evaluate()
+                    if s.global_step % c.checkpoint_every == 0 or s.done or stopping:
+                        self.save_checkpoint()
+                    if stopping:
+                        raise KeyboardInterrupt
+                    if s.done:
+                        break
+                bar.close()
+                if s.step_in_epoch >= self.steps_per_epoch or not s.done:
+                    s.epoch += 1
+                    s.step_in_epoch = 0
+                if s.last_eval_step != s.global_step:  # eval_every may have just evaluated this step
+                    self._evaluate()
+                if c.patience and s.bad_evals >= c.patience:
+                    s.done = True
+                self.save_checkpoint()
         if self.world > 1:  # the clock of the last few steps, for the summary
             s.seconds, _ = dist.agree(time.perf_counter() - start_time, False)
         s.done = True
@@ -866,20 +875,15 @@ def _train_members_in_processes(members: list[Recipe], parallel: int, data_dir: 
             child.terminate()
         raise KeyboardInterrupt
 
-    catch = threading.current_thread() is threading.main_thread()
-    old_handler = signal.signal(signal.SIGTERM, on_term) if catch else None
-    try:
-        with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(_train_member, m, data_dir, resume, quiet or i > 0) for i, m in enumerate(members)]
-            summaries = []
-            for i, future in enumerate(futures):
-                summaries.append(future.result())
-                if not quiet:
-                    print(f"ensemble member {i + 1}/{len(members)} done: dev {summaries[-1]['best_dev']:.4f}",
-                          file=sys.stderr)
-    finally:
-        if old_handler is not None:
-            signal.signal(signal.SIGTERM, old_handler)
+    with signals_handled(on_term, signal.SIGTERM), \
+            ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_train_member, m, data_dir, resume, quiet or i > 0) for i, m in enumerate(members)]
+        summaries = []
+        for i, future in enumerate(futures):
+            summaries.append(future.result())
+            if not quiet:
+                print(f"ensemble member {i + 1}/{len(members)} done: dev {summaries[-1]['best_dev']:.4f}",
+                      file=sys.stderr)
     return summaries
 
 
