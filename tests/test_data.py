@@ -1,5 +1,7 @@
+import itertools
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,6 +105,34 @@ def test_dev_split_is_carved_deterministically(tiny):
     b = sources.load_splits(r)
     assert len(a["dev"]) == 32 and len(a["train"]) == 128
     assert a["dev"]["text"] == b["dev"]["text"]
+
+
+def test_dev_split_in_blocks_keeps_neighbouring_rows_together():
+    import datasets
+    ds = datasets.Dataset.from_dict({"i": list(range(1000))})
+    train, dev = sources.carve_dev(ds, 0.1, seed=3, block_size=50)
+    ids = list(dev["i"])
+    assert len(ids) == 100 and sorted(ids + list(train["i"])) == list(range(1000))
+    # two whole runs of 50 consecutive rows, starting on a block boundary
+    runs = [ids[k:k + 50] for k in range(0, 100, 50)]
+    assert all(r == list(range(r[0], r[0] + 50)) and r[0] % 50 == 0 for r in runs)
+    assert list(sources.carve_dev(ds, 0.1, seed=3, block_size=50)[1]["i"]) == ids  # seeded
+    assert list(sources.carve_dev(ds, 0.1, seed=4, block_size=50)[1]["i"]) != ids
+    # scattered (the default): not runs
+    scattered = sorted(sources.carve_dev(ds, 0.1, seed=3)[1]["i"])
+    assert len(scattered) == 100 and scattered != list(range(scattered[0], scattered[0] + 100))
+    with pytest.raises(SeqtextError, match="dev_block_size = 1000 leaves no training rows"):
+        sources.carve_dev(ds, 0.1, seed=3, block_size=1000)
+
+
+def test_recipe_dev_block_size_reaches_the_split(tiny):
+    r = load_recipe(tiny)
+    r.data.dev_block_size = 16
+    dev = sources.load_splits(r)["dev"]["text"]
+    lines = Path(r.data.files["train"]).read_text().splitlines()
+    train_rows = [json.loads(line)["text"] for line in lines]
+    where = sorted(train_rows.index(t) for t in dev)
+    assert len(where) == 32 and all(b - a == 1 for a, b in itertools.pairwise(where[:16]))
 
 
 @pytest.mark.parametrize("content, msg", [

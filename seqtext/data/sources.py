@@ -11,6 +11,8 @@ import gzip
 import os
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import SeqtextError
 from ..recipe import Recipe
 
@@ -159,6 +161,30 @@ def _load_hub(recipe: Recipe, only) -> dict:
     return _finish(recipe, splits, only)
 
 
+def carve_dev(train, fraction: float, seed: int, block_size: int = 0):
+    """Split ``train`` into (train, dev) with ``fraction`` of its rows in dev, seeded.
+
+    ``block_size = 0`` takes scattered rows. Otherwise dev is whole runs of ``block_size`` consecutive
+    rows, chosen at random, so that groups of related neighbouring rows (one movie's reviews, one
+    document's sentences) rarely straddle train and dev: such a dev set, like a held-out test set,
+    measures how a model does on groups it has not seen.
+    """
+    if not block_size:
+        parts = train.train_test_split(test_size=fraction, seed=seed, shuffle=True)
+        return parts["train"], parts["test"]
+    n = len(train)
+    starts = np.arange(0, n, block_size)
+    picked = max(1, round(fraction * n / block_size))
+    if picked >= len(starts):
+        raise SeqtextError(f"data.dev_block_size = {block_size} leaves no training rows: train has {n} rows; "
+                           "expected a smaller block size or dev_fraction")
+    dev_starts = np.sort(np.random.default_rng(seed).choice(starts, size=picked, replace=False))
+    in_dev = np.zeros(n, dtype=bool)
+    for start in dev_starts:
+        in_dev[start:start + block_size] = True
+    return train.select(np.flatnonzero(~in_dev)), train.select(np.flatnonzero(in_dev))
+
+
 def _finish(recipe: Recipe, splits: dict, only) -> dict:
     """Carve a dev split from train if needed and apply max_examples."""
     d = recipe.data
@@ -166,8 +192,7 @@ def _finish(recipe: Recipe, splits: dict, only) -> dict:
     if "dev" not in splits and "train" in splits and (not only or "dev" in only):
         if recipe.task == "lm":
             raise SeqtextError(f"{recipe.source}: the language model needs a dev/valid file or split")
-        parts = splits["train"].train_test_split(test_size=d.dev_fraction or 0.1, seed=seed, shuffle=True)
-        splits["train"], splits["dev"] = parts["train"], parts["test"]
+        splits["train"], splits["dev"] = carve_dev(splits["train"], d.dev_fraction or 0.1, seed, d.dev_block_size)
     if d.max_examples:
         for k, ds in splits.items():
             if len(ds) > d.max_examples:
