@@ -37,8 +37,25 @@ def peak_rss_mb() -> float:
 
 
 def machine() -> dict:
+    """What ran the benchmark: results from different CPUs are not comparable (this project's
+    machines have been both AVX-512 + native bf16 and AVX2-only CPUs), so the model and the vector
+    extensions are recorded with every result."""
+    cpu = torch.backends.cpu
     return {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine()}
+            "cpu": cpu_model() or platform.processor() or platform.machine(),
+            "cpu_capability": cpu.get_cpu_capability(),  # AVX2 / AVX512: the kernels torch dispatches to
+            "native_bf16": bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+                                or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def prepare(recipe_path: str, data_dir: str | None, overrides: list[str] | None = None):

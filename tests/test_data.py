@@ -123,6 +123,8 @@ def test_dev_split_in_blocks_keeps_neighbouring_rows_together():
     assert len(scattered) == 100 and scattered != list(range(scattered[0], scattered[0] + 100))
     with pytest.raises(SeqtextError, match="dev_block_size = 1000 leaves no training rows"):
         sources.carve_dev(ds, 0.1, seed=3, block_size=1000)
+    with pytest.raises(SeqtextError, match="train has 1 row: too few to carve a dev split"):
+        sources.carve_dev(ds.select([0]), 0.1, seed=3)
 
 
 def test_recipe_dev_block_size_reaches_the_split(tiny):

@@ -113,6 +113,33 @@ def test_conll_files_through_load_splits(tmp_path):
     assert load_splits(recipe, data)["train"]["tokens"] == [["Maria", "left"]]
 
 
+def test_conll_file_is_parsed_once_into_a_memory_mapped_cache(tmp_path):
+    data = tmp_path / "d"
+    write_conll(data / "train.txt", make_sentences(5, 0))
+    write_conll(data / "valid.txt", make_sentences(2, 1))
+    recipe = load_recipe(write_recipe(tmp_path))
+    first = load_splits(recipe, data)["train"]
+    assert first.cache_files  # an Arrow file on disk, not a table in memory
+    again = load_splits(recipe, data)["train"]
+    assert again.cache_files == first.cache_files and again["tokens"] == first["tokens"]
+    # a changed file is parsed again (the cache is keyed by its size and modification time)
+    (data / "train.txt").write_text("Maria x B-PER\nleft x O\n", encoding="utf-8")
+    changed = load_splits(recipe, data)["train"]
+    assert changed.cache_files != first.cache_files and changed["tokens"] == [["Maria", "left"]]
+
+
+@pytest.mark.parametrize("content, msg", [
+    ("a x O\nb O\n", r"train.txt:2: expected 3 columns, found 2"),
+    ("-DOCSTART- -X- O\n\n\n", r"train.txt: no sentences found"),
+])
+def test_bad_conll_file_through_load_splits_names_the_line(tmp_path, content, msg):
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "train.txt").write_text(content, encoding="utf-8")
+    with pytest.raises(SeqtextError, match=msg):
+        load_splits(load_recipe(write_recipe(tmp_path)), data)
+
+
 def test_hub_style_classlabel_tags_and_empty_sentences(tmp_path, capsys):
     names = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
     features = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")),

@@ -17,6 +17,9 @@ from ..errors import SeqtextError
 from ..io import atomic_write
 
 DOCSTART = "-DOCSTART-"
+# Part of the key of the Arrow files parsed column files are cached in (data/sources.py): bump it
+# whenever the parser's output changes, so that stale parses are not reused.
+CACHE_VERSION = 1
 # Column separators: ASCII whitespace only. str.split() would also split on no-break and
 # other Unicode spaces, which do occur inside tokens (e.g. French "1\u00a0000").
 _SEP = re.compile(r"[ \t\f\v]+")
@@ -160,14 +163,21 @@ def conll_to_records(path: str | os.PathLike, token_column: int = 0, tag_column:
         documents: keep each ``-DOCSTART-`` as a row of its own (tokens ``["-DOCSTART-"]``, tags
             ``["O"]``), the layout of hub copies of CoNLL files, so document breaks survive.
     """
-    tokens: list[list[str]] = []
-    tags: list[list[str]] = []
+    records: dict[str, list] = {"tokens": [], "tags": []}
+    for row in conll_rows(path, token_column, tag_column, encoding, documents):
+        records["tokens"].append(row["tokens"])
+        records["tags"].append(row["tags"])
+    return records
+
+
+def conll_rows(path: str | os.PathLike, token_column: int = 0, tag_column: int | None = -1,
+               encoding: str = "utf-8", documents: bool = False,
+               names: tuple[str, str] = ("tokens", "tags")) -> Iterator[dict[str, list[str]]]:
+    """The rows of :func:`conll_to_records` one at a time, as ``{names[0]: tokens, names[1]: tags}``
+    (a generator for ``Dataset.from_generator``, which writes them to an Arrow file as they come)."""
     document = 0
     for sentence in read_conll(path, token_column, tag_column, encoding):
         if documents and sentence.document != document:
-            tokens.append([DOCSTART])
-            tags.append(["O"] if tag_column is not None else [])
+            yield {names[0]: [DOCSTART], names[1]: ["O"] if tag_column is not None else []}
             document = sentence.document
-        tokens.append(sentence.tokens)
-        tags.append(sentence.tags)
-    return {"tokens": tokens, "tags": tags}
+        yield {names[0]: sentence.tokens, names[1]: sentence.tags}

@@ -84,14 +84,7 @@ def load_file(path: Path, fmt: str, recipe: Recipe):
         raise SeqtextError(f"{path}: file is empty")
     kind = file_format(path, fmt, recipe.task)
     if kind == "conll":
-        from .conll import conll_to_records
-
-        d = recipe.data
-        records = conll_to_records(path, token_column=d.token_index, tag_column=d.tag_index, documents=True)
-        if not records["tokens"]:
-            raise SeqtextError(f"{path}: no sentences found")
-        ds = datasets.Dataset.from_dict({d.tokens_column: records["tokens"], d.tags_column: records["tags"]})
-        return ds
+        return _load_conll(path, recipe)
     builder, kwargs = {"json": ("json", {}), "csv": ("csv", {}), "tsv": ("csv", {"delimiter": "\t"}),
                        "parquet": ("parquet", {}), "text": ("text", {"chunksize": TEXT_CHUNK_BYTES})}[kind]
     # Record batches as large as the loader's chunks: opening the Arrow cache file reads each batch's
@@ -106,6 +99,44 @@ def load_file(path: Path, fmt: str, recipe: Recipe):
         raise SeqtextError(f"{path}: could not read as {kind} ({msg})") from None
     if len(ds) == 0:
         raise SeqtextError(f"{path}: no examples")
+    return ds
+
+
+def _conll_rows_keyed(stamp, **kwargs):
+    """conll_rows with a ``stamp`` argument that only keys the cache (datasets hashes the arguments)."""
+    from .conll import conll_rows
+
+    yield from conll_rows(**kwargs)
+
+
+def _load_conll(path: Path, recipe: Recipe):
+    """A CoNLL column file as a memory-mapped Arrow dataset, parsed once: the Arrow file is cached
+    under the file's path, size and modification time, so later runs (and their ``map`` caches)
+    reuse it, and the sentences are streamed into it rather than held in Python lists."""
+    import datasets
+
+    from .conll import CACHE_VERSION
+
+    d = recipe.data
+    stat = path.stat()
+    columns = (d.tokens_column, d.tags_column)
+    features = datasets.Features({c: datasets.Sequence(datasets.Value("string")) for c in columns})
+    try:
+        ds = datasets.Dataset.from_generator(
+            _conll_rows_keyed, features=features, writer_batch_size=WRITER_BATCH_ROWS,
+            gen_kwargs={"path": str(path.resolve()), "token_column": d.token_index, "tag_column": d.tag_index,
+                        "documents": True, "names": columns,
+                        "stamp": (stat.st_size, stat.st_mtime_ns, CACHE_VERSION)})
+    except datasets.exceptions.DatasetGenerationError as e:
+        if isinstance(e.__cause__, SeqtextError):
+            raise e.__cause__ from None
+        raise SeqtextError(f"{path}: could not read as CoNLL columns ({e.__cause__ or e})") from None
+    except ValueError as e:  # datasets: a generator that yields nothing "corresponds to no data"
+        if "no data" not in str(e):
+            raise
+        ds = None
+    if ds is None or len(ds) == 0:
+        raise SeqtextError(f"{path}: no sentences found")
     return ds
 
 
@@ -169,10 +200,13 @@ def carve_dev(train, fraction: float, seed: int, block_size: int = 0):
     document's sentences) rarely straddle train and dev: such a dev set, like a held-out test set,
     measures how a model does on groups it has not seen.
     """
+    n = len(train)
+    if n < 2:
+        raise SeqtextError(f"train has {n} row{'s' if n != 1 else ''}: too few to carve a dev split from "
+                           "(data.dev_fraction); add a dev file or split")
     if not block_size:
         parts = train.train_test_split(test_size=fraction, seed=seed, shuffle=True)
         return parts["train"], parts["test"]
-    n = len(train)
     starts = np.arange(0, n, block_size)
     picked = max(1, round(fraction * n / block_size))
     if picked >= len(starts):

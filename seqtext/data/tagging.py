@@ -212,19 +212,27 @@ def validate(tag_seqs: Iterable[list[str]], scheme: str) -> Counter:
     canonical = normalize_scheme(scheme)
     allowed_prefixes = _SCHEME_PREFIXES[canonical]
     issues: Counter = Counter()
-    for tags in tag_seqs:
+    ok: dict[tuple, bool] = {}  # (prev, tag) → transition_ok: a corpus has few distinct pairs
+
+    def allowed(prev, tag) -> bool:
+        if (prev, tag) not in ok:
+            ok[prev, tag] = transition_ok(prev, tag, canonical)
+        return ok[prev, tag]
+
+    # Each distinct sequence is checked once and its issues counted as often as it occurs.
+    for tags, times in Counter(map(tuple, tag_seqs)).items():
         prev: str | None = None
         checked = True  # False right after a tag already reported as foreign to the scheme
         for tag in tags:
             p, _ = split_tag(tag)
             if p is None or p not in allowed_prefixes:
                 # Reported once; its transitions would only repeat the same problem.
-                issues[f"{tag} not in {canonical}"] += 1
+                issues[f"{tag} not in {canonical}"] += times
                 prev, checked = tag, False
                 continue
-            if checked and not transition_ok(prev, tag, canonical):
-                issues[f"{tag} after {prev}" if prev is not None else f"{tag} at sentence start"] += 1
+            if checked and not allowed(prev, tag):
+                issues[f"{tag} after {prev}" if prev is not None else f"{tag} at sentence start"] += times
             prev, checked = tag, True
-        if tags and checked and not transition_ok(prev, None, canonical):
-            issues[f"sentence end after {prev}"] += 1
+        if tags and checked and not allowed(prev, None):
+            issues[f"sentence end after {prev}"] += times
     return issues

@@ -162,7 +162,7 @@ class TagTask(Task):
         if "gold" not in train.column_names:
             raise SeqtextError(f"train data has no tag column {self.recipe.data.tags_column!r}; set [data] "
                                f"tags_column")
-        gold = train["gold"]
+        gold = set(map(tuple, train["gold"]))  # the distinct sequences say all that is needed here
         scheme = self.recipe.data.scheme
         if scheme == "auto":
             scheme = detect_scheme(gold)
@@ -177,8 +177,7 @@ class TagTask(Task):
                                f"{self.recipe.data.tags_column!r}; is [data] tags_column / tag_index right?")
         chars: Counter = Counter()
         for words in train["words"]:
-            for w in words:
-                chars.update(clip_word(w))
+            chars.update("".join(map(clip_word, words)))
         self.meta.update({
             "labels": ["O"] + [f"{p}-{t}" for t in types for p in "BIES"],
             "types": types,
