@@ -101,8 +101,8 @@ def throughput(task, data, n_batches: int = 60, warmup: int = 5, also: dict | No
     """Training tokens/s of the full pipeline and of a bare nn.LSTM on the same batches.
 
     Full pipeline = seqtext's whole training step: embedding, encoder, head, loss, backward,
-    clipping, AdamW and LR schedule (under bf16 autocast when the recipe asks for it; MFU is then
-    against the bf16 matmul peak). Bare = ``nn.LSTM`` (same sizes/directions/layers) forward +
+    clipping, AdamW and LR schedule (under bf16 autocast when the recipe asks for it and the CPU can
+    run it; MFU is then against the bf16 matmul peak). Bare = ``nn.LSTM`` (same sizes/directions/layers) forward +
     backward of ``out.sum()`` on random inputs shaped like each batch's embeddings, at the same precision.
     ``also`` = more step functions (name → step(batch)) timed in the same interleaving; each
     adds ``<name>_tokens_per_s``.
@@ -122,15 +122,15 @@ def throughput(task, data, n_batches: int = 60, warmup: int = 5, also: dict | No
         if len(batches) == warmup + n_batches:
             break
 
-    bf16 = task.recipe.train.bf16  # the bare LSTM runs at the same precision as the pipeline
-
-    def bare_step(b):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out, _ = lstm(torch.randn(*b.ids.shape, width, requires_grad=True))
-        out.float().sum().backward()
-
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(task, net, data, Path(tmp), device, quiet=True)
+        bf16 = trainer.bf16  # the bare LSTM runs at the pipeline's precision (fp32 where bf16 cannot run)
+
+        def bare_step(b):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                out, _ = lstm(torch.randn(*b.ids.shape, width, requires_grad=True))
+            out.float().sum().backward()
+
         net.train()
         task.reset_epoch()
         with freed_memory_kept():  # the allocator settings of the Trainer's fit()
@@ -138,8 +138,7 @@ def throughput(task, data, n_batches: int = 60, warmup: int = 5, also: dict | No
                                                warmup)
     full, bare = tokens / seconds["full"], tokens / seconds["bare"]
     extra = {f"{name}_tokens_per_s": round(tokens / seconds[name]) for name in also or {}}
-    peak = matmul_peak_flops(device, seconds=1.0,
-                             dtype=torch.bfloat16 if task.recipe.train.bf16 else torch.float32)
+    peak = matmul_peak_flops(device, seconds=1.0, dtype=torch.bfloat16 if bf16 else torch.float32)
     flops = net.flops_per_token() * 3
     return {"full_tokens_per_s": round(full), "bare_lstm_tokens_per_s": round(bare), "ratio": round(full / bare, 3),
             "model_flops_per_token": flops, "matmul_peak_gflops": round(peak / 1e9, 1),

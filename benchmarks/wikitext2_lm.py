@@ -38,7 +38,9 @@ def output_layer_step(task):
     the recipe's precision: what the LM costs without the framework around it. Pass it to
     ``benchmarks.common.throughput(..., also={...})`` to time it interleaved with seqtext's step."""
     from seqtext.tasks.lm import LMTask
+    from seqtext.train import bf16_setting
 
+    bf16, _ = bf16_setting(task.recipe.train.bf16, torch.device("cpu"), "[train] bf16")
     torch.manual_seed(0)
     net = task.build_net()
     m = task.recipe.model
@@ -49,7 +51,7 @@ def output_layer_step(task):
     opt = torch.optim.AdamW(params, lr=1e-3)
 
     def step(b) -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=task.recipe.train.bf16):  # same precision
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # same precision as seqtext's step
             out, _ = lstm(emb(b.ids))
             loss = LMTask.token_nll(net, out, b.targets).mean()
         opt.zero_grad()

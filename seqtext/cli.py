@@ -92,7 +92,8 @@ def train(recipe, overrides, output, data_dir, resume, force, device, quiet):
 bf16_option = click.option(
     "--bf16", is_flag=True,
     help="Run the model under bf16 autocast: 1.5-1.8x the tokens/s where bf16 is native (CUDA, CPUs with "
-         "AVX512-BF16/AMX; the CoNLL tagger's test F1 was unchanged), slower elsewhere.")
+         "AVX512-BF16/AMX; the CoNLL tagger's test F1 was unchanged), slower on other AVX-512 CPUs; fp32 "
+         "with a warning on CPUs that cannot run bf16 (AVX2 only).")
 
 
 # ---------------------------------------------------------------------- evaluate

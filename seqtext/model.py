@@ -210,7 +210,8 @@ def load(directory: str | Path, device: str = "auto", task: str | None = None, b
         task: refuse other tasks' models (``classify``, ``tag``, ``lm``).
         bf16: predict and evaluate under bf16 autocast. Where bf16 is native (CUDA, CPUs with
             AVX512-BF16 or AMX) the CoNLL tagger ran at 1.5-1.8x the tokens/s with the same test F1
-            (README). Elsewhere it is slower and seqtext warns. Default off: fp32.
+            (README). Elsewhere it is slower and seqtext warns; on CPUs that cannot run bf16 at all
+            (AVX2 only) it warns and runs in fp32. Default off: fp32.
     """
     path = check_model_dir(directory, task)
     t = load_task(path)
@@ -221,10 +222,9 @@ def load(directory: str | Path, device: str = "auto", task: str | None = None, b
         raise SeqtextError(f"{directory}: weights do not match the recipe (missing {missing[:3]}, "
                            f"unexpected {unexpected[:3]})")
     dev = resolve_device(device)
-    if bf16:
-        from .train import native_bf16
+    from .train import bf16_setting
 
-        if not native_bf16(dev):
-            warnings.warn(f"bf16: {dev} has no native bf16 matmul; inference will likely be slower than fp32",
-                          stacklevel=2)
+    bf16, bf16_warning = bf16_setting(bf16, dev, "bf16")
+    if bf16_warning:
+        warnings.warn(bf16_warning, stacklevel=2)
     return Model(path, t, net.to(dev), dev, bf16=bf16)

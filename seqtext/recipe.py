@@ -158,7 +158,8 @@ class TrainConfig:
     threads: int = opt(0, "CPU threads for torch (0 = all cores).", min=0)
     device: str = opt("auto", "auto (CUDA when present), cpu or cuda.", choices=("auto", "cpu", "cuda"))
     bf16: bool = opt(False, "bf16 autocast for training steps (CUDA, or CPUs with AVX512-BF16/AMX: "
-                            "faster LSTM and output-layer matmuls, see benchmarks/README.md); evaluation stays fp32.")
+                            "faster LSTM and output-layer matmuls, see benchmarks/README.md); evaluation stays fp32. "
+                            "Where the CPU cannot run bf16 (AVX2 only), training warns and runs in fp32.")
     freeze_epochs: int = opt(0, "Transfer: train only the head for this many epochs, then unfreeze.", min=0)
     encoder_lr_factor: float = opt(1.0, "Transfer: encoder/embedding LR = lr × this factor "
                                    "(discriminative fine-tuning).", min=0.0, min_exclusive=True)

@@ -353,7 +353,8 @@ def make_seqtext_ner(nlp: Language, name: str, model: str, batch_size: int, devi
             as in its training. Docs without sentence boundaries are tagged whole either way.
         bf16: run the model under bf16 autocast. Where bf16 is native (CUDA, CPUs with
             AVX512-BF16 or AMX) the CoNLL ensemble ran at 1.7x the words/s with the same F1 to
-            0.02 (README). Slower on other CPUs (seqtext warns). Default False (fp32).
+            0.02 (README). Slower on other AVX-512 CPUs (seqtext warns); on CPUs that cannot run
+            bf16 (AVX2 only) it warns and runs in fp32. Default False (fp32).
     """
     return SeqtextNER(nlp, name, model, batch_size, device, tokenization, per_sentence, bf16)
 

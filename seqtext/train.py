@@ -159,6 +159,28 @@ def native_bf16(device: torch.device) -> bool:
                 or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
 
 
+def bf16_runs(device: torch.device) -> bool:
+    """Whether bf16 autocast can run here at all: CUDA with bf16, or a CPU for which oneDNN has bf16
+    kernels (AVX-512 BW/VL/DQ, or AVX-NE-CONVERT). On other CPUs (AVX2 only) oneDNN's LSTM and linear
+    layers raise an error under bf16 autocast instead of computing."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def bf16_setting(requested: bool, device: torch.device, what: str) -> tuple[bool, str | None]:
+    """The precision to run with when ``what`` asks for bf16, and a warning to show, if any: bf16
+    where it runs (warning where it is not native, so slower than fp32), fp32 where it cannot run."""
+    if not requested:
+        return False, None
+    if not bf16_runs(device):
+        return False, (f"{what}: {device} cannot run bf16 (oneDNN needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT); "
+                       "running in fp32")
+    if not native_bf16(device):
+        return True, f"{what}: {device} has no native bf16 matmul; autocast will likely be slower than fp32"
+    return True, None
+
+
 @dataclass
 class LoopState:
     """Where training is; saved as JSON inside the checkpoint."""
@@ -337,8 +359,10 @@ class Trainer:
         self.average = WeightAverage(net, self.cfg.ema_decay) if self.cfg.ema_decay else None
         self.sign = 1.0 if task.higher_is_better else -1.0
         self.flops_per_token = net.flops_per_token() * 3  # forward + backward ≈ 3× forward
+        # [train] bf16 where this device can run it (train() says when it cannot)
+        self.bf16, _ = bf16_setting(self.cfg.bf16, device, "[train] bf16")
         # bf16 steps are measured against the bf16 matmul peak (2-4x the fp32 one where native)
-        peak_dtype = torch.bfloat16 if self.cfg.bf16 else torch.float32
+        peak_dtype = torch.bfloat16 if self.bf16 else torch.float32
         self.peak = matmul_peak_flops(device, dtype=peak_dtype) * (self.world if device.type == "cpu" else 1)
 
     # ------------------------------------------------------------------ setup
@@ -567,7 +591,7 @@ class Trainer:
     def _step(self, batch) -> float | None:
         c, s = self.cfg, self.state
         batch = batch.to(self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=c.bf16):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             loss = self.model(self.task.loss, batch)
         if not torch.isfinite(loss):
             s.bad_steps += 1
@@ -737,9 +761,9 @@ def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None
         write_model_files(run_dir, task)
     shutil.rmtree(staging, ignore_errors=True)
 
-    if recipe.train.bf16 and not quiet and not native_bf16(dev):
-        print(f"warning: [train] bf16: {dev} has no native bf16 matmul; autocast will likely be slower "
-              "than fp32", file=sys.stderr)
+    _, bf16_warning = bf16_setting(recipe.train.bf16, dev, "[train] bf16")
+    if bf16_warning and not quiet:
+        print(f"warning: {bf16_warning}", file=sys.stderr)
     trainer = Trainer(task, net, data, run_dir, dev, quiet)
     if resuming and trainer.load_checkpoint() and not quiet:
         print(f"resumed {run_dir} at step {trainer.state.global_step} (epoch {trainer.state.epoch + 1})",

@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from conftest import cpu_runs_bf16
 
 import seqtext
 from seqtext.errors import SeqtextError
@@ -153,10 +154,33 @@ def test_bf16_autocast_runs_training_steps_in_bf16_on_cpu(tiny, tmp_path, monkey
 
     monkeypatch.setattr(ClassifyTask, "loss", spy)
     out = seqtext.train(tiny, ["train.bf16=true", "train.epochs=1"], output=tmp_path / "bf", quiet=True)
-    assert seen and all(enabled for enabled, training in seen if training)
+    # on a CPU that cannot run bf16 (AVX2 only) the steps run in fp32 (the next test)
+    assert seen and all(enabled == cpu_runs_bf16() for enabled, training in seen if training)
     assert all(w.dtype == torch.float32 for w in weights(out).values())
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] > 0.5
+
+
+def test_bf16_on_a_cpu_that_cannot_run_it_trains_in_fp32_with_a_warning(tiny, tmp_path, monkeypatch, capsys):
+    """oneDNN raises under bf16 autocast on AVX2-only CPUs: a recipe with bf16 = true (WikiText-2's)
+    must still train there, in fp32, and say so."""
+    import importlib
+
+    from seqtext.tasks.classify import ClassifyTask
+
+    train_module = importlib.import_module("seqtext.train")  # the module, not seqtext.train()
+
+    seen = []
+    real = ClassifyTask.loss
+    monkeypatch.setattr(ClassifyTask, "loss", lambda self, net, batch: seen.append(
+        torch.is_autocast_enabled("cpu")) or real(self, net, batch))
+    monkeypatch.setattr(train_module, "bf16_runs", lambda device: False)
+    out = seqtext.train(tiny, ["train.bf16=true", "train.epochs=1"], output=tmp_path / "fp")
+    assert seen and not any(seen)
+    assert "warning: [train] bf16: cpu cannot run bf16" in capsys.readouterr().err
+    assert "bf16 = true" in (out / "recipe.toml").read_text()  # the request is kept for other machines
+    with pytest.warns(UserWarning, match="cannot run bf16"):
+        assert not seqtext.load(out, "cpu", bf16=True).bf16
 
 
 def test_history_records_throughput_and_a_plausible_mfu(tiny, tmp_path):
