@@ -61,9 +61,9 @@ class DataConfig:
     dev_fraction: float = opt(0.1, "Share of train carved off as dev when the data has no dev split.",
                               min=0.0, max=0.5)
     dev_block_size: int = opt(0, "Carve dev from train as runs of this many consecutive rows instead of scattered "
-                              "rows (0 = scattered). Use it when neighbouring rows are related: IMDB's files come "
-                              "grouped by movie, so a scattered dev shares movies with train while the test set "
-                              "does not; 100 there.", min=0)
+                              "rows (0 = scattered). Use it when neighbouring rows are related: IMDB's rows come "
+                              "grouped by movie (aclImdb's file order), so a scattered dev shares movies with "
+                              "train while the test set does not; 100 there.", min=0)
     split_seed: int = opt(0, "Seed for carving dev from train and for max_examples sampling (0 = [train] seed). "
                           "Ensemble members all use the ensemble's, so they share train, dev and vocabulary.",
                           min=0)
