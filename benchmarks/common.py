@@ -40,12 +40,13 @@ def machine() -> dict:
     """What ran the benchmark: results from different CPUs are not comparable (this project's
     machines have been both AVX-512 + native bf16 and AVX2-only CPUs), so the model and the vector
     extensions are recorded with every result."""
-    cpu = torch.backends.cpu
+    from seqtext.train import native_bf16
+
     return {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cpu": cpu_model() or platform.processor() or platform.machine(),
-            "cpu_capability": cpu.get_cpu_capability(),  # AVX2 / AVX512: the kernels torch dispatches to
-            "native_bf16": bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-                                or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())}
+            # AVX2 / AVX512: the kernels torch dispatches to
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "native_bf16": native_bf16(torch.device("cpu"))}
 
 
 def cpu_model() -> str:

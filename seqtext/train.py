@@ -362,8 +362,8 @@ class Trainer:
         self.average = WeightAverage(net, self.cfg.ema_decay) if self.cfg.ema_decay else None
         self.sign = 1.0 if task.higher_is_better else -1.0
         self.flops_per_token = net.flops_per_token() * 3  # forward + backward ≈ 3× forward
-        # [train] bf16 where this device can run it (train() says when it cannot)
-        self.bf16, _ = bf16_setting(self.cfg.bf16, device, "[train] bf16")
+        # [train] bf16 where this device can run it; train() shows the warning, if any
+        self.bf16, self.bf16_warning = bf16_setting(self.cfg.bf16, device, "[train] bf16")
         self.peak = 0.0
         self._measure_peak(refresh=False)
 
@@ -773,10 +773,9 @@ def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None
         write_model_files(run_dir, task)
     shutil.rmtree(staging, ignore_errors=True)
 
-    _, bf16_warning = bf16_setting(recipe.train.bf16, dev, "[train] bf16")
-    if bf16_warning and not quiet:
-        print(f"warning: {bf16_warning}", file=sys.stderr)
     trainer = Trainer(task, net, data, run_dir, dev, quiet)
+    if trainer.bf16_warning and not quiet:
+        print(f"warning: {trainer.bf16_warning}", file=sys.stderr)
     if resuming and trainer.load_checkpoint() and not quiet:
         print(f"resumed {run_dir} at step {trainer.state.global_step} (epoch {trainer.state.epoch + 1})",
               file=sys.stderr)
