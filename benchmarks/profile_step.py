@@ -7,7 +7,7 @@
 Runs ``--warmup`` steps, then profiles ``--steps`` steps and prints the operators with the most
 self CPU time (per operator, or per operator and input shape with ``--by-shape``), with their
 time per step. Writes
-benchmarks/results/profile_<recipe name>[_glibc_default].json.
+benchmarks/results/profile_<recipe name>[_glibc_default].json, or ``--name``.json.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--rows", type=int, default=15)
     ap.add_argument("--by-shape", action="store_true", help="one row per operator and input shapes")
+    ap.add_argument("--name", help="results file name (default profile_<recipe name>[_glibc_default])")
     ap.add_argument("--glibc-default", action="store_true",
                     help="keep glibc's allocator settings (the training loop applies keep_freed_memory otherwise)")
     args = ap.parse_args()
@@ -56,7 +57,7 @@ def main() -> None:
           f"{'glibc default' if args.glibc_default else 'keep_freed_memory'})")
     for r in rows:
         print(f"{r['ms_per_step']:8.2f} ms {100 * r['share']:5.1f} %  {r['op']:<40} {r['shapes']}")
-    name = f"profile_{Path(args.recipe).stem}" + ("_glibc_default" if args.glibc_default else "")
+    name = args.name or f"profile_{Path(args.recipe).stem}" + ("_glibc_default" if args.glibc_default else "")
     print(f"written {save(name, {'recipe': args.recipe, 'ms_per_step': round(total_ms, 1), 'top': rows})}")
 
 
