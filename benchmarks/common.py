@@ -113,10 +113,6 @@ def throughput(task, data, n_batches: int = 60, warmup: int = 5, also: dict | No
     torch.manual_seed(0)
     net = task.build_net()
     device = torch.device("cpu")
-    m = task.recipe.model
-    width = net.embedder.output_dim
-    lstm = nn.LSTM(width, m.hidden_size, num_layers=m.layers, batch_first=True,
-                   bidirectional=net.encoder.bidirectional)
     batches = []
     for b in task.train_batches(data["train"], epoch=0):
         batches.append(b)
@@ -126,12 +122,7 @@ def throughput(task, data, n_batches: int = 60, warmup: int = 5, also: dict | No
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(task, net, data, Path(tmp), device, quiet=True)
         bf16 = trainer.bf16  # the bare LSTM runs at the pipeline's precision (fp32 where bf16 cannot run)
-
-        def bare_step(b):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                out, _ = lstm(torch.randn(*b.ids.shape, width, requires_grad=True))
-            out.float().sum().backward()
-
+        bare_step = bare_lstm_step(task, net, bf16)
         net.train()
         task.reset_epoch()
         with freed_memory_kept():  # the allocator settings of the Trainer's fit()
@@ -145,6 +136,23 @@ def throughput(task, data, n_batches: int = 60, warmup: int = 5, also: dict | No
             "model_flops_per_token": flops, "matmul_peak_gflops": round(peak / 1e9, 1),
             "achieved_gflops": round(full * flops / 1e9, 1), "mfu": round(full * flops / peak, 3),
             "batches": n_batches, **extra}
+
+
+def bare_lstm_step(task, net, bf16: bool):
+    """The bare step that seqtext's is compared with: an ``nn.LSTM`` of the recipe's sizes,
+    directions and layers, forward + backward of ``out.sum()`` on random inputs shaped like a
+    batch's embeddings, at the given precision."""
+    m = task.recipe.model
+    width = net.embedder.output_dim
+    lstm = nn.LSTM(width, m.hidden_size, num_layers=m.layers, batch_first=True,
+                   bidirectional=net.encoder.bidirectional)
+
+    def step(b):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out, _ = lstm(torch.randn(*b.ids.shape, width, requires_grad=True))
+        out.float().sum().backward()
+
+    return step
 
 
 def time_interleaved(batches, steps: dict, warmup: int) -> tuple[dict[str, float], int]:

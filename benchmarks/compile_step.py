@@ -36,7 +36,7 @@ def tokens_per_s(step, batches) -> float:
     tokens, start = 0, time.perf_counter()
     for b in batches:
         step(b)
-        tokens += int(b.mask.sum())
+        tokens += b.num_tokens
     return tokens / (time.perf_counter() - start)
 
 
