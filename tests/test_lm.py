@@ -92,6 +92,18 @@ def test_steps_per_epoch_matches_windows_with_random_bptt(tmp_path):
     assert task.steps_per_epoch(data) == sum(1 for _ in task.train_batches(data, 0))
 
 
+def test_steps_per_epoch_of_a_time_budgeted_run_reads_no_data(tmp_path, monkeypatch):
+    """A run planned for 10**6 epochs (stopped by max_minutes) is sized from the first SIZE_EPOCHS
+    epochs' window lengths alone: no pass over the stream per planned epoch."""
+    task, data = task_with_stream(tmp_path, tokens=3000)
+    t = task.recipe.train
+    t.random_bptt, t.epochs = True, 10**6
+    want = [sum(1 for _ in task.train_batches(data, e)) for e in range(task.SIZE_EPOCHS)]
+    assert len(set(want)) > 1  # the counts do vary between epochs
+    monkeypatch.setattr("seqtext.tasks.lm.lm_stream_batches", lambda *a, **k: pytest.fail("read the stream"))
+    assert task.steps_per_epoch(data) == round(sum(want) / len(want))
+
+
 def test_carried_state_over_windows_equals_one_window(tmp_path):
     """Loss over consecutive windows with the carried state = loss over the sequence at once."""
     task, data = task_with_stream(tmp_path, tokens=8 * 24 + 1, layers=2)

@@ -289,14 +289,30 @@ def bucket_batches(lengths: np.ndarray, batch_size: int, batch_tokens: int = 0, 
     return batches
 
 
+def lm_window_lengths(n: int, bptt: int, random_bptt: bool = False, seed: int = 0) -> Iterator[int]:
+    """The window lengths that cut a column of ``n`` stream positions for truncated BPTT: ``bptt``
+    each, or with ``random_bptt`` drawn per window (AWD-LSTM: bptt, or bptt/2 with p=0.05, then
+    N(·, 5), at least 5). Counting them needs no data, so the trainer can size an epoch cheaply."""
+    rng = np.random.default_rng(seed)
+    i = 0
+    while i < n - 1:
+        length = bptt
+        if random_bptt:
+            base = bptt if rng.random() < 0.95 else bptt / 2
+            length = max(5, int(rng.normal(base, 5)))
+        length = min(length, n - i)
+        yield length
+        i += length
+
+
 def lm_stream_batches(stream: np.ndarray, batch_size: int, bptt: int, random_bptt: bool = False,
                       seed: int = 0, rank: int = 0, world: int = 1):
     """Yield (inputs [B, L], targets [B, L]) windows of a token stream for truncated BPTT.
 
     The stream is cut into ``batch_size × world`` equal columns; this rank reads its own
     ``batch_size`` of them, so hidden state carries across consecutive windows of the same
-    column. With ``random_bptt`` the window length varies (AWD-LSTM: bptt, or bptt/2 with
-    p=0.05, then N(·, 5)), so the model does not always see the same segment boundaries.
+    column. Window lengths come from :func:`lm_window_lengths`; with ``random_bptt`` they vary,
+    so the model does not always see the same segment boundaries.
     """
     columns = batch_size * world
     n = (len(stream) - 1) // columns
@@ -306,14 +322,8 @@ def lm_stream_batches(stream: np.ndarray, batch_size: int, bptt: int, random_bpt
     # memory-mapped) stream with :func:`read_rows`: no whole-stream copy and no mapped pages,
     # so memory stays flat however large the corpus is.
     starts = np.arange(rank * batch_size, (rank + 1) * batch_size) * n
-    rng = np.random.default_rng(seed)
     i, first, block = 0, 0, np.zeros((batch_size, 0), dtype=np.int64)  # block = columns [first, first + width)
-    while i < n - 1:
-        length = bptt
-        if random_bptt:
-            base = bptt if rng.random() < 0.95 else bptt / 2
-            length = max(5, int(rng.normal(base, 5)))
-        length = min(length, n - i)
+    for length in lm_window_lengths(n, bptt, random_bptt, seed):
         if i + length + 1 > first + block.shape[1]:  # the last column ends at stream[columns * n]
             first, block = i, read_rows(stream, starts + i, max(length + 1, min(READ_TOKENS, n + 1 - i)))
         window = torch.from_numpy(np.ascontiguousarray(block[:, i - first: i - first + length + 1]))

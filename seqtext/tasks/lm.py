@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.batching import Batch, iter_stream, lm_stream_batches, read_rows, token_stream
+from ..data.batching import Batch, iter_stream, lm_stream_batches, lm_window_lengths, read_rows, token_stream
 from ..data.vocab import EOS, Vocab
 from ..errors import SeqtextError
 from ..nn.adaptive import AdaptiveSoftmax
@@ -98,6 +98,7 @@ class LMTask(Task):
     metric = "perplexity"
     higher_is_better = False
     eval_batch_size = 10  # parallel streams when scoring a split (pytorch/examples uses 10)
+    SIZE_EPOCHS = 10  # epochs whose random-BPTT window counts are averaged to size an epoch
     # Large map batches = large Arrow record batches: opening a cache file reads every batch's
     # header, and the kernel maps the file around each read (64 KB, or a whole large page-cache
     # folio), so with 1000-row batches most of the file would become resident just by opening it.
@@ -215,13 +216,17 @@ class LMTask(Task):
         return net.head(states).float().log_softmax(-1)
 
     # ------------------------------------------------------------------ training
-    def _windows(self, data: LMSplit, batch_size: int, epoch: int, rank: int, world: int,
-                 random_bptt: bool | None = None):
-        t = self.recipe.train
+    @staticmethod
+    def _check_length(data: LMSplit, batch_size: int, world: int) -> None:
         min_tokens = 2 * batch_size * world + 1
         if data.num_tokens < min_tokens:
             raise SeqtextError(f"language model data has {data.num_tokens} tokens, fewer than the {min_tokens} "
                                f"that train.batch_size = {batch_size} needs; lower [train] batch_size")
+
+    def _windows(self, data: LMSplit, batch_size: int, epoch: int, rank: int, world: int,
+                 random_bptt: bool | None = None):
+        t = self.recipe.train
+        self._check_length(data, batch_size, world)
         rnd = t.random_bptt if random_bptt is None else random_bptt
         return lm_stream_batches(data.stream, batch_size, t.bptt, rnd, seed=t.seed * 1000 + epoch,
                                  rank=rank, world=world)
@@ -238,12 +243,14 @@ class LMTask(Task):
 
     def steps_per_epoch(self, data: LMSplit, world: int = 1) -> int:
         """Windows per epoch. With random BPTT the count varies a little between epochs (the
-        lengths are drawn per epoch), so this is the mean over the planned epochs: the LR
-        schedule then ends where training does."""
+        lengths are drawn per epoch), so this is the mean over the first planned epochs (at most
+        ``SIZE_EPOCHS``: a time-budgeted run may plan 100000): the LR schedule then ends where
+        training does. Only the lengths are drawn; no data is read."""
         t = self.recipe.train
-        if not t.random_bptt:
-            return sum(1 for _ in self._windows(data, t.batch_size, 0, 0, world))
-        counts = [sum(1 for _ in self._windows(data, t.batch_size, e, 0, world)) for e in range(t.epochs)]
+        self._check_length(data, t.batch_size, world)
+        n = (data.num_tokens - 1) // (t.batch_size * world)
+        seeds = [t.seed * 1000 + e for e in range(min(t.epochs, self.SIZE_EPOCHS) if t.random_bptt else 1)]
+        counts = [sum(1 for _ in lm_window_lengths(n, t.bptt, t.random_bptt, seed)) for seed in seeds]
         return max(1, round(sum(counts) / len(counts)))
 
     def loss(self, net: Net, batch: Batch) -> torch.Tensor:
