@@ -67,8 +67,12 @@ def main() -> None:
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--steps", type=int, default=40, help="Training steps per run.")
     ap.add_argument("--out", default="runs/cuda_check", help="Folder for the runs.")
+    ap.add_argument("--tasks", default=",".join(RECIPES), help="Comma-separated tasks to check (default: all).")
     ap.add_argument("--ddp-minutes", type=float, default=0.3, help="Training time budget of the torchrun runs.")
     args = ap.parse_args()
+    tasks = args.tasks.split(",")
+    if unknown := set(tasks) - set(RECIPES):
+        ap.error(f"--tasks: unknown {sorted(unknown)}; expected some of {list(RECIPES)}")
 
     import torch
 
@@ -77,7 +81,7 @@ def main() -> None:
     out = Path(args.out) / args.device
     py = sys.executable
     results: list[dict] = []
-    for task, recipe in RECIPES.items():
+    for task, recipe in ((t, RECIPES[t]) for t in tasks):
         base = ["train", recipe, "--device", args.device, "-q", "--force", "--set", "train.eval_every=0"]
         steps = ["--set", f"train.max_steps={args.steps}"]
         check(f"{task}: train fp32", [py, "-m", "seqtext", *base, *steps, "-o", str(out / f"{task}_fp32")], results)
@@ -104,7 +108,8 @@ def main() -> None:
     passed = sum(r["ok"] for r in results)
     where = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(f"{passed}/{len(results)} checks passed on {args.device} ({where})")
-    print(f"written {save(f'cuda_check_{args.device}', {'device': args.device, 'results': results})}")
+    name = f"cuda_check_{args.device}" + ("" if len(tasks) == len(RECIPES) else "_" + "_".join(tasks))
+    print(f"written {save(name, {'device': args.device, 'gpu': where, 'results': results})}")
     sys.exit(0 if passed == len(results) else 1)
 
 

@@ -85,7 +85,7 @@ def sync_probe(task_name: str, batch_override: str, steps: int = 100) -> None:
     from seqtext import distributed as dist
     from seqtext.train import Trainer, freed_memory_kept
 
-    dist.init()
+    dist.init(torch.device("cpu"))  # a CPU (gloo) benchmark
     recipe, data_dir, _ = TASKS[task_name]
     task, data = prepare(recipe, data_dir, ["train.threads=1", batch_override])
     torch.set_num_threads(1)

@@ -15,11 +15,26 @@ import os
 import torch
 import torch.distributed as tdist
 
+from .errors import SeqtextError
 
-def init() -> None:
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not tdist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        tdist.init_process_group(backend)
+
+def launched() -> bool:
+    """Whether torchrun (or another launcher) started this process as one rank of several."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def init(device: torch.device) -> None:
+    """Join the process group: NCCL when the run trains on CUDA, gloo on CPU (also where a GPU is
+    present but ``--device cpu`` was asked for: NCCL reduces CUDA tensors only)."""
+    if not launched() or tdist.is_initialized():
+        return
+    if device.type == "cuda":
+        per_node, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", 1)), torch.cuda.device_count()
+        if per_node > gpus:
+            raise SeqtextError(f"torchrun started {per_node} processes on this machine but it has {gpus} GPU(s), "
+                               f"and NCCL needs one GPU per process: use --nproc_per_node {gpus}, or train on "
+                               "CPU with --device cpu (gloo)")
+    tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 
 def active() -> bool:

@@ -177,8 +177,9 @@ def bf16_setting(requested: bool, device: torch.device, what: str) -> tuple[bool
     if not requested:
         return False, None
     if not bf16_runs(device):
-        return False, (f"{what}: {device} cannot run bf16 (oneDNN needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT); "
-                       "running in fp32")
+        needs = "a GPU of compute capability 8.0+" if device.type == "cuda" else \
+            "oneDNN needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT"
+        return False, f"{what}: {device} cannot run bf16 ({needs}); running in fp32"
     if not native_bf16(device):
         return True, f"{what}: {device} has no native bf16 matmul; autocast will likely be slower than fp32"
     return True, None
@@ -644,7 +645,7 @@ class Trainer:
         self._measure_peak(refresh=True)
         record = {"step": s.global_step, "epoch": s.epoch, "seconds": round(s.seconds, 1),
                   "train_loss": s.losses[-1][1] if s.losses else None, "tokens_per_second": round(tps),
-                  "mfu": round(tps * self.flops_per_token / self.peak, 4),
+                  "mfu": float(f"{tps * self.flops_per_token / self.peak:.3g}"),  # tiny on a GPU: 1e-6
                   "lr": self.optimizer.param_groups[-1]["lr"],
                   **{f"dev_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
         if dist.is_main():
@@ -731,7 +732,7 @@ def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None
         recipe.output.dir = str(output)
     if device:
         recipe.train.device = device
-    dist.init()
+    dist.init(resolve_device(recipe.train.device))
     if quiet:
         import datasets
 

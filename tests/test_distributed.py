@@ -19,7 +19,8 @@ import seqtext
 from seqtext.model import load_state_dict
 
 HERE = Path(__file__).resolve().parent
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+# CPU and gloo even where a GPU is: one GPU cannot hold two NCCL ranks (test_init_* cover the choice)
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 
 def free_port() -> int:
@@ -36,6 +37,39 @@ def torchrun(program: list[str], nproc: int = 2, port: int | None = None, launch
 
 def run(cmd: list[str], timeout: int = 400) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def as_rank(monkeypatch):
+    """This process as rank 0 of 2 on one machine, the process group recorded instead of joined."""
+    from seqtext import distributed as dist
+
+    for k, v in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(k, v)
+    backends = []
+    monkeypatch.setattr(dist.tdist, "init_process_group", backends.append)
+    return backends
+
+
+def test_init_uses_gloo_for_a_cpu_run_even_where_a_gpu_is(as_rank, monkeypatch):
+    from seqtext import distributed as dist
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    dist.init(torch.device("cpu"))
+    assert as_rank == ["gloo"]
+
+
+def test_init_refuses_more_cuda_ranks_than_gpus_on_a_machine(as_rank, monkeypatch):
+    from seqtext import distributed as dist
+    from seqtext.errors import SeqtextError
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(SeqtextError, match=r"2 processes on this machine but it has 1 GPU.*--device cpu"):
+        dist.init(torch.device("cuda"))
+    assert as_rank == []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    dist.init(torch.device("cuda"))
+    assert as_rank == ["nccl"]
 
 
 def test_two_processes_match_one_process_quality(tiny, tmp_path):

@@ -153,7 +153,8 @@ def test_bf16_autocast_runs_training_steps_in_bf16_on_cpu(tiny, tmp_path, monkey
         return real(self, net, batch)
 
     monkeypatch.setattr(ClassifyTask, "loss", spy)
-    out = seqtext.train(tiny, ["train.bf16=true", "train.epochs=1"], output=tmp_path / "bf", quiet=True)
+    out = seqtext.train(tiny, ["train.bf16=true", "train.epochs=1", "train.device=cpu"], output=tmp_path / "bf",
+                        quiet=True)
     # on a CPU that cannot run bf16 (AVX2 only) the steps run in fp32 (the next test)
     assert seen and all(enabled == cpu_runs_bf16() for enabled, training in seen if training)
     assert all(w.dtype == torch.float32 for w in weights(out).values())
@@ -175,7 +176,7 @@ def test_bf16_on_a_cpu_that_cannot_run_it_trains_in_fp32_with_a_warning(tiny, tm
     monkeypatch.setattr(ClassifyTask, "loss", lambda self, net, batch: seen.append(
         torch.is_autocast_enabled("cpu")) or real(self, net, batch))
     monkeypatch.setattr(train_module, "bf16_runs", lambda device: False)
-    out = seqtext.train(tiny, ["train.bf16=true", "train.epochs=1"], output=tmp_path / "fp")
+    out = seqtext.train(tiny, ["train.bf16=true", "train.epochs=1", "train.device=cpu"], output=tmp_path / "fp")
     assert seen and not any(seen)
     assert "warning: [train] bf16: cpu cannot run bf16" in capsys.readouterr().err
     assert "bf16 = true" in (out / "recipe.toml").read_text()  # the request is kept for other machines
@@ -198,7 +199,7 @@ def test_a_peak_measured_under_load_is_raised_at_the_next_evaluation(tiny, tmp_p
 
     train_module = importlib.import_module("seqtext.train")
     monkeypatch.setattr(train_module, "_PEAK", {f"cpu:{torch.float32}": (10.0, 1e6)})  # "1 MFLOP/s"
-    out = seqtext.train(tiny, ["train.epochs=2"], output=tmp_path / "p", quiet=True)
+    out = seqtext.train(tiny, ["train.epochs=2", "train.device=cpu"], output=tmp_path / "p", quiet=True)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(records) >= 2 and all(0 < r["mfu"] < 1 for r in records)
 
