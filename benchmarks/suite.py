@@ -8,7 +8,8 @@ For each task (in its own subprocess, so peak RSS is per task, with a fresh data
 - training tokens/s of the full pipeline and of a bare ``nn.LSTM`` forward+backward on the same
   batches, interleaved, and their ratio; model FLOP/s as a fraction of the measured matmul peak;
 - batched inference tokens/s, and LM generation tokens/s at batch 1;
-- peak resident memory.
+- peak resident memory of the task's process, interleaved timing included (which can raise it:
+  ``benchmarks/step_memory.py`` measures a training step's alone).
 Then the LM memory check: peak RSS of preparing and streaming one epoch of a synthetic corpus
 and of one 10× larger (it should stay flat). Weights are freshly initialised: speed does not
 depend on training. The classifier and tagger recipes are ensembles; their figures are for one
@@ -183,7 +184,7 @@ def main() -> None:
             (f"{name}: inference tokens/s (batched)", r["inference_tokens_per_s"]),
             (f"{name}: data prep tokens/s first / cached", f"{r['prep_first_tokens_per_s']} / "
                                                            f"{r['prep_cached_tokens_per_s']}"),
-            (f"{name}: peak RSS MB", r["peak_rss_mb"]),
+            (f"{name}: peak RSS MB (process, timing included)", r["peak_rss_mb"]),
         ]
         if "generation_tokens_per_s" in r:
             rows.append((f"{name}: generation tokens/s (batch 1)", r["generation_tokens_per_s"]))
