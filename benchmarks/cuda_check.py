@@ -81,7 +81,8 @@ def main() -> None:
     out = Path(args.out) / args.device
     py = sys.executable
     results: list[dict] = []
-    for task, recipe in ((t, RECIPES[t]) for t in tasks):
+    for task in tasks:
+        recipe = RECIPES[task]
         base = ["train", recipe, "--device", args.device, "-q", "--force", "--set", "train.eval_every=0"]
         steps = ["--set", f"train.max_steps={args.steps}"]
         check(f"{task}: train fp32", [py, "-m", "seqtext", *base, *steps, "-o", str(out / f"{task}_fp32")], results)

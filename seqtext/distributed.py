@@ -18,15 +18,10 @@ import torch.distributed as tdist
 from .errors import SeqtextError
 
 
-def launched() -> bool:
-    """Whether torchrun (or another launcher) started this process as one rank of several."""
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
 def init(device: torch.device) -> None:
     """Join the process group: NCCL when the run trains on CUDA, gloo on CPU (also where a GPU is
     present but ``--device cpu`` was asked for: NCCL reduces CUDA tensors only)."""
-    if not launched() or tdist.is_initialized():
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ or tdist.is_initialized():
         return
     if device.type == "cuda":
         per_node, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", 1)), torch.cuda.device_count()
