@@ -3,11 +3,13 @@
     python benchmarks/profile_step.py                                   # WikiText-2 LM recipe, 2 threads
     python benchmarks/profile_step.py --glibc-default                   # without keep_freed_memory
     python benchmarks/profile_step.py --recipe recipes/conll2003_ner.toml --data-dir ../shared/data/conll2003
+    python benchmarks/profile_step.py --recipe recipes/conll2003_ner.toml --data-dir ../shared/data/conll2003 --plain
 
-Runs ``--warmup`` steps, then profiles ``--steps`` steps and prints the operators with the most
-self CPU time (per operator, or per operator and input shape with ``--by-shape``), with their
-time per step. Writes
-benchmarks/results/profile_<recipe name>[_glibc_default].json, or ``--name``.json.
+``--plain`` profiles the same model written as a plain PyTorch loop instead
+(``benchmarks/plain_loops.py``; classifier and tagger recipes). Runs ``--warmup`` steps, then
+profiles ``--steps`` steps and prints the operators with the most self CPU time (per operator,
+or per operator and input shape with ``--by-shape``), with their time per step. Writes
+benchmarks/results/profile_<recipe name>[_plain][_glibc_default].json, or ``--name``.json.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 
 from benchmarks.common import save, training_step
+from benchmarks.plain_loops import plain_step
 
 
 def main() -> None:
@@ -33,7 +36,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--rows", type=int, default=15)
     ap.add_argument("--by-shape", action="store_true", help="one row per operator and input shapes")
-    ap.add_argument("--name", help="results file name (default profile_<recipe name>[_glibc_default])")
+    ap.add_argument("--plain", action="store_true", help="profile the plain PyTorch loop of the same model")
+    ap.add_argument("--name", help="results file name (default profile_<recipe name>[_plain][_glibc_default])")
     ap.add_argument("--glibc-default", action="store_true",
                     help="keep glibc's allocator settings (the training loop applies keep_freed_memory otherwise)")
     args = ap.parse_args()
@@ -42,6 +46,10 @@ def main() -> None:
     overrides = [*args.overrides, f"train.threads={args.threads}"]
     with training_step(args.recipe, args.data_dir, overrides, args.warmup + args.steps,
                        keep_freed_memory=not args.glibc_default) as (step, batches):
+        if args.plain:
+            step = plain_step(step.__self__.task)  # step is the Trainer's bound _step
+            if step is None:
+                ap.error("--plain: only classifier and tagger recipes have a plain loop")
         for b in batches[: args.warmup]:
             step(b)
         with torch.profiler.profile(record_shapes=args.by_shape) as prof:
@@ -53,11 +61,13 @@ def main() -> None:
     total_ms = sum(per_step)
     rows = [{"op": e.key, "shapes": str(e.input_shapes)[:80] if args.by_shape else "", "ms_per_step": round(ms, 2),
              "share": round(ms / total_ms, 3)} for e, ms in zip(events[: args.rows], per_step)]
-    print(f"{args.recipe}: {total_ms:.1f} ms self CPU time per step ({args.threads} threads, "
+    print(f"{args.recipe}{' (plain loop)' if args.plain else ''}: {total_ms:.1f} ms self CPU time per step "
+          f"({args.threads} threads, "
           f"{'glibc default' if args.glibc_default else 'keep_freed_memory'})")
     for r in rows:
         print(f"{r['ms_per_step']:8.2f} ms {100 * r['share']:5.1f} %  {r['op']:<40} {r['shapes']}")
-    name = args.name or f"profile_{Path(args.recipe).stem}" + ("_glibc_default" if args.glibc_default else "")
+    name = args.name or (f"profile_{Path(args.recipe).stem}" + ("_plain" if args.plain else "")
+                         + ("_glibc_default" if args.glibc_default else ""))
     print(f"written {save(name, {'recipe': args.recipe, 'ms_per_step': round(total_ms, 1), 'top': rows})}")
 
 

@@ -6,7 +6,9 @@
 For each task (in its own subprocess, so peak RSS is per task, with a fresh datasets cache):
 - data preparation throughput (tokenize + numericalize), first run vs cached run;
 - training tokens/s of the full pipeline and of a bare ``nn.LSTM`` forward+backward on the same
-  batches, interleaved, and their ratio; model FLOP/s as a fraction of the measured matmul peak;
+  batches, interleaved, and their ratio; also of the same model as a plain PyTorch loop
+  (classifier and tagger: ``benchmarks/plain_loops.py``; LM: embedding → LSTM → seqtext's output
+  layer); model FLOP/s as a fraction of the measured matmul peak;
 - batched inference tokens/s, and LM generation tokens/s at batch 1;
 - peak resident memory of the task's process, interleaved timing included (which can raise it:
   ``benchmarks/step_memory.py`` measures a training step's alone).
@@ -76,9 +78,16 @@ def measure_task(variant: str, batches: int) -> dict:
         from benchmarks.wikitext2_lm import output_layer_step
 
         also["bare_lstm_plus_output"] = output_layer_step(task)
+    else:
+        # The classifier and tagger written as plain PyTorch loops (benchmarks/plain_loops.py).
+        from benchmarks.plain_loops import plain_step
+
+        also["plain_loop"] = plain_step(task)
     out.update(throughput(task, data, n_batches=batches, also=also))
     if name == "lm":
         out["ratio_with_output_layer"] = round(out["full_tokens_per_s"] / out["bare_lstm_plus_output_tokens_per_s"], 3)
+    else:
+        out["ratio_vs_plain_loop"] = round(out["full_tokens_per_s"] / out["plain_loop_tokens_per_s"], 3)
     torch.manual_seed(0)
     net = task.build_net().eval()
     cpu = torch.device("cpu")
@@ -179,6 +188,9 @@ def main() -> None:
             *([(f"{name}: train tokens/s full / bare LSTM + same output layer",
                 f"{r['full_tokens_per_s']} / {r['bare_lstm_plus_output_tokens_per_s']} = "
                 f"{r['ratio_with_output_layer']:.2f}")] if "ratio_with_output_layer" in r else []),
+            *([(f"{name}: train tokens/s full / the same model as a plain PyTorch loop",
+                f"{r['full_tokens_per_s']} / {r['plain_loop_tokens_per_s']} = {r['ratio_vs_plain_loop']:.2f}")]
+              if "ratio_vs_plain_loop" in r else []),
             (f"{name}: model GFLOP/s / matmul peak (MFU)",
              f"{r['achieved_gflops']} / {r['matmul_peak_gflops']} ({100 * r['mfu']:.0f} %)"),
             (f"{name}: inference tokens/s (batched)", r["inference_tokens_per_s"]),
