@@ -601,22 +601,22 @@ class Trainer:
                 "tokens_per_second": s.tokens / max(1e-9, s.seconds), "best_dev": s.best, "best_step": s.best_step}
 
     def _step(self, batch) -> float | None:
-        c, s = self.cfg, self.state
+        c = self.cfg
         batch = batch.to(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             loss = self.model(self.task.loss, batch)
-        if not torch.isfinite(loss):
-            s.bad_steps += 1
-            self.optimizer.zero_grad(set_to_none=True)
-            if s.bad_steps > c.max_bad_steps:
-                raise SeqtextError(
-                    f"loss became {loss.item()} at step {s.global_step + 1}; the last good checkpoint is kept in "
-                    f"{self.run_dir / CHECKPOINT_FILE}. Lower [train] lr or clip, or allow skips with "
-                    f"train.max_bad_steps")
-            return None
+        if self.world == 1 and not torch.isfinite(loss):
+            return self._bad_step(f"loss became {loss.item()}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if c.clip:
+        if self.world > 1:
+            # Every rank must skip the same steps, or their gradient all-reduces fall out of step
+            # (a hang, or gloo aborting on mismatched sizes). A non-finite loss on any rank makes
+            # the all-reduced gradients, which all ranks share, non-finite: decide on their norm.
+            norm = clip_grad_norm(self.net.parameters(), c.clip or float("inf"))
+            if not torch.isfinite(norm):
+                return self._bad_step(f"the loss or its gradients became non-finite (local loss {loss.item()})")
+        elif c.clip:
             clip_grad_norm(self.net.parameters(), c.clip)
         self.optimizer.step()
         if c.schedule != "plateau":
@@ -624,6 +624,18 @@ class Trainer:
         if self.average is not None:
             self.average.step()
         return loss.item()
+
+    def _bad_step(self, what: str) -> None:
+        """Skip a step whose loss or gradients are not finite, or stop once more than
+        ``max_bad_steps`` have been skipped."""
+        s = self.state
+        s.bad_steps += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        if s.bad_steps > self.cfg.max_bad_steps:
+            raise SeqtextError(f"{what} at step {s.global_step + 1}; the last good checkpoint is kept in "
+                               f"{self.run_dir / CHECKPOINT_FILE}. Lower [train] lr or clip, or allow skips with "
+                               "train.max_bad_steps")
+        return None
 
     def _evaluate(self) -> None:
         s = self.state
