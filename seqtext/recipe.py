@@ -169,8 +169,9 @@ class TrainConfig:
     ema_decay: float = opt(0.0, "Keep an exponential moving average of the weights with this decay per step and "
                            "evaluate/save it instead of the raw weights (0 = off). Averaging cancels SGD noise: "
                            "0.999 (a ~1,000-step horizon) for the LM recipes.", min=0.0, max=0.99999)
-    max_bad_steps: int = opt(0, "Skip up to this many non-finite-loss steps before stopping (0 = stop at once). "
-                                "Under torchrun every rank skips a step whose loss is non-finite on any rank.",
+    max_bad_steps: int = opt(0, "Skip up to this many steps whose loss (or gradient norm, with clip > 0 or "
+                                "under torchrun) is not finite before stopping (0 = stop at once). Under torchrun "
+                                "every rank skips a step whose loss is non-finite on any rank.",
                              min=0)
     sparse_embeddings: bool = opt(False, "classify/tag: update only the word-embedding rows each batch uses (sparse "
                                   "gradients, lazy AdamW: rows of absent words get no momentum or weight-decay "

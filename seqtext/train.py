@@ -609,15 +609,14 @@ class Trainer:
             return self._bad_step(f"loss became {loss.item()}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.world > 1:
-            # Every rank must skip the same steps, or their gradient all-reduces fall out of step
-            # (a hang, or gloo aborting on mismatched sizes). A non-finite loss on any rank makes
-            # the all-reduced gradients, which all ranks share, non-finite: decide on their norm.
+        if c.clip or self.world > 1:
+            # Under DDP every rank must skip the same steps, or their gradient all-reduces fall out
+            # of step (a hang, or gloo aborting on mismatched sizes). A non-finite loss on any rank
+            # makes the all-reduced gradients, which all ranks share, non-finite: decide on their
+            # norm. (Alone, this also keeps a finite loss with overflowing gradients out of the weights.)
             norm = clip_grad_norm(self.net.parameters(), c.clip or float("inf"))
             if not torch.isfinite(norm):
                 return self._bad_step(f"the loss or its gradients became non-finite (local loss {loss.item()})")
-        elif c.clip:
-            clip_grad_norm(self.net.parameters(), c.clip)
         self.optimizer.step()
         if c.schedule != "plateau":
             self.scheduler.step()
