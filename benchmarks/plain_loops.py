@@ -26,6 +26,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from seqtext.nn.embeddings import CASING
+
 
 def _optimizer_step(params: list[nn.Parameter], recipe):
     """AdamW + gradient clipping at the recipe's settings."""
@@ -71,7 +73,7 @@ class PlainTagger(nn.Module):
         self.words = nn.Embedding(words, m.embedding_dim, padding_idx=0)
         self.chars = nn.Embedding(chars, m.char_dim, padding_idx=0)
         self.conv = nn.Conv1d(m.char_dim, m.char_filters, 3, padding=1)
-        self.casing = nn.Embedding(8, 8, padding_idx=0)
+        self.casing = nn.Embedding(len(CASING), 8, padding_idx=0)  # as seqtext's Embedder
         self.drop_in, self.drop_out = nn.Dropout(m.embedding_dropout), nn.Dropout(m.dropout)
         self.lstm = nn.LSTM(m.embedding_dim + m.char_filters + 8, m.hidden_size, batch_first=True, bidirectional=True)
         self.out = nn.Linear(2 * m.hidden_size, tags)

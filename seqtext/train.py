@@ -634,7 +634,6 @@ class Trainer:
             raise SeqtextError(f"{what} at step {s.global_step + 1}; the last good checkpoint is kept in "
                                f"{self.run_dir / CHECKPOINT_FILE}. Lower [train] lr or clip, or allow skips with "
                                "train.max_bad_steps")
-        return None
 
     def _evaluate(self) -> None:
         s = self.state
