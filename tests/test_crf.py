@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+import seqtext.nn.crf
 from seqtext.nn.crf import CRF, FORBIDDEN, _ScaledForwardBackward, constraints_for
 
 IOB2_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
@@ -45,6 +46,13 @@ def _batch(lengths: list[int], k: int, gen: torch.Generator):
     return emissions, tags.masked_fill(~mask, -100), mask
 
 
+@pytest.fixture(params=["numpy", "torch"])
+def message_loops(request, monkeypatch):
+    """Run a test with the forward-backward loops in NumPy (CPU) and in torch (other devices)."""
+    monkeypatch.setattr(seqtext.nn.crf, "NUMPY_ON_CPU", request.param == "numpy")
+    return request.param
+
+
 def _crf(k: int, seed: int, *masks) -> CRF:
     torch.manual_seed(seed)
     crf = CRF(k, *masks).double()
@@ -55,7 +63,7 @@ def _crf(k: int, seed: int, *masks) -> CRF:
 
 
 @pytest.mark.parametrize("k,lengths", [(3, [4, 1, 3, 2]), (4, [1]), (4, [3, 4, 2])])
-def test_matches_brute_force(k, lengths):
+def test_matches_brute_force(k, lengths, message_loops):
     gen = torch.Generator().manual_seed(k * 10 + len(lengths))
     crf = _crf(k, seed=k)
     emissions, tags, mask = _batch(lengths, k, gen)
@@ -199,7 +207,7 @@ def test_constraints_are_saved_with_weights():
 
 
 @pytest.mark.parametrize("constrained", [False, True])
-def test_gradients_match_brute_force(constrained):
+def test_gradients_match_brute_force(constrained, message_loops):
     """The hand-written forward-backward gradient equals autograd through brute-force enumeration,
     for emissions, transitions, start and end scores, on a padded batch."""
     k = len(IOB2_LABELS)
@@ -229,7 +237,7 @@ def test_gradients_match_brute_force(constrained):
     assert emissions.grad[~mask].abs().max() == 0  # padding gets no gradient
 
 
-def test_log_partition_gradcheck():
+def test_log_partition_gradcheck(message_loops):
     k = 3
     gen = torch.Generator().manual_seed(5)
     emissions, _, mask = _batch([4, 2, 1], k, gen)
@@ -240,7 +248,7 @@ def test_log_partition_gradcheck():
                                     (emissions, trans, start, end))
 
 
-def test_scaled_partition_matches_log_space():
+def test_scaled_partition_matches_log_space(message_loops):
     """The probability-space forward-backward gives the log-space recursion's values and
     gradients, on a padded, constrained batch with large scores and with a length-1 batch."""
     k = len(BIOES_LABELS)
@@ -262,7 +270,7 @@ def test_scaled_partition_matches_log_space():
             torch.testing.assert_close(g, w)
 
 
-def test_partition_falls_back_when_every_allowed_path_underflows():
+def test_partition_falls_back_when_every_allowed_path_underflows(message_loops):
     """Emissions that favour only forbidden starts by 1000 leave the allowed paths no mass in
     probability space; the log partition is then taken in log space, finite, with gradients."""
     k = len(BIOES_LABELS)

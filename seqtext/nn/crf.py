@@ -7,14 +7,20 @@ for a tag scheme.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..data.tagging import normalize_scheme, transition_ok
+from .encoder import reversal_index
 
 # Added to the score of a forbidden transition. Finite rather than -inf so that gradients
 # and logsumexp stay finite even when emissions leave no allowed path with real mass.
 FORBIDDEN = -1e4
+
+# Run the forward-backward message loops in NumPy for CPU tensors (see _scaled_recursion);
+# tests switch it off to check the torch path that other devices take.
+NUMPY_ON_CPU = True
 
 
 def constraints_for(labels: list[str], scheme: str) -> tuple[Tensor, Tensor, Tensor]:
@@ -223,73 +229,88 @@ class _ScaledForwardBackward(torch.autograd.Function):
     marginals: d log Z / d emission = P(tag at t), d log Z / d transition = expected count.
 
     The log-space recursion under autograd costs ~25 small kernels per time step (logsumexp's
-    max, subtract, exp, sum and log, broadcasts, their backward); this costs ~5 each way.
-    Every score is shifted by its maximum before ``exp``, so nothing overflows; a sequence
-    whose allowed paths all underflow returns a non-finite value (the caller falls back).
+    max, subtract, exp, sum and log, broadcasts, their backward); this costs 4 each way, and on
+    CPU those run in NumPy (:func:`_scaled_recursion`). Every score is shifted by its maximum
+    before ``exp``, so nothing overflows; a sequence whose allowed paths all underflow returns a
+    non-finite value (the caller falls back).
     """
 
     @staticmethod
     def forward(ctx, emissions: Tensor, mask: Tensor, trans: Tensor, start: Tensor,
                 end: Tensor) -> Tensor:
         dtype = torch.promote_types(emissions.dtype, torch.float32)  # bf16/fp16 scores run in fp32
-        scores, trans, start, end = (x.to(dtype) for x in (emissions, trans, start, end))
+        scores, trans, start, end = (x.detach().to(dtype) for x in (emissions, trans, start, end))
         emit_max = scores.amax(2, keepdim=True)  # [B, T, 1]
         emit = torch.exp(scores - emit_max)
         trans_max, start_max, end_max = trans.max(), start.max(), end.max()
         p_trans, p_end = torch.exp(trans - trans_max), torch.exp(end - end_max)
-        steps, keep = emit.unbind(1), mask.unsqueeze(2).unbind(1)
-        # alpha_t = a_t * exp(log-scale so far), with a_t summing to 1
-        u = torch.exp(start - start_max) * steps[0]
-        scale = u.sum(1, keepdim=True)
-        a = u / scale
-        alphas, scales = [a], [scale]
-        for t in range(1, len(steps)):
-            u = torch.mm(a, p_trans) * steps[t]
-            scale = u.sum(1, keepdim=True)
-            a = torch.where(keep[t], u / scale, a)  # finished sequences carry a_t through padding
-            alphas.append(a)
-            scales.append(scale)
-        log_scale = torch.log(torch.cat(scales, 1)) + emit_max.squeeze(2)  # [B, T]
-        log_scale = log_scale.masked_fill(~mask, 0).sum(1)
-        log_z = (log_scale + (mask[:, 1:].sum(1) * trans_max) + start_max + end_max
-                 + torch.log((a * p_end).sum(1)))
-        ctx.save_for_backward(emit, mask, p_trans, p_end, torch.stack(alphas, 1))
+        # alphas[:, t] = alpha_t / (its scales so far), each summing to 1. The recursion runs on
+        # through each sequence's padding; nothing past a sequence's end is used.
+        alphas, scales = _scaled_recursion(emit, p_trans, torch.exp(start - start_max) * emit[:, 0])
+        lengths = mask.sum(1)
+        last = alphas.gather(1, (lengths - 1).view(-1, 1, 1).expand(-1, 1, emit.size(2))).squeeze(1)
+        log_scale = (torch.log(scales) + emit_max.squeeze(2)).masked_fill(~mask, 0).sum(1)  # [B]
+        log_z = log_scale + (lengths - 1) * trans_max + start_max + end_max + torch.log((last * p_end).sum(1))
+        ctx.save_for_backward(emit, mask, p_trans, p_end, alphas, last)
+        ctx.start = torch.exp(start - start_max)
         return log_z
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        emit, mask, p_trans, p_end, alphas = ctx.saved_tensors
-        steps, keep = emit.unbind(1), mask.unsqueeze(2).unbind(1)
-        # Backward messages, normalised per step (only ratios matter for the marginals).
-        beta = (p_end / p_end.sum()).expand_as(steps[0])
-        betas = [beta]
-        p_trans_t = p_trans.t()
-        for t in range(len(steps) - 1, 0, -1):
-            prev = torch.mm(steps[t] * beta, p_trans_t)
-            beta = torch.where(keep[t], prev / prev.sum(1, keepdim=True), beta)
-            betas.append(beta)
-        betas = torch.stack(betas[::-1], 1)  # [B, T, K]
-        g = grad.to(emit.dtype).unsqueeze(1)  # [B, 1]
+        emit, mask, p_trans, p_end, alphas, last = ctx.saved_tensors
+        B, T, K = emit.shape
+        # Backward messages on each sequence reversed within its length (so every one starts at
+        # column 0), in the forward recursion's form: gamma_t = emit_t * beta_t, with
+        # gamma_t ∝ (gamma_{t+1} @ p_trans.T) * emit_t and gamma_last ∝ emit_last * p_end.
+        index = reversal_index(mask.sum(1), T, emit.device)
+        flip = emit.reshape(B * T, K).index_select(0, index).view(B, T, K)
+        gammas, _ = _scaled_recursion(flip, p_trans.t(), p_end * flip[:, 0])
         live = mask.unsqueeze(2)
-        marginals = alphas * betas
-        marginals = marginals / marginals.sum(2, keepdim=True)  # P(tag at t)
-        grad_emissions = torch.where(live, marginals * g.unsqueeze(2), 0.0)
-        grad_start = (marginals[:, 0] * g).sum(0)
-        last = alphas[:, -1] * p_end  # alphas carry the last real step through the padding
-        grad_end = (last / last.sum(1, keepdim=True) * g).sum(0)
-        if emit.size(1) > 1:
-            # P(tag i at t-1, tag j at t) ∝ a_{t-1}(i) * p_trans(i, j) * emit_t(j) * beta_t(j)
-            ahead = emit[:, 1:] * betas[:, 1:]  # [B, T-1, K]
-            behind = alphas[:, :-1]
-            norm = (torch.matmul(behind, p_trans) * ahead).sum(2)  # [B, T-1]
-            weight = torch.where(mask[:, 1:], g / norm, 0.0).unsqueeze(2)
-            k = p_trans.size(0)
-            counts = (behind * weight).reshape(-1, k).t() @ ahead.reshape(-1, k)
-            grad_trans = counts * p_trans
-        else:
-            grad_trans = torch.zeros_like(p_trans)
+        gammas = torch.where(live, gammas.reshape(B * T, K).index_select(0, index).view(B, T, K), 0.0)
+        alphas = torch.where(live, alphas, 0.0)  # past a sequence's end: unused, maybe NaN
+        # What reaches tag j at t from before: start scores at t = 0, a_{t-1} @ p_trans after.
+        reach = torch.cat([ctx.start.expand(B, 1, K), torch.matmul(alphas[:, :-1], p_trans)], 1)
+        joint = reach * gammas  # ∝ P(tag at t); each position's sum normalises it and the pairs
+        norm = joint.sum(2, keepdim=True)  # [B, T, 1], 0 in padding
+        g = grad.to(emit.dtype).view(B, 1, 1)
+        weight = torch.where(live, g / norm, 0.0)
+        grad_emissions = joint * weight  # zero in padding
+        grad_start = grad_emissions[:, 0].sum(0)
+        ends = last * p_end
+        grad_end = (ends / ends.sum(1, keepdim=True) * g.view(B, 1)).sum(0)
+        # P(tag i at t-1, tag j at t) ∝ a_{t-1}(i) * p_trans(i, j) * gamma_t(j)
+        counts = alphas[:, :-1].reshape(-1, K).t() @ (gammas[:, 1:] * weight[:, 1:]).reshape(-1, K)
+        grad_trans = counts * p_trans
         # (autograd casts each gradient to its input's dtype)
         return grad_emissions, None, grad_trans, grad_start, grad_end
+
+
+def _scaled_recursion(emit: Tensor, p: Tensor, first: Tensor) -> tuple[Tensor, Tensor]:
+    """Messages ``out[:, t]`` ∝ ``(out[:, t - 1] @ p) * emit[:, t]`` from ``out[:, 0]`` ∝ ``first``, each
+    normalised to sum 1, and the normalisers ``[B, T]`` (the scales before normalising).
+
+    The loop is T steps of 4 tiny operations on [B, K] arrays, where the cost is each call's
+    overhead, not arithmetic: on CPU it runs on NumPy views of the tensors, whose calls cost a
+    fraction of torch's (``python benchmarks/lstm_kernels.py --only crf``), and on other devices
+    in torch, with the same code."""
+    if emit.device.type == "cpu" and NUMPY_ON_CPU:
+        with np.errstate(divide="ignore", invalid="ignore"):  # 0 / 0 past a sequence's end, or underflow
+            outs, scales = _recurse(*(x.contiguous().numpy() for x in (emit, p, first)))
+        return torch.from_numpy(np.stack(outs, 1)), torch.from_numpy(np.stack(scales, 1))
+    outs, scales = _recurse(emit, p, first)
+    return torch.stack(outs, 1), torch.stack(scales, 1)
+
+
+def _recurse(emit, p, u) -> tuple[list, list]:
+    """The loop of :func:`_scaled_recursion`, written once for NumPy arrays and torch tensors."""
+    outs, scales = [], []
+    for t in range(emit.shape[1]):
+        if t:
+            u = (outs[-1] @ p) * emit[:, t]
+        total = u.sum(1)
+        outs.append(u / total[:, None])
+        scales.append(total)
+    return outs, scales
 
 
 def _mask(mask: Tensor | None, shape: tuple[int, ...], name: str) -> Tensor:
