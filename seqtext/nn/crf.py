@@ -246,18 +246,18 @@ class _ScaledForwardBackward(torch.autograd.Function):
         p_trans, p_end = torch.exp(trans - trans_max), torch.exp(end - end_max)
         # alphas[:, t] = alpha_t / (its scales so far), each summing to 1. The recursion runs on
         # through each sequence's padding; nothing past a sequence's end is used.
-        alphas, scales = _scaled_recursion(emit, p_trans, torch.exp(start - start_max) * emit[:, 0])
+        p_start = torch.exp(start - start_max)
+        alphas, scales = _scaled_recursion(emit, p_trans, p_start * emit[:, 0])
         lengths = mask.sum(1)
         last = alphas.gather(1, (lengths - 1).view(-1, 1, 1).expand(-1, 1, emit.size(2))).squeeze(1)
         log_scale = (torch.log(scales) + emit_max.squeeze(2)).masked_fill(~mask, 0).sum(1)  # [B]
         log_z = log_scale + (lengths - 1) * trans_max + start_max + end_max + torch.log((last * p_end).sum(1))
-        ctx.save_for_backward(emit, mask, p_trans, p_end, alphas, last)
-        ctx.start = torch.exp(start - start_max)
+        ctx.save_for_backward(emit, mask, p_trans, p_start, p_end, alphas, last)
         return log_z
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        emit, mask, p_trans, p_end, alphas, last = ctx.saved_tensors
+        emit, mask, p_trans, p_start, p_end, alphas, last = ctx.saved_tensors
         B, T, K = emit.shape
         # Backward messages on each sequence reversed within its length (so every one starts at
         # column 0), in the forward recursion's form: gamma_t = emit_t * beta_t, with
@@ -269,7 +269,7 @@ class _ScaledForwardBackward(torch.autograd.Function):
         gammas = torch.where(live, gammas.reshape(B * T, K).index_select(0, index).view(B, T, K), 0.0)
         alphas = torch.where(live, alphas, 0.0)  # past a sequence's end: unused, maybe NaN
         # What reaches tag j at t from before: start scores at t = 0, a_{t-1} @ p_trans after.
-        reach = torch.cat([ctx.start.expand(B, 1, K), torch.matmul(alphas[:, :-1], p_trans)], 1)
+        reach = torch.cat([p_start.expand(B, 1, K), torch.matmul(alphas[:, :-1], p_trans)], 1)
         joint = reach * gammas  # ∝ P(tag at t); each position's sum normalises it and the pairs
         norm = joint.sum(2, keepdim=True)  # [B, T, 1], 0 in padding
         g = grad.to(emit.dtype).view(B, 1, 1)
