@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.tagging import normalize_scheme, transition_ok
-from .encoder import reversal_index
+from .encoder import reversal_index, reverse_padded
 
 # Added to the score of a forbidden transition. Finite rather than -inf so that gradients
 # and logsumexp stay finite even when emissions leave no allowed path with real mass.
@@ -252,21 +252,21 @@ class _ScaledForwardBackward(torch.autograd.Function):
         last = alphas.gather(1, (lengths - 1).view(-1, 1, 1).expand(-1, 1, emit.size(2))).squeeze(1)
         log_scale = (torch.log(scales) + emit_max.squeeze(2)).masked_fill(~mask, 0).sum(1)  # [B]
         log_z = log_scale + (lengths - 1) * trans_max + start_max + end_max + torch.log((last * p_end).sum(1))
-        ctx.save_for_backward(emit, mask, p_trans, p_start, p_end, alphas, last)
+        ctx.save_for_backward(emit, mask, lengths, p_trans, p_start, p_end, alphas, last)
         return log_z
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        emit, mask, p_trans, p_start, p_end, alphas, last = ctx.saved_tensors
+        emit, mask, lengths, p_trans, p_start, p_end, alphas, last = ctx.saved_tensors
         B, T, K = emit.shape
         # Backward messages on each sequence reversed within its length (so every one starts at
         # column 0), in the forward recursion's form: gamma_t = emit_t * beta_t, with
         # gamma_t ∝ (gamma_{t+1} @ p_trans.T) * emit_t and gamma_last ∝ emit_last * p_end.
-        index = reversal_index(mask.sum(1), T, emit.device)
-        flip = emit.reshape(B * T, K).index_select(0, index).view(B, T, K)
+        index = reversal_index(lengths, T, emit.device)
+        flip = reverse_padded(emit, lengths, index)
         gammas, _ = _scaled_recursion(flip, p_trans.t(), p_end * flip[:, 0])
         live = mask.unsqueeze(2)
-        gammas = torch.where(live, gammas.reshape(B * T, K).index_select(0, index).view(B, T, K), 0.0)
+        gammas = torch.where(live, reverse_padded(gammas, lengths, index), 0.0)
         alphas = torch.where(live, alphas, 0.0)  # past a sequence's end: unused, maybe NaN
         # What reaches tag j at t from before: start scores at t = 0, a_{t-1} @ p_trans after.
         reach = torch.cat([p_start.expand(B, 1, K), torch.matmul(alphas[:, :-1], p_trans)], 1)
