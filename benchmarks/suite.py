@@ -1,7 +1,7 @@
 """The benchmark suite: one command, every task at its default recipe size, on this machine.
 
     python benchmarks/suite.py [--tasks classify,classify_1thread,tag,tag_1thread,lm] [--batches 150] [--repeats 5]
-                               [--skip-memory]
+                               [--skip-memory] [--set KEY=VALUE ...]
 
 For each task (in its own subprocess, so peak RSS is per task, with a fresh datasets cache):
 - data preparation throughput (tokenize + numericalize), first run vs cached run;
@@ -53,7 +53,7 @@ def split_tokens(split) -> int:
     return int(split.num_tokens) if hasattr(split, "num_tokens") else int(split.lengths.sum())
 
 
-def measure_task(variant: str, batches: int) -> dict:
+def measure_task(variant: str, batches: int, overrides: list[str] | None = None) -> dict:
     import torch
 
     from benchmarks.common import peak_rss_mb, prepare, throughput
@@ -63,14 +63,15 @@ def measure_task(variant: str, batches: int) -> dict:
         torch.set_num_threads(threads)
     recipe, data_dir = TASKS[name]
     start = time.perf_counter()
-    task, data = prepare(recipe, data_dir)
+    task, data = prepare(recipe, data_dir, overrides)
     first = time.perf_counter() - start
     tokens = sum(split_tokens(s) for s in data.values())
     start = time.perf_counter()
-    task, data = prepare(recipe, data_dir)
+    task, data = prepare(recipe, data_dir, overrides)
     cached = time.perf_counter() - start
-    out = {"task": name, "recipe": recipe, "threads": torch.get_num_threads(), "prep_tokens": tokens,
-           "prep_first_tokens_per_s": round(tokens / first), "prep_cached_tokens_per_s": round(tokens / cached)}
+    out = {"task": name, "recipe": recipe, "overrides": overrides or [], "threads": torch.get_num_threads(),
+           "prep_tokens": tokens, "prep_first_tokens_per_s": round(tokens / first),
+           "prep_cached_tokens_per_s": round(tokens / cached)}
     also = {}
     if name == "lm":
         # The LM's output layer is most of its step, and a bare nn.LSTM has none: also time a bare
@@ -151,11 +152,14 @@ def main() -> None:
     ap.add_argument("--skip-memory", action="store_true", help="Skip the LM 1x vs 10x corpus memory check.")
     ap.add_argument("--lines", type=int, default=100_000, help="Synthetic corpus lines for the 1x memory run.")
     ap.add_argument("--name", default="suite", help="Results file benchmarks/results/<name>.json.")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="Recipe override for every task timed (repeatable), e.g. --set train.batch_tokens=640; "
+                         "the rows then no longer describe the recipes as shipped.")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--memory-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(measure_task(args.child, args.batches)))
+        print(json.dumps(measure_task(args.child, args.batches, args.overrides)))
         return
     if args.memory_dir:
         print(json.dumps(measure_lm_memory(args.memory_dir)))
@@ -163,13 +167,14 @@ def main() -> None:
 
     from benchmarks.common import save, table
 
-    results: dict = {"tasks": {}}
+    results: dict = {"overrides": args.overrides, "tasks": {}}
     unknown = set(args.tasks.split(",")) - {*TASKS, *VARIANTS}
     if unknown:
         ap.error(f"--tasks: unknown {', '.join(sorted(unknown))}; expected names from {', '.join([*TASKS, *VARIANTS])}")
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.tasks.split(","):
-            runs = [run_child(["--child", name, "--batches", str(args.batches)], f"{tmp}/{name}{i}")
+            sets = [a for o in args.overrides for a in ("--set", o)]
+            runs = [run_child(["--child", name, "--batches", str(args.batches), *sets], f"{tmp}/{name}{i}")
                     for i in range(max(1, args.repeats))]
             median = sorted(runs, key=lambda r: r["ratio"])[len(runs) // 2]
             results["tasks"][name] = {**median, "ratio_per_process": [r["ratio"] for r in runs]}
@@ -206,7 +211,8 @@ def main() -> None:
         rows.append(("lm: peak RSS 1x / 10x corpus (MB)",
                      f"{a['peak_rss_mb']} ({a['train_tokens']} tok) / {b['peak_rss_mb']} ({b['train_tokens']} tok) "
                      f"= {results['lm_memory_ratio']}x"))
-    print(table(rows, "seqtext benchmark suite"))
+    title = "seqtext benchmark suite" + (f" (recipes with {', '.join(args.overrides)})" if args.overrides else "")
+    print(table(rows, title))
     print(f"written {save(args.name, results)}")
 
 
