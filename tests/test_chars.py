@@ -112,3 +112,51 @@ def test_conv1d_as_matmul_equals_conv1d(kernel):
     x = torch.randn(17, 5, dtype=torch.double)
     weight, bias = torch.randn(7, 5, kernel, dtype=torch.double), torch.randn(7, dtype=torch.double)
     torch.testing.assert_close(conv1d_as_matmul(x, weight, bias), F.conv1d(x.t().unsqueeze(0), weight, bias)[0].t())
+
+
+def _ids_with_repeats() -> torch.Tensor:
+    words = ["the", "cat", "", "the", "dog", "cat", "the", "", "catastrophe"]
+    return words_to_char_ids(words, CHARS)
+
+
+@pytest.mark.parametrize("numpy", [True, False])
+def test_unique_rows(numpy):
+    from seqtext.nn.chars import unique_rows
+
+    ids = _ids_with_repeats()
+    distinct, inverse = unique_rows(ids, numpy=numpy)
+    assert distinct.shape == (5, ids.size(1))  # the, cat, "", dog, catastrophe
+    assert len({tuple(r) for r in distinct.tolist()}) == distinct.size(0)
+    assert torch.equal(distinct[inverse], ids)
+
+
+def test_repeated_words_encoded_once_same_values_and_gradients():
+    ids = _ids_with_repeats()
+    torch.manual_seed(3)
+    cnn = CharCNN(len(CHARS) + 2, char_dim=5, filters=7).double()
+    upstream = torch.randn(ids.size(0), 7, dtype=torch.double)
+    calls = []
+    encode = cnn.encode
+    cnn.encode = lambda rows: calls.append(rows.size(0)) or encode(rows)
+    out = cnn(ids)
+    assert calls == [5]  # each distinct row once
+    (out * upstream).sum().backward()
+    got = [p.grad.clone() for p in cnn.parameters()]
+    cnn.zero_grad()
+    every_row = encode(ids)
+    (every_row * upstream).sum().backward()
+    torch.testing.assert_close(out, every_row)
+    for g, p in zip(got, cnn.parameters()):
+        torch.testing.assert_close(g, p.grad)
+
+
+def test_character_dropout_gives_each_occurrence_its_own_mask():
+    ids = words_to_char_ids(["abcdefgh"] * 4, CHARS)
+    cnn = _model(dropout=0.5)
+    cnn.train()
+    torch.manual_seed(0)
+    out = cnn(ids)
+    assert not torch.allclose(out[0], out[1])  # not one encoding copied to every occurrence
+    cnn.eval()
+    out = cnn(ids)
+    assert torch.equal(out[0], out[3])
