@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import save, table, time_interleaved, training_step
+from seqtext.nn.chars import unique_rows
 
 
 def main() -> None:
@@ -38,8 +39,8 @@ def main() -> None:
         cnn = step.__self__.net.embedder.chars
         if cnn is None:
             raise SystemExit(f"{args.recipe}: the model has no char CNN")
-        distinct = [len(np.unique(b.chars.flatten(0, 1).numpy(), axis=0)) / b.chars.shape[0] / b.chars.shape[1]
-                    for b in batches]
+        rows = [b.chars.flatten(0, 1) for b in batches]
+        distinct = [len(unique_rows(r)[0]) / len(r) for r in rows]
 
         def toggled(on: bool):
             def run(b):

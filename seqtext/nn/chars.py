@@ -55,10 +55,11 @@ class CharCNN(nn.Module):
         Args:
             char_ids: long ``[N, L]`` character ids, each row padded with ``padding_idx``.
 
-        A batch repeats many words (a 1,280-token CoNLL batch holds ~670 distinct ones, padding
-        rows included), so each distinct row is encoded once and copied to its occurrences; the
-        gradient of the copy sums over them. Same values, and gradients up to summation order.
-        Not with character dropout in training, where each occurrence draws its own mask.
+        A batch repeats many words (a 1,280-token CoNLL batch holds about half as many distinct
+        rows as tokens: ``python benchmarks/char_dedup.py``), so each distinct row is encoded once
+        and copied to its occurrences; the gradient of the copy sums over them. Same values, and
+        gradients up to summation order. Not with character dropout in training, where each
+        occurrence draws its own mask.
         """
         if self.dedup and char_ids.size(0) > 1 and not (self.training and self.dropout.p > 0):
             distinct, inverse = unique_rows(char_ids)
