@@ -252,18 +252,21 @@ class AdamWLazyRows(torch.optim.AdamW):
 
 def clip_grad_norm(params, max_norm: float) -> torch.Tensor:
     """``nn.utils.clip_grad_norm_`` that also handles sparse (row) gradients, which it rejects.
-    Sparse gradients are coalesced first, so rows repeated in a batch count once, summed."""
+    Sparse gradients are coalesced first, so rows repeated in a batch count once, summed.
+
+    The norms and the scaling are one ``_foreach`` call each (torch's own loops over the tensors
+    on CPU), and gradients within ``max_norm`` are left alone instead of multiplied by 1."""
     params = [p for p in params if p.grad is not None]
-    if not any(p.grad.is_sparse for p in params):
-        return nn.utils.clip_grad_norm_(params, max_norm)
     for p in params:
         if p.grad.is_sparse:
             p.grad = p.grad.coalesce()
+    # a coalesced sparse gradient's values() is its storage: scaled in place
     parts = [p.grad.values() if p.grad.is_sparse else p.grad for p in params]
-    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in parts]))
-    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
-    for t in parts:
-        t.mul_(scale)  # a coalesced sparse gradient's values() is its storage: scaled in place
+    if not parts:
+        return torch.zeros(())
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(parts)))
+    if total > max_norm:  # a host sync, which the trainer's finiteness check makes anyway
+        torch._foreach_mul_(parts, max_norm / (total + 1e-6))
     return total
 
 

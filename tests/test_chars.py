@@ -83,14 +83,16 @@ def _padded_reference(cnn: CharCNN, char_ids: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.any(dim=1, keepdim=True), pooled, pooled.new_zeros(()))
 
 
+@pytest.mark.parametrize("window_table", [True, False])
 @pytest.mark.parametrize("kernel", [2, 3, 5])
-def test_flat_convolution_equals_padded_rows_values_and_gradients(kernel):
+def test_flat_convolution_equals_padded_rows_values_and_gradients(kernel, window_table):
     torch.manual_seed(kernel)
     lengths = [0, 1, 7, 3, 12, 0, 2]
     ids = torch.zeros(len(lengths), 12, dtype=torch.long)
     for row, n in enumerate(lengths):
         ids[row, :n] = torch.randint(1, 20, (n,))
     cnn = CharCNN(20, char_dim=4, filters=6, kernel_size=kernel).double()
+    cnn.window_table = window_table
     upstream = torch.randn(len(lengths), 6, dtype=torch.double)
 
     (cnn(ids) * upstream).sum().backward()
@@ -100,6 +102,42 @@ def test_flat_convolution_equals_padded_rows_values_and_gradients(kernel):
     torch.testing.assert_close(cnn(ids), _padded_reference(cnn, ids))
     for g, p in zip(got, cnn.parameters()):
         torch.testing.assert_close(g, p.grad)
+
+
+def test_tied_maxima_share_the_gradient():
+    """Words with repeated windows ("banana": "ana" twice) hold their max at several characters
+    with bit-identical values in the window table's sums; the gradient is split evenly between
+    them, as ``amax`` does. (A matrix product need not round equal windows equally.)"""
+    torch.manual_seed(1)
+    cnn = CharCNN(len(CHARS) + 2, char_dim=5, filters=4).double()
+    cnn.dedup = False
+    ids = words_to_char_ids(["banana", "aaaaa", "abab", "x"], CHARS)
+    upstream = torch.randn(ids.size(0), 4, dtype=torch.double)
+    (cnn(ids) * upstream).sum().backward()
+    got = [p.grad.clone() for p in cnn.parameters()]
+    cnn.zero_grad()
+    mask = ids != 0
+    emb = cnn.embedding(ids) * mask.unsqueeze(2)
+    feats = cnn.conv(torch.nn.functional.pad(emb.transpose(1, 2), cnn._pad))
+    feats = feats.masked_fill(~mask.unsqueeze(1), float("-inf"))
+    assert bool(((feats == feats.amax(2, keepdim=True)).sum(2) > 1).any())  # there are ties
+    (feats.amax(2) * upstream).sum().backward()
+    for g, p in zip(got, cnn.parameters()):
+        torch.testing.assert_close(g, p.grad)
+
+
+def test_window_table_under_bf16_autocast():
+    """The table is built in fp32 under autocast, so the words' vectors are fp32 and close to
+    an fp32 run's; gradients reach every parameter."""
+    cnn = _model()
+    ids = words_to_char_ids(["Reuters", "said", "on", "Tuesday"], CHARS)
+    ref = cnn(ids)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = cnn(ids)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref)
+    out.sum().backward()
+    assert all(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in cnn.parameters())
 
 
 @pytest.mark.parametrize("kernel", [1, 3, 4])

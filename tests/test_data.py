@@ -64,8 +64,11 @@ def test_bucket_batches_cover_all_rows_and_are_deterministic():
     # bucketing keeps padding small compared with random batches
     padded = sum(len(x) * lengths[x].max() for x in a)
     assert padded < 1.2 * lengths.sum()
-    capped = bucket_batches(lengths, 32, batch_tokens=500, seed=1)
-    assert all(len(x) * lengths[x].max() <= 500 or len(x) == 1 for x in capped)
+    for pool in (50, 2):  # one pool of all rows; pools of 64 rows, each sorted on its own
+        capped = bucket_batches(lengths, 32, batch_tokens=500, seed=1, pool=pool)
+        assert sorted(np.concatenate(capped).tolist()) == list(range(1000))
+        # the cap holds also where a pool's short rows end and the next pool's long ones begin
+        assert all(len(x) * lengths[x].max() <= 500 or len(x) == 1 for x in capped)
 
 
 @pytest.mark.parametrize("batch_tokens", [0, 300])

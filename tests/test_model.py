@@ -50,6 +50,11 @@ def test_encoder_output_modes_agree(joint, layers):
     out, _ = enc(x, lengths)
     (f, b), _ = enc(x, lengths, outputs="directions")
     torch.testing.assert_close(torch.cat([f, b], -1), out)
+    (f2, b_reversed), _ = enc(x, lengths, outputs="directions_reversed")
+    torch.testing.assert_close(f2, f)
+    torch.testing.assert_close(reverse_padded(b_reversed, lengths)[1, :2], b[1, :2])
+    torch.testing.assert_close(b_reversed[1, :2], b[1, :2].flip(0))  # row 1 has length 2
+    torch.testing.assert_close(reverse_padded(b_reversed, lengths), b)  # padding kept in place
     with pytest.raises(ValueError, match="outputs must be"):
         enc(x, lengths, outputs="both")
 
@@ -181,3 +186,29 @@ def test_reverse_padded_gradient():
     x = torch.randn(2, 4, 3, dtype=torch.double, requires_grad=True)
     lengths = torch.tensor([4, 2])
     assert torch.autograd.gradcheck(lambda t: reverse_padded(t, lengths), (x,))
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_tagger_head_scores_directions_like_their_concatenation(training):
+    """Tag scores from the split directions (backward scores reversed, not the states) equal the
+    scores of the concatenated states, values and gradients, with the same dropout mask drawn."""
+    from seqtext.nn.heads import TaggerHead
+
+    torch.manual_seed(0)
+    enc = Encoder(5, 4, bidirectional=True).double().train(training)
+    head = TaggerHead(8, 3, dropout=0.5).double().train(training)
+    x, lengths = torch.randn(3, 6, 5, dtype=torch.double), torch.tensor([6, 2, 4])
+    upstream = torch.randn(3, 6, 3, dtype=torch.double)
+    results = []
+    for outputs in ("concat", "directions_reversed"):
+        torch.manual_seed(1)
+        states, _ = enc(x, lengths, outputs=outputs)
+        scores = head.emissions(states, lengths)
+        (scores * upstream).sum().backward()
+        results.append([scores.detach()] + [p.grad.clone() for p in [*enc.parameters(), *head.parameters()]])
+        enc.zero_grad(), head.zero_grad()
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)
+    if training:  # the dropout mask did apply: scores differ from evaluation mode
+        head.eval()
+        assert not torch.allclose(head.emissions(enc(x, lengths)[0]), results[0][0])

@@ -245,7 +245,9 @@ def test_components_run_in_bf16_when_asked(ner_run, trained_demo, tmp_path):
     encoded, decoded = [], []
     for component in (ner, cat):
         component.seqtext_model.net.encoder.register_forward_hook(
-            lambda module, args, out: encoded.append(out[0].dtype))
+            # the tagger takes the directions apart: (forward, backward) states
+            lambda module, args, out: encoded.extend(t.dtype for t in (out[0] if isinstance(out[0], tuple)
+                                                                       else [out[0]])))
     head = ner.seqtext_model.net.head
     original_decode = head.decode
     head.decode = lambda scores, *a: decoded.append(scores.dtype) or original_decode(scores, *a)

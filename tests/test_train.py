@@ -378,6 +378,11 @@ def test_clip_grad_norm_counts_sparse_rows_like_their_dense_gradient():
     assert float(norms[0]) > 0.5  # so both were scaled
     for a, b in zip(nets[0].parameters(), nets[1].parameters()):
         torch.testing.assert_close(b.grad.to_dense(), a.grad)
+    scaled = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in nets[0].parameters()])))
+    assert scaled == pytest.approx(0.5, rel=1e-5)
+    before = [p.grad.clone() for p in nets[0].parameters()]
+    torch.testing.assert_close(clip_grad_norm(nets[0].parameters(), 10.0), torch.tensor(scaled))
+    assert all(torch.equal(p.grad, b) for p, b in zip(nets[0].parameters(), before))  # within: untouched
 
 
 def test_sparse_embeddings_train_and_refuse_a_tied_lm(tiny, tmp_path):

@@ -271,18 +271,20 @@ def bucket_batches(lengths: np.ndarray, batch_size: int, batch_tokens: int = 0, 
     if shuffle:
         order = rng.permutation(n)
         pools = [order[i: i + batch_size * pool] for i in range(0, n, batch_size * pool)]
-        order = np.concatenate([p[np.argsort(-lengths[p], kind="stable")] for p in pools]) if n else order
+        pools = [p[np.argsort(-lengths[p], kind="stable")] for p in pools]
     else:
-        order = np.argsort(-lengths, kind="stable")
-    batches, start = [], 0
-    while start < n:
-        if batch_tokens:
-            longest = max(int(lengths[order[start]]), 1)
-            size = max(1, min(batch_tokens // longest, n - start))
-        else:
-            size = batch_size
-        batches.append(order[start: start + size])
-        start += size
+        pools = [np.argsort(-lengths, kind="stable")]
+    batches = []
+    for order in pools:  # a batch never spans two pools: the next pool starts with long rows again
+        start = 0
+        while start < len(order):
+            if batch_tokens:
+                longest = max(int(lengths[order[start]]), 1)
+                size = max(1, min(batch_tokens // longest, len(order) - start))
+            else:
+                size = batch_size
+            batches.append(order[start: start + size])
+            start += size
     if shuffle:
         runs = len(batches) // group
         batches = [batches[i * group + r] for i in rng.permutation(runs) for r in range(group)]

@@ -48,6 +48,7 @@ class CharCNN(nn.Module):
         self._pad = ((kernel_size - 1) // 2, kernel_size // 2)
         self.conv = nn.Conv1d(char_dim, filters, kernel_size)
         self.dedup = True  # encode each distinct word of a batch once (see forward); False: every row
+        self.window_table = True  # convolve by summing table rows (see encode); False: as with dropout
 
     def forward(self, char_ids: Tensor) -> Tensor:
         """Word vectors ``[N, filters]``.
@@ -56,7 +57,7 @@ class CharCNN(nn.Module):
             char_ids: long ``[N, L]`` character ids, each row padded with ``padding_idx``.
 
         A batch repeats many words (a 1,280-token CoNLL batch holds about half as many distinct
-        rows as tokens: ``python benchmarks/char_dedup.py``), so each distinct row is encoded once
+        rows as tokens: ``python benchmarks/speedups.py --compare dedup``), so each distinct row is encoded once
         and copied to its occurrences; the gradient of the copy sums over them. Same values, and
         gradients up to summation order. Not with character dropout in training, where each
         occurrence draws its own mask.
@@ -70,16 +71,52 @@ class CharCNN(nn.Module):
     def encode(self, char_ids: Tensor) -> Tensor:
         """Word vectors ``[N, filters]`` of every row of ``char_ids`` ``[N, L]``, duplicates included.
 
-        The words' characters are laid out as one sequence with zero gaps between words and
-        convolved once, so the work follows the real character count instead of N × the
-        longest word; each word's max is then taken over its
-        own positions. Identical values and gradients to convolving the padded rows.
+        Identical values to convolving each zero-padded row and taking the max over its real
+        characters, and the same gradients up to summation order (tested). Without character
+        dropout the convolution is a sum of table rows (:meth:`_window_table`), with it a matrix
+        product over each word's windows (:meth:`_encode_dropped`).
         """
         n, length = char_ids.shape
         mask = char_ids != self.padding_idx  # [N, L], left-aligned
         if n == 0 or length == 0 or not bool(mask.any()):
             return self.conv.weight.new_zeros(n, self.output_dim)
         lengths = mask.sum(1)
+        if not self.window_table or (self.training and self.dropout.p > 0):
+            pooled = self._encode_dropped(char_ids, mask, lengths)
+        else:
+            kernel = self.conv.weight.size(2)
+            table = self._window_table()
+            # the ids each real character's window covers (the pad id outside its word), offset
+            # into the table's block for that window position
+            padded = F.pad(char_ids, self._pad, value=self.padding_idx)  # [N, L + kernel - 1]
+            offsets = torch.arange(kernel, device=char_ids.device) * self.embedding.num_embeddings
+            windows = padded.unfold(1, kernel, 1)[mask] + offsets  # [characters, kernel]
+            pooled = _WindowMax.apply(table, self.conv.bias, windows, lengths)
+        # Empty words encode to zeros.
+        return torch.where((lengths > 0).unsqueeze(1), pooled, pooled.new_zeros(()))
+
+    def _window_table(self) -> Tensor:
+        """What each character contributes to the convolution at each window position:
+        ``[kernel × num_chars, filters]``, row ``j × num_chars + c`` = embedding(c) @ weight[:, :, j].
+
+        The embedding is a lookup and the convolution linear, so a window's output is the sum of
+        its characters' rows (plus the bias): ``kernel`` gathers of ``filters`` values per character
+        instead of a ``kernel × char_dim``-deep product, and the product is taken once per
+        character *type* (~100) instead of once per character of the batch (~4,000). The padding
+        id's rows are zero, as a zero-padded window would see them, whatever its embedding holds."""
+        emb = self.embedding.weight
+        real = torch.ones(emb.size(0), 1, dtype=emb.dtype, device=emb.device)
+        real[self.padding_idx] = 0
+        with torch.autocast(emb.device.type, enabled=False):  # a tiny product: keep it in fp32
+            table = torch.einsum("cd,fdj->jcf", emb * real, self.conv.weight)
+        return table.reshape(-1, self.output_dim)
+
+    def _encode_dropped(self, char_ids: Tensor, mask: Tensor, lengths: Tensor) -> Tensor:
+        """Max-pooled convolution, with dropout on each character's embedding. The words'
+        characters are laid out as one sequence with zero gaps between words and convolved once
+        (:func:`conv1d_as_matmul`), so the work follows the real character count instead of N ×
+        the longest word; each word's max is then taken over its own positions."""
+        length = char_ids.size(1)
         left, right = self._pad
         gap = max(left, right, 1)  # zeros between words: no window reaches a neighbour's characters
         spans = lengths + gap
@@ -93,9 +130,44 @@ class CharCNN(nn.Module):
         feats = conv1d_as_matmul(emb, self.conv.weight, self.conv.bias)  # [total - kernel + 1, filters]
         # output o covers seq[o : o + kernel], so the window centred on position p is o = p - left
         per_char = feats.index_select(0, pos - left)  # [characters, filters]
+        return torch.segment_reduce(per_char, "max", lengths=lengths, unsafe=True)
+
+
+class _WindowMax(torch.autograd.Function):
+    """Per word, the max over its characters of the sum of their windows' table rows plus the
+    bias: ``(table [R, F], bias [F], windows [characters, kernel] row ids, lengths [N]) → [N, F]``
+    (characters grouped by word, ``lengths[i]`` of them for word i; an empty word's row is unused).
+
+    Backward routes each word's gradient to the characters that hold its max (split evenly
+    between ties, as ``segment_reduce`` does) and adds it into the table rows of their windows
+    with ``index_add_``. Autograd's own formulas for the same ops (a gather's dense scatter,
+    ``segment_reduce``'s backward) cost ~3× more on a CoNLL batch (``python
+    benchmarks/lstm_kernels.py --only chars``)."""
+
+    @staticmethod
+    def forward(ctx, table: Tensor, bias: Tensor, windows: Tensor, lengths: Tensor) -> Tensor:
+        columns = windows.t().contiguous()  # [kernel, characters]
+        per_char = table.index_select(0, columns[0])
+        for column in columns[1:]:
+            per_char += table.index_select(0, column)
+        per_char += bias
         pooled = torch.segment_reduce(per_char, "max", lengths=lengths, unsafe=True)
-        # Empty words encode to zeros.
-        return torch.where((lengths > 0).unsqueeze(1), pooled, pooled.new_zeros(()))
+        word = torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths,
+                                       output_size=per_char.size(0))  # each character's word
+        ctx.save_for_backward(columns, word, per_char, pooled)
+        ctx.table_rows = table.size(0)
+        return pooled
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        columns, word, per_char, pooled = ctx.saved_tensors
+        hit = per_char == pooled.index_select(0, word)  # [characters, F]: holds its word's max
+        ties = torch.zeros_like(pooled).index_add_(0, word, hit.to(pooled.dtype))
+        grad_char = hit * (grad / ties).index_select(0, word)
+        grad_table = grad_char.new_zeros(ctx.table_rows, grad_char.size(1))
+        for column in columns:
+            grad_table.index_add_(0, column, grad_char)
+        return grad_table, grad_char.sum(0), None, None
 
 
 def unique_rows(ids: Tensor, numpy: bool | None = None) -> tuple[Tensor, Tensor]:

@@ -23,10 +23,15 @@ class LockedDropout(nn.Module):
         self.p = p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x [B, T, D]
+        mask = self.mask(x)
+        return x if mask is None else x * mask
+
+    def mask(self, x: torch.Tensor, width: int | None = None) -> torch.Tensor | None:
+        """The scaled mask ``[B, 1, width or D]`` that forward multiplies ``x`` [B, T, D] by
+        (drawn the same way), or None where forward returns ``x`` unchanged."""
         if not self.training or self.p == 0:
-            return x
-        mask = x.new_empty(x.size(0), 1, x.size(2)).bernoulli_(1 - self.p) / (1 - self.p)
-        return x * mask
+            return None
+        return x.new_empty(x.size(0), 1, width or x.size(2)).bernoulli_(1 - self.p) / (1 - self.p)
 
 
 CASING = ("pad", "lower", "upper", "title", "digit", "mixed", "other")

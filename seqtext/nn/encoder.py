@@ -103,10 +103,15 @@ class Encoder(nn.Module):
 
         - ``"concat"``: one [B, T, output_size] tensor, both directions side by side;
         - ``"directions"``: the top (forward [B, T, H], backward [B, T, H] or None) outputs
-          (a biLM scores each direction on its own, so nothing is concatenated).
+          (a biLM scores each direction on its own, so nothing is concatenated);
+        - ``"directions_reversed"``: as ``"directions"``, but the backward outputs are left in the
+          order the backward LSTM made them, each row reversed within its length (position t
+          holds token ``lengths[b] - 1 - t``): the caller reverses something narrower instead
+          (the tagger its tag scores, :meth:`TaggerHead.emissions`), saving a pass over the
+          states each way and the concatenation.
         """
-        if outputs not in ("concat", "directions"):
-            raise ValueError(f"outputs must be 'concat' or 'directions', got {outputs!r}")
+        if outputs not in ("concat", "directions", "directions_reversed"):
+            raise ValueError(f"outputs must be 'concat', 'directions' or 'directions_reversed', got {outputs!r}")
         state = state or [None] * self.layers
         new_state: State = []
         rev = reversal_index(lengths, x.size(1), x.device) if self.bidirectional else None
@@ -116,6 +121,8 @@ class Encoder(nn.Module):
                 f, s = self._run(self.fwd[i], h, state[i])
                 b, _ = self._run(self.bwd[i], reverse_padded(h, lengths, rev))
                 new_state.append(s)
+                if i == self.layers - 1 and outputs == "directions_reversed":
+                    return (f, b), new_state
                 h = torch.cat([f, reverse_padded(b, lengths, rev)], -1)
                 if i < self.layers - 1:
                     h = self.drop(h)
@@ -135,7 +142,8 @@ class Encoder(nn.Module):
                 b, _ = self._run(self.bwd[i], b)
                 if i < self.layers - 1:
                     b = self.drop(b)
-            b = reverse_padded(b, lengths, rev)
+            if outputs != "directions_reversed":
+                b = reverse_padded(b, lengths, rev)
         if outputs == "concat":
             return (f if b is None else torch.cat([f, b], -1)), new_state
         return (f, b), new_state

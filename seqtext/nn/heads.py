@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .embeddings import LockedDropout
+from .encoder import reverse_padded
 
 
 def _mean_weights(mask: torch.Tensor, lengths: torch.Tensor, dtype) -> torch.Tensor:
@@ -103,12 +104,34 @@ class TaggerHead(nn.Module):
         self.dropout = LockedDropout(dropout)
         self.out = nn.Linear(input_size, num_tags)
         self.crf = crf
+        # Take the encoder's directions apart and reverse the tag scores (see emissions); False:
+        # the concatenated states (the same scores up to rounding; for benchmarks/speedups.py).
+        self.split_directions = True
 
-    def emissions(self, states):
-        return self.out(self.dropout(states))
+    def emissions(self, states, lengths=None):
+        """Tag scores ``[B, T, num_tags]`` of the encoder's ``states``: its concatenated outputs
+        [B, T, input_size], or its ``(forward, backward)`` outputs with the backward ones
+        reversed within ``lengths`` (``Encoder(outputs="directions_reversed")``).
+
+        The latter scores each direction with its half of the weights and reverses the
+        backward direction's K scores per token instead of its H states, with no concatenation;
+        the dropout mask is drawn as for the concatenation, so the scores are the same up to
+        rounding (tested)."""
+        if not isinstance(states, tuple):
+            return self.out(self.dropout(states))
+        forward, backward = states
+        if backward is None:
+            return self.out(self.dropout(forward))
+        width = forward.size(2)
+        keep = self.dropout.mask(forward, 2 * width)
+        if keep is not None:
+            forward, backward = forward * keep[..., :width], backward * keep[..., width:]
+        weight = self.out.weight
+        backward_scores = reverse_padded(F.linear(backward, weight[:, width:]), lengths)
+        return F.linear(forward, weight[:, :width], self.out.bias) + backward_scores
 
     def loss(self, states, mask, tags):
-        scores = self.emissions(states)
+        scores = self.emissions(states, mask.sum(1) if isinstance(states, tuple) else None)
         if self.crf is not None:
             return self.crf.neg_log_likelihood(scores, tags, mask, reduction="sum") / mask.sum()
         return F.cross_entropy(scores[mask], tags[mask])

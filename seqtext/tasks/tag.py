@@ -297,14 +297,19 @@ class TagTask(Task):
     # ------------------------------------------------------------------ training / scoring
     def loss(self, net: Net, batch: Batch) -> torch.Tensor:
         batch.ids = self.word_dropout(batch.ids, batch.mask)
-        states, _ = net.encode(batch)
-        return net.head.loss(states, batch.mask, batch.targets)
+        return net.head.loss(self._states(net, batch), batch.mask, batch.targets)
+
+    @staticmethod
+    def _states(net: Net, batch: Batch):
+        """The encoder's outputs in the form the head takes (:meth:`TaggerHead.emissions`)."""
+        outputs = "directions_reversed" if net.head.split_directions else "concat"
+        return net.encode(batch, outputs=outputs)[0]
 
     def emissions(self, net: Net | Ensemble, batch: Batch) -> torch.Tensor:
         """Per-token tag scores ``[B, T, K]`` (before the CRF), in fp32 also under bf16 autocast
         (Viterbi adds them up); an ensemble's mean."""
         members = net.members if isinstance(net, Ensemble) else [net]
-        scores = [m.head.emissions(m.encode(batch)[0]).float() for m in members]
+        scores = [m.head.emissions(self._states(m, batch), batch.lengths).float() for m in members]
         return scores[0] if len(scores) == 1 else torch.stack(scores).mean(0)
 
     @torch.inference_mode()
