@@ -229,10 +229,12 @@ class _ScaledForwardBackward(torch.autograd.Function):
     marginals: d log Z / d emission = P(tag at t), d log Z / d transition = expected count.
 
     The log-space recursion under autograd costs ~25 small kernels per time step (logsumexp's
-    max, subtract, exp, sum and log, broadcasts, their backward); this costs 4 each way, and on
-    CPU those run in NumPy (:func:`_scaled_recursion`). Every score is shifted by its maximum
-    before ``exp``, so nothing overflows; a sequence whose allowed paths all underflow returns a
-    non-finite value (the caller falls back).
+    max, subtract, exp, sum and log, broadcasts, their backward); this costs 4, and on CPU those
+    run in NumPy (:func:`_scaled_recursion`). When a gradient will be needed, the forward and the
+    backward messages run side by side in the same loop (:func:`_scaled_recursion` with two
+    groups), so the loop runs once per step instead of twice. Every score is shifted by its
+    maximum before ``exp``, so nothing overflows; a sequence whose allowed paths all underflow
+    returns a non-finite value (the caller falls back).
     """
 
     @staticmethod
@@ -242,29 +244,39 @@ class _ScaledForwardBackward(torch.autograd.Function):
         scores, trans, start, end = (x.detach().to(dtype) for x in (emissions, trans, start, end))
         emit_max = scores.amax(2, keepdim=True)  # [B, T, 1]
         emit = torch.exp(scores - emit_max)
+        T, K = emit.shape[1:]
         trans_max, start_max, end_max = trans.max(), start.max(), end.max()
         p_trans, p_end = torch.exp(trans - trans_max), torch.exp(end - end_max)
+        p_start = torch.exp(start - start_max)
+        lengths = mask.sum(1)
         # alphas[:, t] = alpha_t / (its scales so far), each summing to 1. The recursion runs on
         # through each sequence's padding; nothing past a sequence's end is used.
-        p_start = torch.exp(start - start_max)
-        alphas, scales = _scaled_recursion(emit, p_trans, p_start * emit[:, 0])
-        lengths = mask.sum(1)
-        last = alphas.gather(1, (lengths - 1).view(-1, 1, 1).expand(-1, 1, emit.size(2))).squeeze(1)
+        # Backward messages run on each sequence reversed within its length (so every one starts
+        # at column 0), in the forward recursion's form: gamma_t = emit_t * beta_t, with
+        # gamma_t ∝ (gamma_{t+1} @ p_trans.T) * emit_t and gamma_last ∝ emit_last * p_end.
+        index = flip = None
+        if any(ctx.needs_input_grad):
+            index = reversal_index(lengths, T, emit.device)
+            flip = reverse_padded(emit, lengths, index)
+            messages, scales = _scaled_recursion(
+                torch.cat([emit, flip], 2), torch.block_diag(p_trans, p_trans.t()),
+                torch.cat([p_start * emit[:, 0], p_end * flip[:, 0]], 1), groups=2)
+            alphas, gammas = messages[..., :K], messages[..., K:]
+            scales = scales[..., 0]
+        else:
+            alphas, scales = _scaled_recursion(emit, p_trans, p_start * emit[:, 0])
+            gammas = None
+        last = alphas.gather(1, (lengths - 1).view(-1, 1, 1).expand(-1, 1, K)).squeeze(1)
         log_scale = (torch.log(scales) + emit_max.squeeze(2)).masked_fill(~mask, 0).sum(1)  # [B]
         log_z = log_scale + (lengths - 1) * trans_max + start_max + end_max + torch.log((last * p_end).sum(1))
-        ctx.save_for_backward(emit, mask, lengths, p_trans, p_start, p_end, alphas, last)
+        if gammas is not None:
+            ctx.save_for_backward(mask, lengths, index, p_trans, p_start, p_end, alphas, gammas, last)
         return log_z
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        emit, mask, lengths, p_trans, p_start, p_end, alphas, last = ctx.saved_tensors
-        B, T, K = emit.shape
-        # Backward messages on each sequence reversed within its length (so every one starts at
-        # column 0), in the forward recursion's form: gamma_t = emit_t * beta_t, with
-        # gamma_t ∝ (gamma_{t+1} @ p_trans.T) * emit_t and gamma_last ∝ emit_last * p_end.
-        index = reversal_index(lengths, T, emit.device)
-        flip = reverse_padded(emit, lengths, index)
-        gammas, _ = _scaled_recursion(flip, p_trans.t(), p_end * flip[:, 0])
+        mask, lengths, index, p_trans, p_start, p_end, alphas, gammas, last = ctx.saved_tensors
+        B, K = alphas.size(0), alphas.size(2)
         live = mask.unsqueeze(2)
         gammas = torch.where(live, reverse_padded(gammas, lengths, index), 0.0)
         alphas = torch.where(live, alphas, 0.0)  # past a sequence's end: unused, maybe NaN
@@ -272,7 +284,7 @@ class _ScaledForwardBackward(torch.autograd.Function):
         reach = torch.cat([p_start.expand(B, 1, K), torch.matmul(alphas[:, :-1], p_trans)], 1)
         joint = reach * gammas  # ∝ P(tag at t); each position's sum normalises it and the pairs
         norm = joint.sum(2, keepdim=True)  # [B, T, 1], 0 in padding
-        g = grad.to(emit.dtype).view(B, 1, 1)
+        g = grad.to(alphas.dtype).view(B, 1, 1)
         weight = torch.where(live, g / norm, 0.0)
         grad_emissions = joint * weight  # zero in padding
         grad_start = grad_emissions[:, 0].sum(0)
@@ -285,30 +297,34 @@ class _ScaledForwardBackward(torch.autograd.Function):
         return grad_emissions, None, grad_trans, grad_start, grad_end
 
 
-def _scaled_recursion(emit: Tensor, p: Tensor, first: Tensor) -> tuple[Tensor, Tensor]:
-    """Messages ``out[:, t]`` ∝ ``(out[:, t - 1] @ p) * emit[:, t]`` from ``out[:, 0]`` ∝ ``first``, each
-    normalised to sum 1, and the normalisers ``[B, T]`` (the scales before normalising).
+def _scaled_recursion(emit: Tensor, p: Tensor, first: Tensor, groups: int = 1) -> tuple[Tensor, Tensor]:
+    """Messages ``out[:, t]`` ∝ ``(out[:, t - 1] @ p) * emit[:, t]`` from ``out[:, 0]`` ∝ ``first``,
+    each of the ``groups`` equal slices of the last axis normalised to sum 1, and the normalisers
+    ``[B, T, groups]`` (the scales before normalising).
 
-    The loop is T steps of 4 tiny operations on [B, K] arrays, where the cost is each call's
-    overhead, not arithmetic: on CPU it runs on NumPy views of the tensors, whose calls cost a
-    fraction of torch's (``python benchmarks/lstm_kernels.py --only crf``), and on other devices
-    in torch, with the same code."""
+    With ``p`` block-diagonal, the groups are independent recursions run in one loop (the CRF's
+    forward and backward messages). The loop is T steps of 4 tiny operations on [B, K] arrays,
+    where the cost is each call's overhead, not arithmetic: on CPU it runs on NumPy views of the
+    tensors, whose calls cost a fraction of torch's (``python benchmarks/lstm_kernels.py --only
+    crf``), and on other devices in torch, with the same code."""
     if emit.device.type == "cpu" and NUMPY_ON_CPU:
         with np.errstate(divide="ignore", invalid="ignore"):  # 0 / 0 past a sequence's end, or underflow
-            outs, scales = _recurse(*(x.contiguous().numpy() for x in (emit, p, first)))
+            outs, scales = _recurse(*(x.contiguous().numpy() for x in (emit, p, first)), groups)
         return torch.from_numpy(np.stack(outs, 1)), torch.from_numpy(np.stack(scales, 1))
-    outs, scales = _recurse(emit, p, first)
+    outs, scales = _recurse(emit, p, first, groups)
     return torch.stack(outs, 1), torch.stack(scales, 1)
 
 
-def _recurse(emit, p, u) -> tuple[list, list]:
+def _recurse(emit, p, u, groups: int) -> tuple[list, list]:
     """The loop of :func:`_scaled_recursion`, written once for NumPy arrays and torch tensors."""
     outs, scales = [], []
+    B, width = u.shape
     for t in range(emit.shape[1]):
         if t:
             u = (outs[-1] @ p) * emit[:, t]
-        total = u.sum(1)
-        outs.append(u / total[:, None])
+        u = u.reshape(B, groups, width // groups)
+        total = u.sum(2)
+        outs.append((u / total[:, :, None]).reshape(B, width))
         scales.append(total)
     return outs, scales
 
