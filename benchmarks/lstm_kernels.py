@@ -9,7 +9,8 @@
 4. Masked max+mean pooling (the IMDB classifier's), forward+backward: the autograd formulas vs
    seqtext's fused ``masked_pool``.
 5. CRF log partition (the tagger's loss), forward+backward over 17 BIOES tags: the log-space
-   recursion under autograd vs seqtext's probability-space forward-backward.
+   recursion under autograd vs seqtext's probability-space forward-backward; and the whole CRF
+   loss, composed in torch (as on a GPU) vs in NumPy (seqtext on CPU).
 6. Char CNN convolution (the tagger's), forward+backward over a CoNLL batch's characters:
    ``nn.Conv1d`` vs the same convolution as one matrix product (``CharCNN``), on inputs whose
    length changes every call as it does from batch to batch, and at one fixed length.
@@ -117,6 +118,31 @@ def crf_ms(B, T, K=17):
             1000 * timed(torch_loops, 50), 1000 * timed(lambda: loss(CRF._log_partition), 50))
 
 
+def crf_nll_ms(B, T, K=17):
+    """ms per forward+backward of the whole CRF loss (gold path score - log Z, constrained BIOES
+    tags): composed in torch (path score under autograd + the scaled forward-backward, as on a
+    GPU) vs seqtext's CPU path, all in NumPy."""
+    types = ["LOC", "MISC", "ORG", "PER"][: max(1, (K - 1) // 4)]
+    labels = ["O"] + [f"{p}-{t}" for t in types for p in "BIES"]
+    crf = CRF.for_labels(labels, "BIOES")
+    x = torch.randn(B, T, len(labels), requires_grad=True)
+    mask = torch.arange(T).unsqueeze(0) < torch.randint(T // 2, T + 1, (B,)).unsqueeze(1)
+    mask[0] = True
+    tags = torch.randint(0, len(labels), (B, T))
+
+    def loss():
+        crf.neg_log_likelihood(x, tags, mask, reduction="sum").backward()
+
+    def composed():
+        seqtext.nn.crf.NUMPY_ON_CPU = False
+        try:
+            loss()
+        finally:
+            seqtext.nn.crf.NUMPY_ON_CPU = True
+
+    return 1000 * timed(composed, 50), 1000 * timed(loss, 50)
+
+
 def char_conv_ms(lengths: list[int], C=30, filters=50, k=3):
     """ms per forward+backward of a width-k convolution over [length, C] character embeddings."""
     conv = torch.nn.Conv1d(C, filters, k)
@@ -171,6 +197,13 @@ def crf_part(result, rows):
                                            "probability_space": round(numpy_loops, 2)})
         rows.append((f"CRF log Z fwd+bwd {B}x{T}x17: log space (autograd) / probability space, loops in torch / "
                      "in NumPy (seqtext on CPU) ms", f"{log_space:.2f} / {torch_loops:.2f} / {numpy_loops:.2f}"))
+    result["crf_loss_ms"] = []
+    for B, T in [(20, 64), (45, 78)]:  # a 1,280-token CoNLL training batch; an eval-sized batch
+        composed, numpy = crf_nll_ms(B, T)
+        result["crf_loss_ms"].append({"shape": [B, T, 17], "torch_composed": round(composed, 2),
+                                      "numpy": round(numpy, 2)})
+        rows.append((f"CRF loss fwd+bwd {B}x{T}x17: composed in torch / in NumPy (seqtext on CPU) ms",
+                     f"{composed:.2f} / {numpy:.2f}"))
 
 
 def chars_part(result, rows):

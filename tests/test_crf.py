@@ -302,3 +302,65 @@ def test_partition_of_low_precision_scores_is_computed_in_float32():
     torch.testing.assert_close(log_z, want)
     (grad,) = torch.autograd.grad(log_z.sum(), [half])
     assert grad.dtype == torch.bfloat16
+
+
+def _likelihood_and_grads(crf: CRF, emissions, tags, mask, weights):
+    emissions = emissions.detach().clone().requires_grad_(True)
+    crf.zero_grad()
+    ll = crf(emissions, tags, mask)
+    (ll * weights).sum().backward()
+    return ll.detach(), [emissions.grad, crf.transitions.grad, crf.start_transitions.grad, crf.end_transitions.grad]
+
+
+def test_numpy_likelihood_matches_the_torch_composition(monkeypatch):
+    """On CPU the whole log-likelihood and its gradient run in NumPy; other devices compose the
+    path score (autograd) and the scaled forward-backward in torch. Same values and gradients on a
+    padded, constrained batch with large scores, with T = 1, and in float32."""
+    k = len(BIOES_LABELS)
+    gen = torch.Generator().manual_seed(23)
+    for lengths, dtype in (([7, 1, 5, 7, 2], torch.double), ([1, 1], torch.double), ([6, 4, 1], torch.float)):
+        crf = _crf(k, 23, *constraints_for(BIOES_LABELS, "BIOES")).to(dtype)
+        emissions, tags, mask = _batch(lengths, k, gen)
+        emissions = (emissions * 10).to(dtype)
+        weights = torch.rand(len(lengths), generator=gen, dtype=dtype)
+        monkeypatch.setattr(seqtext.nn.crf, "NUMPY_ON_CPU", True)
+        got = _likelihood_and_grads(crf, emissions, tags, mask, weights)
+        assert got[0].dtype == dtype
+        monkeypatch.setattr(seqtext.nn.crf, "NUMPY_ON_CPU", False)
+        want = _likelihood_and_grads(crf, emissions, tags, mask, weights)
+        torch.testing.assert_close(got[0], want[0])
+        for g, w in zip(got[1], want[1]):
+            torch.testing.assert_close(g, w)
+
+
+def test_numpy_likelihood_is_the_path_taken_on_cpu_and_falls_back_when_it_underflows():
+    k = len(BIOES_LABELS)
+    allowed, start_ok, end_ok = constraints_for(BIOES_LABELS, "BIOES")
+    crf = _crf(k, 17, allowed, start_ok, end_ok)
+    emissions, tags, mask = _batch([3, 2], k, torch.Generator().manual_seed(3))
+    emissions.requires_grad_(True)
+    assert type(crf(emissions, tags, mask).grad_fn).__name__ == "_NumpyLogLikelihoodBackward"
+    emissions = torch.zeros(2, 3, k, dtype=torch.double)
+    emissions[:, 0, start_ok] = -1000.0  # allowed starts: no mass in probability space
+    emissions.requires_grad_(True)
+    ll = crf(emissions, tags, mask)
+    assert type(ll.grad_fn).__name__ != "_NumpyLogLikelihoodBackward"  # the log-space recursion
+    assert torch.isfinite(ll).all()
+    (grad,) = torch.autograd.grad(ll.sum(), [emissions])
+    assert torch.isfinite(grad).all()
+
+
+def test_likelihood_of_bf16_scores_is_float32_with_bf16_gradients():
+    k = len(IOB2_LABELS)
+    crf = _crf(k, 19).float()
+    emissions, tags, mask = _batch([6, 3], k, torch.Generator().manual_seed(19))
+    half = emissions.to(torch.bfloat16).requires_grad_(True)
+    ll = crf(half, tags, mask)
+    assert ll.dtype == torch.float32
+    seqtext.nn.crf.NUMPY_ON_CPU = False
+    try:
+        torch.testing.assert_close(ll, crf(half.float(), tags, mask))
+    finally:
+        seqtext.nn.crf.NUMPY_ON_CPU = True
+    (grad,) = torch.autograd.grad(ll.sum(), [half])
+    assert grad.dtype == torch.bfloat16 and torch.isfinite(grad.float()).all()

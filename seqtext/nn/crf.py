@@ -125,6 +125,10 @@ class CRF(nn.Module):
         trans, start, end = self._scores()
         # Padded positions may hold any filler id (e.g. -100); keep the gathers in range.
         tags = tags.masked_fill(~mask, 0)
+        if emissions.device.type == "cpu" and NUMPY_ON_CPU:
+            log_likelihood = _NumpyLogLikelihood.apply(emissions, tags, mask, trans, start, end)
+            if bool(torch.isfinite(log_likelihood).all()):
+                return log_likelihood
         return self._path_score(emissions, tags, mask, trans, start, end) - \
             self._log_partition(emissions, mask, trans, start, end)
 
@@ -295,6 +299,84 @@ class _ScaledForwardBackward(torch.autograd.Function):
         grad_trans = counts * p_trans
         # (autograd casts each gradient to its input's dtype)
         return grad_emissions, None, grad_trans, grad_start, grad_end
+
+
+class _NumpyLogLikelihood(torch.autograd.Function):
+    """The whole log-likelihood of CPU scores, ``gold path score - log Z`` per sequence, and its
+    exact gradient, in NumPy: the same arithmetic as :meth:`CRF._path_score` (under autograd)
+    minus :class:`_ScaledForwardBackward`, which other devices run. At a CoNLL batch the loss is
+    ~60 tiny torch calls and as many autograd nodes, whose per-call overhead is most of its cost;
+    a NumPy call costs a fraction of it. The gradient is the forward-backward posteriors minus the
+    gold path's indicators (tag at t, tag pair at t-1 → t, first and last tag). A sequence whose
+    allowed paths all underflow gives a non-finite value, and the caller falls back to the log-space
+    recursion, as it does for :class:`_ScaledForwardBackward`.
+    """
+
+    @staticmethod
+    def forward(ctx, emissions: Tensor, tags: Tensor, mask: Tensor, trans: Tensor, start: Tensor,
+                end: Tensor) -> Tensor:
+        dtype = torch.promote_types(emissions.dtype, torch.float32)  # bf16/fp16 scores run in fp32
+        scores, trans, start, end = (x.detach().to(dtype).contiguous().numpy()
+                                     for x in (emissions, trans, start, end))
+        tags, live = tags.numpy(), mask.numpy()
+        B, T, K = scores.shape
+        lengths = live.sum(1)
+        rows = np.arange(B)
+        last_tags = tags[rows, lengths - 1]
+        pairs = tags[:, :-1] * K + tags[:, 1:]  # [B, T-1] flat (previous, next) tag ids
+        gold = (start[tags[:, 0]] + end[last_tags]
+                + np.where(live, np.take_along_axis(scores, tags[:, :, None], 2)[:, :, 0], 0).sum(1)
+                + np.where(live[:, 1:], trans.reshape(-1)[pairs], 0).sum(1))
+        emit_max = scores.max(2, keepdims=True)
+        emit = np.exp(scores - emit_max)
+        trans_max, start_max, end_max = trans.max(), start.max(), end.max()
+        p_trans, p_start, p_end = np.exp(trans - trans_max), np.exp(start - start_max), np.exp(end - end_max)
+        # Each sequence reversed within its length, for the backward messages (as in
+        # _ScaledForwardBackward, whose comments say what each quantity is).
+        t = np.arange(T)
+        flip_index = np.where(t < lengths[:, None], lengths[:, None] - 1 - t, t)  # [B, T], its own inverse
+        flip = np.take_along_axis(emit, flip_index[:, :, None], 1)
+        block = np.zeros((2 * K, 2 * K), dtype=p_trans.dtype)
+        block[:K, :K], block[K:, K:] = p_trans, p_trans.T
+        with np.errstate(divide="ignore", invalid="ignore", under="ignore"):
+            messages, scales = _recurse(np.concatenate([emit, flip], 2), block,
+                                        np.concatenate([p_start * emit[:, 0], p_end * flip[:, 0]], 1), 2)
+            messages, scales = np.stack(messages, 1), np.stack(scales, 1)[:, :, 0]
+            alphas = messages[:, :, :K]
+            last = alphas[rows, lengths - 1]
+            log_scale = np.where(live, np.log(scales) + emit_max[:, :, 0], 0).sum(1)
+            log_z = (log_scale + (lengths - 1) * trans_max + start_max + end_max
+                     + np.log((last * p_end).sum(1)))
+        ctx.saved = (live, tags, pairs, last_tags, flip_index, p_trans, p_start, p_end, messages, last)
+        return torch.from_numpy((gold - log_z).astype(scores.dtype))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        live, tags, pairs, last_tags, flip_index, p_trans, p_start, p_end, messages, last = ctx.saved
+        B, T, K = tags.shape[0], tags.shape[1], p_trans.shape[0]
+        g = grad.detach().numpy().astype(p_trans.dtype)
+        live3 = live[:, :, None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            gammas = np.where(live3, np.take_along_axis(messages[:, :, K:], flip_index[:, :, None], 1), 0)
+            alphas = np.where(live3, messages[:, :, :K], 0)
+            reach = np.concatenate([np.broadcast_to(p_start, (B, 1, K)), alphas[:, :-1] @ p_trans], 1)
+            joint = reach * gammas
+            weight = np.where(live3, g[:, None, None] / joint.sum(2, keepdims=True), 0)
+        # d(gold - log Z): the gold path's indicators minus the posteriors
+        grad_emissions = -(joint * weight)
+        grad_emissions.reshape(-1)[(np.arange(B * T) * K + tags.reshape(-1))[live.reshape(-1)]] += \
+            np.broadcast_to(g[:, None], (B, T))[live]
+        grad_start = grad_emissions[:, 0].sum(0)  # the first tag's indicator minus its posterior
+        ends = last * p_end
+        grad_end = (np.bincount(last_tags, weights=g, minlength=K)
+                    - (ends / ends.sum(1, keepdims=True) * g[:, None]).sum(0))
+        counts = alphas[:, :-1].reshape(-1, K).T @ (gammas[:, 1:] * weight[:, 1:]).reshape(-1, K)
+        gold_pairs = np.bincount(pairs[live[:, 1:]], weights=np.broadcast_to(g[:, None], pairs.shape)[live[:, 1:]],
+                                 minlength=K * K).reshape(K, K)
+        grad_trans = gold_pairs - counts * p_trans
+        out = [torch.from_numpy(np.ascontiguousarray(x)) for x in (grad_emissions, grad_trans, grad_start, grad_end)]
+        return out[0], None, None, out[1], out[2], out[3]
 
 
 def _scaled_recursion(emit: Tensor, p: Tensor, first: Tensor, groups: int = 1) -> tuple[Tensor, Tensor]:
