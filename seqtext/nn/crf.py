@@ -325,7 +325,7 @@ class _NumpyLogLikelihood(torch.autograd.Function):
         last_tags = tags[rows, lengths - 1]
         pairs = tags[:, :-1] * K + tags[:, 1:]  # [B, T-1] flat (previous, next) tag ids
         gold = (start[tags[:, 0]] + end[last_tags]
-                + np.where(live, np.take_along_axis(scores, tags[:, :, None], 2)[:, :, 0], 0).sum(1)
+                + np.where(live, scores[rows[:, None], np.arange(T), tags], 0).sum(1)
                 + np.where(live[:, 1:], trans.reshape(-1)[pairs], 0).sum(1))
         emit_max = scores.max(2, keepdims=True)
         emit = np.exp(scores - emit_max)
@@ -335,7 +335,7 @@ class _NumpyLogLikelihood(torch.autograd.Function):
         # _ScaledForwardBackward, whose comments say what each quantity is).
         t = np.arange(T)
         flip_index = np.where(t < lengths[:, None], lengths[:, None] - 1 - t, t)  # [B, T], its own inverse
-        flip = np.take_along_axis(emit, flip_index[:, :, None], 1)
+        flip = emit[rows[:, None], flip_index]
         block = np.zeros((2 * K, 2 * K), dtype=p_trans.dtype)
         block[:K, :K], block[K:, K:] = p_trans, p_trans.T
         with np.errstate(divide="ignore", invalid="ignore", under="ignore"):
@@ -358,9 +358,9 @@ class _NumpyLogLikelihood(torch.autograd.Function):
         g = grad.detach().numpy().astype(p_trans.dtype)
         live3 = live[:, :, None]
         with np.errstate(divide="ignore", invalid="ignore"):
-            gammas = np.where(live3, np.take_along_axis(messages[:, :, K:], flip_index[:, :, None], 1), 0)
+            gammas = np.where(live3, messages[np.arange(B)[:, None], flip_index, K:], 0)
             alphas = np.where(live3, messages[:, :, :K], 0)
-            reach = np.concatenate([np.broadcast_to(p_start, (B, 1, K)), alphas[:, :-1] @ p_trans], 1)
+            reach = np.concatenate([np.broadcast_to(p_start, (B, 1, K)), _matmul(alphas[:, :-1], p_trans)], 1)
             joint = reach * gammas
             weight = np.where(live3, g[:, None, None] / joint.sum(2, keepdims=True), 0)
         # d(gold - log Z): the gold path's indicators minus the posteriors
@@ -371,12 +371,19 @@ class _NumpyLogLikelihood(torch.autograd.Function):
         ends = last * p_end
         grad_end = (np.bincount(last_tags, weights=g, minlength=K)
                     - (ends / ends.sum(1, keepdims=True) * g[:, None]).sum(0))
-        counts = alphas[:, :-1].reshape(-1, K).T @ (gammas[:, 1:] * weight[:, 1:]).reshape(-1, K)
+        counts = _matmul(alphas[:, :-1].reshape(-1, K).T, (gammas[:, 1:] * weight[:, 1:]).reshape(-1, K))
         gold_pairs = np.bincount(pairs[live[:, 1:]], weights=np.broadcast_to(g[:, None], pairs.shape)[live[:, 1:]],
                                  minlength=K * K).reshape(K, K)
         grad_trans = gold_pairs - counts * p_trans
         out = [torch.from_numpy(np.ascontiguousarray(x)) for x in (grad_emissions, grad_trans, grad_start, grad_end)]
         return out[0], None, None, out[1], out[2], out[3]
+
+
+def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` by torch, on torch's threads: NumPy's OpenBLAS starts threads of its own for
+    products this size (a [17, B·T] × [B·T, 17] one is), which then spin beside torch's and slowed
+    the whole CRF loss 3× on 2 threads (``python benchmarks/lstm_kernels.py --only crf``)."""
+    return torch.matmul(torch.from_numpy(a), torch.from_numpy(b)).numpy()
 
 
 def _scaled_recursion(emit: Tensor, p: Tensor, first: Tensor, groups: int = 1) -> tuple[Tensor, Tensor]:
