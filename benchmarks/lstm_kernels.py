@@ -12,8 +12,9 @@
    recursion under autograd vs seqtext's probability-space forward-backward; and the whole CRF
    loss, composed in torch (as on a GPU) vs in NumPy (seqtext on CPU).
 6. Char CNN convolution (the tagger's), forward+backward over a CoNLL batch's characters:
-   ``nn.Conv1d`` vs the same convolution as one matrix product (``CharCNN``), on inputs whose
-   length changes every call as it does from batch to batch, and at one fixed length.
+   ``nn.Conv1d`` vs the same convolution as one matrix product, on inputs whose length changes
+   every call as it does from batch to batch, and at one fixed length; and the whole
+   ``CharCNN.encode`` with that product vs with the table rows it now sums.
 Writes benchmarks/results/lstm_kernels[_<part>].json.
 """
 
@@ -31,7 +32,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import seqtext.nn.crf
 from benchmarks.common import save, table
-from seqtext.nn.chars import conv1d_as_matmul
+from seqtext.nn.chars import CharCNN, conv1d_as_matmul
 from seqtext.nn.crf import CRF
 from seqtext.nn.encoder import Encoder, reverse_padded
 from seqtext.nn.heads import masked_pool
@@ -116,6 +117,26 @@ def crf_ms(B, T, K=17):
 
     return (1000 * timed(lambda: loss(CRF._log_partition_log_space), 50),
             1000 * timed(torch_loops, 50), 1000 * timed(lambda: loss(CRF._log_partition), 50))
+
+
+def char_cnn_ms(words=690, chars=100, reps=20):
+    """ms per forward+backward of ``CharCNN.encode`` over a batch's distinct words (~690 at 1,280
+    tokens, 1-15 characters, ~4,000 in all): the convolution as a matrix product over windows vs
+    as a sum of table rows (the default)."""
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 16, (words,), generator=gen).clamp(max=15)
+    ids = torch.zeros(words, int(lengths.max()), dtype=torch.long)
+    for row, n in enumerate(lengths.tolist()):
+        ids[row, :n] = torch.randint(2, chars, (n,), generator=gen)
+    cnn = CharCNN(chars, char_dim=30, filters=50)
+    upstream = torch.randn(words, 50, generator=gen)
+
+    def run(table: bool):
+        cnn.window_table = table
+        cnn.zero_grad(set_to_none=True)
+        (cnn.encode(ids) * upstream).sum().backward()
+
+    return 1000 * timed(lambda: run(False), reps), 1000 * timed(lambda: run(True), reps)
 
 
 def crf_nll_ms(B, T, K=17):
@@ -214,6 +235,9 @@ def chars_part(result, rows):
         result["char_conv_ms"][name] = {"conv1d": round(conv1d, 2), "matmul": round(matmul, 2)}
         rows.append((f"char conv fwd+bwd, {name.replace('_', ' ')}: nn.Conv1d / matmul ms",
                      f"{conv1d:.2f} / {matmul:.2f}"))
+    matmul, table = char_cnn_ms()
+    result["char_cnn_ms"] = {"window_matmul": round(matmul, 2), "window_table": round(table, 2)}
+    rows.append(("char CNN encode fwd+bwd, 690 words: window matmul / window table ms", f"{matmul:.2f} / {table:.2f}"))
 
 
 PARTS = {"packed": packed_part, "encoder": encoder_part, "reversal": reversal_part,
