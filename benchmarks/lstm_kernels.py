@@ -8,9 +8,9 @@
 3. Within-length reversal, forward+backward: autograd gather vs seqtext's self-inverse permutation.
 4. Masked max+mean pooling (the IMDB classifier's), forward+backward: the autograd formulas vs
    seqtext's fused ``masked_pool``.
-5. CRF log partition (the tagger's loss), forward+backward over 17 BIOES tags: the log-space
-   recursion under autograd vs seqtext's probability-space forward-backward; and the whole CRF
-   loss, composed in torch (as on a GPU) vs in NumPy (seqtext on CPU).
+5. CRF log partition (the tagger's loss), forward+backward over 17 BIOES tags, in torch (as on
+   a GPU): the log-space recursion under autograd vs seqtext's probability-space forward-backward;
+   and the whole CRF loss, composed in torch vs in NumPy (seqtext on CPU).
 6. Char CNN convolution (the tagger's), forward+backward over a CoNLL batch's characters:
    ``nn.Conv1d`` vs the same convolution as one matrix product, on inputs whose length changes
    every call as it does from batch to batch, and at one fixed length; and the whole
@@ -108,21 +108,14 @@ def crf_ms(B, T, K=17):
     def loss(partition):
         partition(x, mask, *crf._scores()).sum().backward()
 
-    def torch_loops():  # the scaled recursion's loops in torch, as on a GPU
-        seqtext.nn.crf.NUMPY_ON_CPU = False
-        try:
-            loss(CRF._log_partition)
-        finally:
-            seqtext.nn.crf.NUMPY_ON_CPU = True
-
     return (1000 * timed(lambda: loss(CRF._log_partition_log_space), 50),
-            1000 * timed(torch_loops, 50), 1000 * timed(lambda: loss(CRF._log_partition), 50))
+            1000 * timed(lambda: loss(CRF._log_partition), 50))
 
 
 def char_cnn_ms(words=690, chars=100, reps=20):
     """ms per forward+backward of ``CharCNN.encode`` over a batch's distinct words (~690 at 1,280
-    tokens, 1-15 characters, ~4,000 in all): the convolution as a matrix product over windows vs
-    as a sum of table rows (the default)."""
+    tokens: a 0.53 share, results/char_table.json; here 1-15 random characters each): the
+    convolution as a matrix product over windows vs as a sum of table rows (the default)."""
     gen = torch.Generator().manual_seed(0)
     lengths = torch.randint(1, 16, (words,), generator=gen).clamp(max=15)
     ids = torch.zeros(words, int(lengths.max()), dtype=torch.long)
@@ -212,12 +205,11 @@ def pooling_part(result, rows):
 def crf_part(result, rows):
     result["crf_partition_ms"] = []
     for B, T in [(5, 64), (45, 78)]:  # a CoNLL training batch of runs of sentences; an eval-sized batch
-        log_space, torch_loops, numpy_loops = crf_ms(B, T)
+        log_space, probability_space = crf_ms(B, T)
         result["crf_partition_ms"].append({"shape": [B, T, 17], "log_space_autograd": round(log_space, 2),
-                                           "probability_space_torch_loops": round(torch_loops, 2),
-                                           "probability_space": round(numpy_loops, 2)})
-        rows.append((f"CRF log Z fwd+bwd {B}x{T}x17: log space (autograd) / probability space, loops in torch / "
-                     "in NumPy (seqtext on CPU) ms", f"{log_space:.2f} / {torch_loops:.2f} / {numpy_loops:.2f}"))
+                                           "probability_space": round(probability_space, 2)})
+        rows.append((f"CRF log Z fwd+bwd {B}x{T}x17 (torch, as on a GPU): log space (autograd) / probability space ms",
+                     f"{log_space:.2f} / {probability_space:.2f}"))
     result["crf_loss_ms"] = []
     for B, T in [(20, 64), (45, 78)]:  # a 1,280-token CoNLL training batch; an eval-sized batch
         composed, numpy = crf_nll_ms(B, T)

@@ -51,9 +51,10 @@ def main() -> None:
     name, module, attribute, off, on = COMPARISONS[args.compare]
 
     with training_step(args.recipe, args.data_dir, args.overrides, args.warmup + args.batches) as (step, batches):
-        switched = step.__self__.net.get_submodule(module) if step.__self__.net.embedder.chars is not None else None
-        if switched is None:
+        net = step.__self__.net
+        if getattr(net.embedder, "chars", None) is None:
             raise SystemExit(f"{args.recipe}: the model is not a tagger with a char CNN")
+        switched = net.get_submodule(module)
         rows = [b.chars.flatten(0, 1) for b in batches]
         distinct = [len(unique_rows(r)[0]) / len(r) for r in rows]
 

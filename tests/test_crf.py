@@ -48,7 +48,7 @@ def _batch(lengths: list[int], k: int, gen: torch.Generator):
 
 @pytest.fixture(params=["numpy", "torch"])
 def message_loops(request, monkeypatch):
-    """Run a test with the forward-backward loops in NumPy (CPU) and in torch (other devices)."""
+    """Run a test with the CRF loss in NumPy (CPU) and composed in torch (other devices)."""
     monkeypatch.setattr(seqtext.nn.crf, "NUMPY_ON_CPU", request.param == "numpy")
     return request.param
 

@@ -102,7 +102,7 @@ class CharCNN(nn.Module):
         The embedding is a lookup and the convolution linear, so a window's output is the sum of
         its characters' rows (plus the bias): ``kernel`` gathers of ``filters`` values per character
         instead of a ``kernel × char_dim``-deep product, and the product is taken once per
-        character *type* (~100) instead of once per character of the batch (~4,000). The padding
+        character *type* (the vocabulary) instead of once per character of the batch. The padding
         id's rows are zero, as a zero-padded window would see them, whatever its embedding holds."""
         emb = self.embedding.weight
         real = torch.ones(emb.size(0), 1, dtype=emb.dtype, device=emb.device)

@@ -18,8 +18,8 @@ from .encoder import reversal_index, reverse_padded
 # and logsumexp stay finite even when emissions leave no allowed path with real mass.
 FORBIDDEN = -1e4
 
-# Run the forward-backward message loops in NumPy for CPU tensors (see _scaled_recursion);
-# tests switch it off to check the torch path that other devices take.
+# Compute the CRF loss in NumPy for CPU tensors (see _NumpyLogLikelihood); tests and benchmarks
+# switch it off to check and time the torch path that other devices take.
 NUMPY_ON_CPU = True
 
 
@@ -129,8 +129,11 @@ class CRF(nn.Module):
             log_likelihood = _NumpyLogLikelihood.apply(emissions, tags, mask, trans, start, end)
             if bool(torch.isfinite(log_likelihood).all()):
                 return log_likelihood
-        return self._path_score(emissions, tags, mask, trans, start, end) - \
-            self._log_partition(emissions, mask, trans, start, end)
+            # every allowed path underflowed in probability space: only log space is finite
+            log_z = self._log_partition_log_space(emissions, mask, trans, start, end)
+        else:
+            log_z = self._log_partition(emissions, mask, trans, start, end)
+        return self._path_score(emissions, tags, mask, trans, start, end) - log_z
 
     def neg_log_likelihood(self, emissions: Tensor, tags: Tensor, mask: Tensor | None = None,
                            reduction: str = "mean") -> Tensor:
@@ -233,12 +236,12 @@ class _ScaledForwardBackward(torch.autograd.Function):
     marginals: d log Z / d emission = P(tag at t), d log Z / d transition = expected count.
 
     The log-space recursion under autograd costs ~25 small kernels per time step (logsumexp's
-    max, subtract, exp, sum and log, broadcasts, their backward); this costs 4, and on CPU those
-    run in NumPy (:func:`_scaled_recursion`). When a gradient will be needed, the forward and the
-    backward messages run side by side in the same loop (:func:`_scaled_recursion` with two
-    groups), so the loop runs once per step instead of twice. Every score is shifted by its
-    maximum before ``exp``, so nothing overflows; a sequence whose allowed paths all underflow
-    returns a non-finite value (the caller falls back).
+    max, subtract, exp, sum and log, broadcasts, their backward); this costs 4. When a gradient
+    will be needed, the forward and the backward messages run side by side in the same loop
+    (:func:`_scaled_recursion` with two groups), so the loop runs once per step instead of twice.
+    On CPU the whole loss runs in NumPy instead (:class:`_NumpyLogLikelihood`, the same
+    arithmetic). Every score is shifted by its maximum before ``exp``, so nothing overflows; a
+    sequence whose allowed paths all underflow returns a non-finite value (the caller falls back).
     """
 
     @staticmethod
@@ -258,7 +261,7 @@ class _ScaledForwardBackward(torch.autograd.Function):
         # Backward messages run on each sequence reversed within its length (so every one starts
         # at column 0), in the forward recursion's form: gamma_t = emit_t * beta_t, with
         # gamma_t ∝ (gamma_{t+1} @ p_trans.T) * emit_t and gamma_last ∝ emit_last * p_end.
-        index = flip = None
+        index = None
         if any(ctx.needs_input_grad):
             index = reversal_index(lengths, T, emit.device)
             flip = reverse_padded(emit, lengths, index)
@@ -392,20 +395,16 @@ def _scaled_recursion(emit: Tensor, p: Tensor, first: Tensor, groups: int = 1) -
     ``[B, T, groups]`` (the scales before normalising).
 
     With ``p`` block-diagonal, the groups are independent recursions run in one loop (the CRF's
-    forward and backward messages). The loop is T steps of 4 tiny operations on [B, K] arrays,
-    where the cost is each call's overhead, not arithmetic: on CPU it runs on NumPy views of the
-    tensors, whose calls cost a fraction of torch's (``python benchmarks/lstm_kernels.py --only
-    crf``), and on other devices in torch, with the same code."""
-    if emit.device.type == "cpu" and NUMPY_ON_CPU:
-        with np.errstate(divide="ignore", invalid="ignore"):  # 0 / 0 past a sequence's end, or underflow
-            outs, scales = _recurse(*(x.contiguous().numpy() for x in (emit, p, first)), groups)
-        return torch.from_numpy(np.stack(outs, 1)), torch.from_numpy(np.stack(scales, 1))
+    forward and backward messages). The loop is T steps of 4 tiny operations on [B, K] tensors,
+    where the cost is each call's overhead, not arithmetic; on CPU, :class:`_NumpyLogLikelihood`
+    runs the same loop (:func:`_recurse`) on NumPy arrays, whose calls cost a fraction of torch's."""
     outs, scales = _recurse(emit, p, first, groups)
     return torch.stack(outs, 1), torch.stack(scales, 1)
 
 
 def _recurse(emit, p, u, groups: int) -> tuple[list, list]:
-    """The loop of :func:`_scaled_recursion`, written once for NumPy arrays and torch tensors."""
+    """The loop of :func:`_scaled_recursion`, written once for torch tensors (other devices) and
+    NumPy arrays (:class:`_NumpyLogLikelihood` on CPU)."""
     outs, scales = [], []
     B, width = u.shape
     for t in range(emit.shape[1]):
