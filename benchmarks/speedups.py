@@ -1,5 +1,5 @@
-"""The tagger's training step with one of its speed-ups switched off vs on, interleaved batch by
-batch on the same batches (all are on by default; each is exact up to rounding, and tested):
+"""A training step with one of its speed-ups switched off vs on, interleaved batch by batch on the
+same batches (all are on by default; each is tested). The tagger's are exact up to rounding:
 
 - ``--compare dedup``: the char CNN over every token vs over each distinct word of a batch once
   (``CharCNN.dedup``);
@@ -8,11 +8,17 @@ batch on the same batches (all are on by default; each is exact up to rounding, 
 - ``--compare split``: tag scores of the concatenated BiLSTM states vs of each direction, with
   the backward direction's scores reversed instead of its states (``TaggerHead.split_directions``).
 
+The language model's draws its random numbers differently, from the same distribution:
+
+- ``--compare dropconnect``: DropConnect masks of the LSTM's hidden-to-hidden weights from torch's
+  ``bernoulli_`` vs from NumPy's random bytes (``Encoder.fast_drop_connect``; WikiText-2 recipe).
+
     python benchmarks/speedups.py --compare table                    # CoNLL recipe, 1 thread
     python benchmarks/speedups.py --compare dedup --set train.batch_tokens=320 --threads 2
+    python benchmarks/speedups.py --compare dropconnect --threads 2  # WikiText-2 recipe
 
-Prints the share of distinct words per batch and ms per step of each; writes
-benchmarks/results/<char_dedup|char_table|tag_split>[_NAME].json (``--name``). (This script was
+Prints ms per step of each (and for the tagger the share of distinct words per batch); writes
+benchmarks/results/<char_dedup|char_table|tag_split|drop_connect>[_NAME].json (``--name``). (This script was
 ``benchmarks/char_dedup.py`` when it wrote the ``char_dedup*.json`` results.)
 """
 
@@ -33,14 +39,18 @@ from seqtext.nn.chars import unique_rows
 # --compare → (results name, module of the net, its switch, label when off, label when on)
 COMPARISONS = {"dedup": ("char_dedup", "embedder.chars", "dedup", "every_token", "distinct_words"),
                "table": ("char_table", "embedder.chars", "window_table", "window_matmul", "window_table"),
-               "split": ("tag_split", "head", "split_directions", "concatenated", "split_directions")}
+               "split": ("tag_split", "head", "split_directions", "concatenated", "split_directions"),
+               "dropconnect": ("drop_connect", "encoder", "fast_drop_connect", "bernoulli", "numpy_bits")}
+# the recipe and data each comparison runs on unless --recipe / --data-dir say otherwise
+RECIPES = {"dropconnect": ("recipes/wikitext2_lm.toml", "../shared/data/wikitext2")}
+TAGGER = ("recipes/conll2003_ner.toml", "../shared/data/conll2003")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--compare", choices=sorted(COMPARISONS), default="dedup")
-    ap.add_argument("--recipe", default="recipes/conll2003_ner.toml")
-    ap.add_argument("--data-dir", default="../shared/data/conll2003")
+    ap.add_argument("--recipe", help="default: the CoNLL recipe (the WikiText-2 one for dropconnect)")
+    ap.add_argument("--data-dir", help="default: the recipe's data in ../shared/data")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     ap.add_argument("--threads", type=int, default=1, help="1: how the recipe trains each member")
     ap.add_argument("--batches", type=int, default=150)
@@ -49,14 +59,18 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     name, module, attribute, off, on = COMPARISONS[args.compare]
+    recipe, data_dir = RECIPES.get(args.compare, TAGGER)
+    args.recipe, args.data_dir = args.recipe or recipe, args.data_dir or data_dir
 
     with training_step(args.recipe, args.data_dir, args.overrides, args.warmup + args.batches) as (step, batches):
         net = step.__self__.net
-        if getattr(net.embedder, "chars", None) is None:
+        if module.startswith("embedder.chars") and getattr(net.embedder, "chars", None) is None:
             raise SystemExit(f"{args.recipe}: the model is not a tagger with a char CNN")
+        if attribute == "fast_drop_connect" and not net.encoder.weight_dropout:
+            raise SystemExit(f"{args.recipe}: the model has no weight dropout ([model] weight_dropout)")
         switched = net.get_submodule(module)
-        rows = [b.chars.flatten(0, 1) for b in batches]
-        distinct = [len(unique_rows(r)[0]) / len(r) for r in rows]
+        chars = [b.chars.flatten(0, 1) for b in batches if getattr(b, "chars", None) is not None]
+        distinct = [len(unique_rows(r)[0]) / len(r) for r in chars]
 
         def toggled(value: bool):
             def run(b):
@@ -67,11 +81,13 @@ def main() -> None:
         seconds, tokens = time_interleaved(batches, {off: toggled(False), on: toggled(True)}, args.warmup)
     ms = {k: 1000 * v / args.batches for k, v in seconds.items()}
     result = {"recipe": args.recipe, "overrides": args.overrides, "compare": args.compare, "batches": args.batches,
-              "threads": args.threads, "distinct_share": round(float(np.mean(distinct)), 3),
+              "threads": args.threads,
+              **({"distinct_share": round(float(np.mean(distinct)), 3)} if distinct else {}),
               "ms_per_step": {k: round(v, 2) for k, v in ms.items()},
               "tokens_per_s": {k: round(tokens / v) for k, v in seconds.items()},
               "speedup": round(ms[off] / ms[on], 3)}
-    print(table([("distinct words / token rows per batch", f"{result['distinct_share']:.2f}"),
+    rows = [("distinct words / token rows per batch", f"{result['distinct_share']:.2f}")] if distinct else []
+    print(table([*rows,
                  (f"ms per step: {off} / {on}", f"{ms[off]:.2f} / {ms[on]:.2f}"),
                  ("speed-up", f"{result['speedup']:.3f}x")],
                 f"{module}.{attribute} off vs on ({args.threads} thread(s), {args.batches} batches)"))

@@ -5,7 +5,7 @@ import torch
 import seqtext
 from seqtext.data.batching import Batch
 from seqtext.errors import SeqtextError
-from seqtext.nn.encoder import Encoder, reverse_padded
+from seqtext.nn.encoder import Encoder, drop_connect, reverse_padded
 from seqtext.nn.heads import masked_pool
 
 
@@ -212,3 +212,21 @@ def test_tagger_head_scores_directions_like_their_concatenation(training):
     if training:  # the dropout mask did apply: scores differ from evaluation mode
         head.eval()
         assert not torch.allclose(head.emissions(enc(x, lengths)[0]), results[0][0])
+
+
+@pytest.mark.parametrize("p", [0.3, 0.5, 0.9])
+def test_drop_connect_is_inverted_dropout_of_the_weights(p):
+    w = torch.randn(400, 300, dtype=torch.float64, requires_grad=True)
+    torch.manual_seed(0)
+    out = drop_connect(w, p)
+    kept = out != 0
+    keep = kept.double().mean().item()
+    assert abs(keep - (1 - p)) < 0.005  # 120k draws: ~5 standard deviations
+    scale = (out[kept] / w[kept]).detach()
+    assert torch.allclose(scale, scale[0].expand_as(scale)) and abs(scale[0].item() * (1 - p) - 1) < 1e-4
+    out.sum().backward()
+    assert torch.equal(w.grad, kept.double() * scale[0])  # the gradient is the same mask and scale
+    torch.manual_seed(0)
+    assert torch.equal(drop_connect(w, p), out)  # torch's seed decides the mask
+    assert not torch.equal(drop_connect(w, p), out)  # and each call draws a new one
+    assert drop_connect(w, 0.0) is w
