@@ -13,7 +13,7 @@ on the same machine:
   (benchmarks/lm_reference.py) on the same windows, interleaved, and optionally the
   reference's perplexity after ``--ref-minutes`` of training,
 - generation tokens/s at batch 1 (CPU), with a sample.
-Writes benchmarks/results/wikitext2_lm.json.
+Writes benchmarks/results/wikitext2_lm.json (``--name``).
 """
 
 from __future__ import annotations
@@ -126,6 +126,7 @@ def main() -> None:
                          "budget (0 = keep the recipe's epochs)")
     ap.add_argument("--gen-tokens", type=int, default=300)
     ap.add_argument("--prompt", default="The game was released in")
+    ap.add_argument("--name", default="wikitext2_lm", help="results file: benchmarks/results/NAME.json")
     args = ap.parse_args()
 
     import seqtext
@@ -202,7 +203,7 @@ def main() -> None:
                      f"test ppl {result['reference']['test_ppl']:.2f}"))
     print(table(rows, f"WikiText-2 language model — {args.recipe}, {args.threads} threads"))
     print(f"\nsample: {result['generation_sample'][:300]}")
-    print(f"written {save('wikitext2_lm', result)}")
+    print(f"written {save(args.name, result)}")
 
 
 if __name__ == "__main__":
