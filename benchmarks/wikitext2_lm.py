@@ -75,7 +75,7 @@ def reference_size_speed(recipe: str, data_dir: str, threads: int, n_batches: in
     """Training tokens/s of seqtext at the reference's sizes and of the reference loop's step
     (benchmarks/lm_reference.py: SGD, clip 0.25) on the very same windows, interleaved per
     window so that machine load hits both equally."""
-    from seqtext.train import Trainer
+    from seqtext.train import Trainer, freed_memory_kept
 
     # the caller's overrides first (e.g. train.bf16), then the reference's sizes, which win
     task, data = prepare(recipe, data_dir, [*(overrides or []), *REFERENCE_SIZES, f"train.threads={threads}"])
@@ -94,7 +94,10 @@ def reference_size_speed(recipe: str, data_dir: str, threads: int, n_batches: in
         ref.train()
         task.reset_epoch()
         batches = itertools.islice(task.train_batches(data["train"], epoch=0), n_batches + 3)
-        seconds, tokens = time_interleaved(batches, {"seqtext": trainer._step, "reference": ref_step}, warmup=3)
+        # the allocator settings of the Trainer's fit(), for both loops (without them every step
+        # page-faults its vocabulary-sized buffers back in: 1.37x instead of 1.95x, benchmarks/README.md)
+        with freed_memory_kept():
+            seconds, tokens = time_interleaved(batches, {"seqtext": trainer._step, "reference": ref_step}, warmup=3)
     seq_s, ref_s = seconds["seqtext"], seconds["reference"]
     return {"seqtext_tokens_per_s": round(tokens / seq_s), "reference_tokens_per_s": round(tokens / ref_s),
             "ratio": round(ref_s / seq_s, 2), "batches": n_batches, "overrides": REFERENCE_SIZES}
