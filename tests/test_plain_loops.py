@@ -34,3 +34,35 @@ def test_plain_loops_learn_the_task(tmp_path, kind):
     batches = list(itertools.islice(task.train_batches(data["train"], epoch=0), 8))
     losses = [step(b) for _ in range(6) for b in batches]
     assert sum(losses[-8:]) < 0.5 * sum(losses[:8])
+
+
+def test_benchmark_timings_run_under_the_trainers_allocator_settings(tmp_path, monkeypatch):
+    """Benchmarks that time seqtext's step outside ``fit()`` apply fit()'s allocator settings
+    (without them an LM's vocabulary-sized buffers page-fault back in every step: a refactor once
+    dropped them from the pytorch/examples comparison, which then read 1.39x instead of 1.89x)."""
+    import contextlib
+    import importlib
+
+    from test_lm import lm_recipe, toml_of
+
+    from benchmarks.common import throughput
+    from benchmarks.wikitext2_lm import reference_size_speed
+
+    train_module = importlib.import_module("seqtext.train")  # seqtext.train is also the train() function
+    entered = []
+    real = train_module.freed_memory_kept
+
+    @contextlib.contextmanager
+    def spy(enabled=True):
+        entered.append(enabled)
+        with real(enabled) as applied:
+            yield applied
+
+    monkeypatch.setattr(train_module, "freed_memory_kept", spy)
+    recipe = tmp_path / "lm.toml"
+    recipe.write_text(toml_of(lm_recipe(tmp_path)))
+    same = reference_size_speed(str(recipe), None, threads=1, n_batches=2)
+    assert entered == [True] and same["seqtext_tokens_per_s"] > 0 and same["reference_tokens_per_s"] > 0
+    task, data = prepare(str(recipe), None)
+    assert throughput(task, data, n_batches=2, warmup=1)["full_tokens_per_s"] > 0
+    assert entered == [True, True]
