@@ -809,8 +809,20 @@ def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None
     return run_dir
 
 
+# In a member's process (parallel_members > 1): set once the ensemble is stopping, so that a
+# process that frees up starts no further member.
+_members_stopping = None
+
+
+def _member_process_init(stopping) -> None:
+    global _members_stopping
+    _members_stopping = stopping
+
+
 def _train_member(member: Recipe, data_dir: str | None, resume: bool, quiet: bool) -> dict:
     """One ensemble member, start to finish (also the entry point of a member's own process)."""
+    if _members_stopping is not None and _members_stopping.is_set():
+        raise Interrupted(f"{member.output_dir}: not started, the ensemble is stopping")
     directory = member.output_dir
     if resume and (directory / METRICS_FILE).is_file():
         return read_json(directory / METRICS_FILE)["train"]
@@ -918,21 +930,32 @@ def _train_members_in_processes(members: list[Recipe], parallel: int, data_dir: 
               f"thread(s) each; member 1 shows its progress", file=sys.stderr)
 
     def on_term(signum, frame):
-        # a SIGTERM (job scheduler, `kill`) reaches this process only, unlike Ctrl-C, which reaches
-        # the whole process group: pass it on, so each member saves a checkpoint and stops
-        for child in multiprocessing.active_children():
-            child.terminate()
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt  # handled below, as Ctrl-C is
 
+    context = multiprocessing.get_context("spawn")
+    stopping = context.Event()
     with signals_handled(on_term, signal.SIGTERM), \
-            ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
+            ProcessPoolExecutor(parallel, mp_context=context, initializer=_member_process_init,
+                                initargs=(stopping,)) as pool:
         futures = [pool.submit(_train_member, m, data_dir, resume, quiet or i > 0) for i, m in enumerate(members)]
         summaries = []
-        for i, future in enumerate(futures):
-            summaries.append(future.result())
-            if not quiet:
-                print(f"ensemble member {i + 1}/{len(members)} done: dev {summaries[-1]['best_dev']:.4f}",
-                      file=sys.stderr)
+        try:
+            for i, future in enumerate(futures):
+                summaries.append(future.result())
+                if not quiet:
+                    print(f"ensemble member {i + 1}/{len(members)} done: dev {summaries[-1]['best_dev']:.4f}",
+                          file=sys.stderr)
+        except BaseException:
+            # Ctrl-C, a SIGTERM or a failed member: start no further member (the pool would otherwise
+            # hand the queued ones to the freed processes and wait for them to finish), and stop the
+            # running ones at their next step with a checkpoint. Ctrl-C has reached them already; a
+            # SIGTERM (job scheduler, `kill`) reaches this process only, so pass it on.
+            stopping.set()
+            for future in futures:
+                future.cancel()
+            for child in multiprocessing.active_children():
+                child.terminate()
+            raise
     return summaries
 
 

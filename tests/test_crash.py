@@ -84,27 +84,33 @@ def alive(pid: int) -> bool:
         return False
 
 
-def test_sigterm_to_a_parallel_ensemble_stops_its_member_processes(reference, tmp_path):
-    """SIGTERM reaches the parent alone: it passes it on, each member saves a checkpoint, and no
-    member process is left training on its own."""
+@pytest.mark.parametrize("how", ["sigterm_to_parent", "ctrl_c_to_group"])
+def test_stopping_a_parallel_ensemble_stops_its_member_processes(reference, tmp_path, how):
+    """SIGTERM reaches the parent alone: it passes it on; Ctrl-C reaches every process. Either way
+    each running member saves a checkpoint, no member process is left training on its own, and
+    the queued members are not started (4 members, 2 at a time)."""
     recipe, _ = reference
     out = tmp_path / "ens"
     proc = subprocess.Popen([sys.executable, "-m", "seqtext", "train", str(recipe), "-o", str(out), "-q",
-                             "--set", "model.ensemble=2", "--set", "train.parallel_members=2",
+                             "--set", "model.ensemble=4", "--set", "train.parallel_members=2",
                              "--set", "train.threads=2", "--set", "train.epochs=500", "--set", "train.patience=0"],
-                            env=ENV, stderr=subprocess.PIPE, text=True)
+                            env=ENV, stderr=subprocess.PIPE, text=True, start_new_session=True)
     checkpoints = [out / "members" / str(i) / "checkpoint.safetensors" for i in (1, 2)]
     deadline = time.time() + 200
     while not all(c.exists() for c in checkpoints) and time.time() < deadline:
         time.sleep(0.2)
     members = child_pids(proc.pid)
     assert len(members) >= 2
-    proc.send_signal(signal.SIGTERM)
+    if how == "sigterm_to_parent":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-800:]
     assert "--resume" in err and "Traceback" not in err
     time.sleep(0.5)
     assert not [pid for pid in members if alive(pid)]
+    assert sorted(d.name for d in (out / "members").iterdir()) == ["1", "2"]  # 3 and 4 never started
 
 
 def test_atomic_write_gives_normal_permissions_and_keeps_existing_ones(tmp_path):
