@@ -77,6 +77,23 @@ def prepare(recipe_path: str, data_dir: str | None, overrides: list[str] | None 
 
 
 @contextmanager
+def step_trainer(task, net, data, keep_freed_memory: bool = True):
+    """A CPU Trainer whose ``_step`` a benchmark times outside ``fit()``, set up as ``fit()`` runs
+    it: the net in training mode, the epoch's state reset, and fit()'s allocator settings held for
+    the block (without them an LM's vocabulary-sized buffers page-fault back in every step; a
+    benchmark that built its own Trainer once lost them this way). ``keep_freed_memory=False``
+    keeps glibc's defaults instead."""
+    from seqtext.train import Trainer, freed_memory_kept
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(task, net, data, Path(tmp), torch.device("cpu"), quiet=True)
+        net.train()
+        task.reset_epoch()
+        with freed_memory_kept(keep_freed_memory):
+            yield trainer
+
+
+@contextmanager
 def training_step(recipe_path: str, data_dir: str | None, overrides: list[str], n_batches: int,
                   keep_freed_memory: bool = True):
     """Yield (seqtext's training step function, the first ``n_batches`` batches of epoch 0) for a
@@ -84,18 +101,12 @@ def training_step(recipe_path: str, data_dir: str | None, overrides: list[str], 
 
     ``keep_freed_memory=False`` keeps glibc's default allocator settings, which the Trainer's
     training loop otherwise changes while it runs (compare the two in separate processes)."""
-    from seqtext.train import Trainer, freed_memory_kept
-
     task, data = prepare(recipe_path, data_dir, overrides)
     torch.manual_seed(0)
     net = task.build_net()
     batches = list(itertools.islice(task.train_batches(data["train"], epoch=0), n_batches))
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(task, net, data, Path(tmp), torch.device("cpu"), quiet=True)
-        net.train()
-        task.reset_epoch()
-        with freed_memory_kept(keep_freed_memory):  # as the Trainer's fit() has it
-            yield trainer._step, batches
+    with step_trainer(task, net, data, keep_freed_memory) as trainer:
+        yield trainer._step, batches
 
 
 def throughput(task, data, n_batches: int = 60, warmup: int = 5, also: dict | None = None) -> dict:
@@ -108,7 +119,7 @@ def throughput(task, data, n_batches: int = 60, warmup: int = 5, also: dict | No
     ``also`` = more step functions (name → step(batch)) timed in the same interleaving; each
     adds ``<name>_tokens_per_s``.
     """
-    from seqtext.train import Trainer, freed_memory_kept, matmul_peak_flops
+    from seqtext.train import matmul_peak_flops
 
     torch.manual_seed(0)
     net = task.build_net()
@@ -119,15 +130,11 @@ def throughput(task, data, n_batches: int = 60, warmup: int = 5, also: dict | No
         if len(batches) == warmup + n_batches:
             break
 
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(task, net, data, Path(tmp), device, quiet=True)
+    with step_trainer(task, net, data) as trainer:
         bf16 = trainer.bf16  # the bare LSTM runs at the pipeline's precision (fp32 where bf16 cannot run)
         bare_step = bare_lstm_step(task, net, bf16)
-        net.train()
-        task.reset_epoch()
-        with freed_memory_kept():  # the allocator settings of the Trainer's fit()
-            seconds, tokens = time_interleaved(batches, {"full": trainer._step, "bare": bare_step, **(also or {})},
-                                               warmup)
+        seconds, tokens = time_interleaved(batches, {"full": trainer._step, "bare": bare_step, **(also or {})},
+                                           warmup)
     full, bare = tokens / seconds["full"], tokens / seconds["bare"]
     extra = {f"{name}_tokens_per_s": round(tokens / seconds[name]) for name in also or {}}
     peak = matmul_peak_flops(device, seconds=1.0, dtype=torch.bfloat16 if bf16 else torch.float32)

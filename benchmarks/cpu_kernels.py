@@ -16,7 +16,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -53,8 +52,7 @@ def kernels() -> dict:
 def tagger_step(steps: int) -> dict:
     import torch
 
-    from benchmarks.common import prepare
-    from seqtext.train import Trainer, freed_memory_kept
+    from benchmarks.common import prepare, step_trainer
 
     task, data = prepare("recipes/conll2003_ner.toml", str(ROOT.parent / "shared" / "data" / "conll2003"))
     torch.manual_seed(0)
@@ -64,16 +62,13 @@ def tagger_step(steps: int) -> dict:
         batches.append(batch)
         if len(batches) == steps:
             break
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(task, net, data, Path(tmp), torch.device("cpu"), quiet=True)
-        net.train()
-        with freed_memory_kept():  # the allocator settings of the Trainer's fit()
-            for batch in batches[:5]:
-                trainer._step(batch)
-            start, tokens = time.perf_counter(), 0
-            for batch in batches:
-                trainer._step(batch)
-                tokens += batch.num_tokens
+    with step_trainer(task, net, data) as trainer:
+        for batch in batches[:5]:
+            trainer._step(batch)
+        start, tokens = time.perf_counter(), 0
+        for batch in batches:
+            trainer._step(batch)
+            tokens += batch.num_tokens
     return {"tokens_per_s": round(tokens / (time.perf_counter() - start))}
 
 

@@ -76,14 +76,12 @@ def sync_probe(task_name: str, batch_override: str, steps: int = 100) -> None:
     all-reduce and without it (``no_sync``), alternating blocks; rank 0 prints one JSON line."""
     import contextlib
     import itertools
-    import tempfile
     import time
 
     import torch
 
-    from benchmarks.common import prepare
+    from benchmarks.common import prepare, step_trainer
     from seqtext import distributed as dist
-    from seqtext.train import Trainer, freed_memory_kept
 
     dist.init(torch.device("cpu"))  # a CPU (gloo) benchmark
     recipe, data_dir, _ = TASKS[task_name]
@@ -93,18 +91,15 @@ def sync_probe(task_name: str, batch_override: str, steps: int = 100) -> None:
     net = task.build_net()
     batches = list(itertools.islice(task.train_batches(data["train"], 0, dist.rank(), dist.world_size()), 4 * steps))
     ms = {"sync": [], "no_sync": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(task, net, data, Path(tmp), torch.device("cpu"), quiet=True)
-        net.train()
-        with freed_memory_kept(True):
-            for block in range(4):
-                mode = "sync" if block % 2 == 0 else "no_sync"
-                ctx = trainer.model.no_sync if mode == "no_sync" else contextlib.nullcontext
-                start = time.perf_counter()
-                for b in batches[block * steps: (block + 1) * steps]:
-                    with ctx():
-                        trainer._step(b)
-                ms[mode].append(1000 * (time.perf_counter() - start) / steps)
+    with step_trainer(task, net, data) as trainer:
+        for block in range(4):
+            mode = "sync" if block % 2 == 0 else "no_sync"
+            ctx = trainer.model.no_sync if mode == "no_sync" else contextlib.nullcontext
+            start = time.perf_counter()
+            for b in batches[block * steps: (block + 1) * steps]:
+                with ctx():
+                    trainer._step(b)
+            ms[mode].append(1000 * (time.perf_counter() - start) / steps)
     if dist.is_main():
         print("STEP_MS " + json.dumps({k: round(min(v), 2) for k, v in ms.items()}), flush=True)
 

@@ -15,6 +15,9 @@
    ``nn.Conv1d`` vs the same convolution as one matrix product, on inputs whose length changes
    every call as it does from batch to batch, and at one fixed length; and the whole
    ``CharCNN.encode`` with that product vs with the table rows it now sums.
+7. DropConnect (the WikiText-2 LM's weight drop 0.3) on one layer's 1600 × 400 hidden-to-hidden
+   weights, forward+backward: ``F.dropout`` (torch's ``bernoulli_``) vs seqtext's ``drop_connect``
+   (NumPy random bytes on CPU).
 Writes benchmarks/results/lstm_kernels[_<part>].json.
 """
 
@@ -34,7 +37,7 @@ import seqtext.nn.crf
 from benchmarks.common import save, table
 from seqtext.nn.chars import CharCNN, conv1d_as_matmul
 from seqtext.nn.crf import CRF
-from seqtext.nn.encoder import Encoder, reverse_padded
+from seqtext.nn.encoder import Encoder, drop_connect, reverse_padded
 from seqtext.nn.heads import masked_pool
 
 
@@ -117,7 +120,7 @@ def char_cnn_ms(words=690, chars=100, reps=20):
     tokens: a 0.53 share, results/char_table.json; here 1-15 random characters each): the
     convolution as a matrix product over windows vs as a sum of table rows (the default)."""
     gen = torch.Generator().manual_seed(0)
-    lengths = torch.randint(1, 16, (words,), generator=gen).clamp(max=15)
+    lengths = torch.randint(1, 16, (words,), generator=gen)
     ids = torch.zeros(words, int(lengths.max()), dtype=torch.long)
     for row, n in enumerate(lengths.tolist()):
         ids[row, :n] = torch.randint(2, chars, (n,), generator=gen)
@@ -232,8 +235,23 @@ def chars_part(result, rows):
     rows.append(("char CNN encode fwd+bwd, 690 words: window matmul / window table ms", f"{matmul:.2f} / {table:.2f}"))
 
 
+def dropconnect_part(result, rows):
+    weight = torch.randn(1600, 400, requires_grad=True)
+
+    def run(drop):
+        weight.grad = None
+        drop(weight, 0.3).sum().backward()
+
+    bernoulli = 1000 * timed(lambda: run(torch.nn.functional.dropout), 50)
+    numpy_bits = 1000 * timed(lambda: run(drop_connect), 50)
+    result["drop_connect_ms"] = {"shape": [1600, 400], "f_dropout": round(bernoulli, 2),
+                                 "numpy_bits": round(numpy_bits, 2)}
+    rows.append(("DropConnect fwd+bwd 1600x400, p 0.3: F.dropout / drop_connect ms",
+                 f"{bernoulli:.2f} / {numpy_bits:.2f}"))
+
+
 PARTS = {"packed": packed_part, "encoder": encoder_part, "reversal": reversal_part,
-         "pooling": pooling_part, "crf": crf_part, "chars": chars_part}
+         "pooling": pooling_part, "crf": crf_part, "chars": chars_part, "dropconnect": dropconnect_part}
 
 
 def main() -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 
 from benchmarks import lm_reference
-from benchmarks.common import peak_rss_mb, prepare, save, table, throughput, time_interleaved
+from benchmarks.common import peak_rss_mb, prepare, save, step_trainer, table, throughput, time_interleaved
 
 
 def output_layer_step(task):
@@ -75,8 +74,6 @@ def reference_size_speed(recipe: str, data_dir: str, threads: int, n_batches: in
     """Training tokens/s of seqtext at the reference's sizes and of the reference loop's step
     (benchmarks/lm_reference.py: SGD, clip 0.25) on the very same windows, interleaved per
     window so that machine load hits both equally."""
-    from seqtext.train import Trainer, freed_memory_kept
-
     # the caller's overrides first (e.g. train.bf16), then the reference's sizes, which win
     task, data = prepare(recipe, data_dir, [*(overrides or []), *REFERENCE_SIZES, f"train.threads={threads}"])
     torch.manual_seed(0)
@@ -88,16 +85,10 @@ def reference_size_speed(recipe: str, data_dir: str, threads: int, n_batches: in
         nonlocal hidden
         hidden = lm_reference.train_step(ref, b.ids.t().contiguous(), b.targets.t().reshape(-1), hidden, lr=20.0)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(task, net, data, Path(tmp), torch.device("cpu"), quiet=True)
-        net.train()
-        ref.train()
-        task.reset_epoch()
+    ref.train()
+    with step_trainer(task, net, data) as trainer:  # both loops under fit()'s allocator settings
         batches = itertools.islice(task.train_batches(data["train"], epoch=0), n_batches + 3)
-        # the allocator settings of the Trainer's fit(), for both loops (without them every step
-        # page-faults its vocabulary-sized buffers back in: 1.37x instead of 1.95x, benchmarks/README.md)
-        with freed_memory_kept():
-            seconds, tokens = time_interleaved(batches, {"seqtext": trainer._step, "reference": ref_step}, warmup=3)
+        seconds, tokens = time_interleaved(batches, {"seqtext": trainer._step, "reference": ref_step}, warmup=3)
     seq_s, ref_s = seconds["seqtext"], seconds["reference"]
     return {"seqtext_tokens_per_s": round(tokens / seq_s), "reference_tokens_per_s": round(tokens / ref_s),
             "ratio": round(ref_s / seq_s, 2), "batches": n_batches, "overrides": REFERENCE_SIZES}

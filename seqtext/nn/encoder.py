@@ -39,12 +39,13 @@ def reversal_index(lengths: torch.Tensor, T: int, device=None) -> torch.Tensor:
 def drop_connect(weight: torch.Tensor, p: float, fast: bool = True) -> torch.Tensor:
     """``F.dropout(weight, p)`` (DropConnect), with the mask drawn faster on CPU (``fast``).
 
-    torch's CPU ``bernoulli_`` draws one Mersenne-Twister number per element on one thread:
-    4.8 ms for an LSTM layer's 1600 × 400 hidden-to-hidden weights, two layers 7 % of a WikiText-2
-    step (benchmarks/README.md). NumPy's PCG64 fills the same mask from random bytes in ~0.5 ms:
-    each element keeps with probability ``round((1 - p) · 2¹⁶) / 2¹⁶`` (within 2⁻¹⁷ of 1 - p) and
-    is scaled by its inverse, so the expectation is exact. The generator is seeded from torch's,
-    so seeded runs and resumed runs (which restore torch's RNG state) draw the same masks.
+    torch's CPU ``bernoulli_`` draws one Mersenne-Twister number per element on one thread; NumPy's
+    PCG64 fills the mask from random bytes (one layer of the WikiText-2 LM, forward + backward,
+    7.0 → 2.7 ms: ``python benchmarks/lstm_kernels.py --only dropconnect``; the whole step 1.065×:
+    ``python benchmarks/speedups.py --compare dropconnect --threads 2``). Each element keeps with
+    probability ``round((1 - p) · 2¹⁶) / 2¹⁶`` (within 2⁻¹⁷ of 1 - p) and is scaled by its inverse,
+    so the expectation is exact. The generator is seeded from torch's, so seeded runs and resumed
+    runs (which restore torch's RNG state) draw the same masks.
     """
     if p <= 0:
         return weight
