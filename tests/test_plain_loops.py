@@ -66,3 +66,26 @@ def test_benchmark_timings_run_under_the_trainers_allocator_settings(tmp_path, m
     task, data = prepare(str(recipe), None)
     assert throughput(task, data, n_batches=2, warmup=1)["full_tokens_per_s"] > 0
     assert entered == [True, True]
+
+
+@pytest.mark.parametrize("layers,bidirectional", [(1, True), (2, False), (2, True)])
+def test_step_anatomy_times_every_lstm_kernel_once(layers, bidirectional):
+    """benchmarks/step_anatomy.py's clock finds one oneDNN kernel node per layer and direction of a
+    watched nn.LSTM, and times its forward and backward: the LSTM's share of a step it reports
+    rests on these."""
+    from benchmarks.step_anatomy import LSTMClock, _kernel_nodes
+
+    lstm = torch.nn.LSTM(6, 5, num_layers=layers, bidirectional=bidirectional, batch_first=True)
+    x = torch.randn(3, 4, 6, requires_grad=True)
+    out = torch.nn.Linear(10 if bidirectional else 5, 2)(lstm(x)[0])  # more nodes above the LSTM
+    nodes = _kernel_nodes(out, layers * (2 if bidirectional else 1))
+    assert len(set(nodes)) == layers * (2 if bidirectional else 1)
+    assert all(n.name().startswith("MkldnnRnnLayerBackward") for n in nodes)
+    clock = LSTMClock()
+    clock.watch(lstm, "x")
+    lstm(x)[0].sum().backward()
+    assert clock.seconds["x_lstm_forward"] > 0 and clock.seconds["x_lstm_backward"] > 0
+    backward_calls = []
+    clock._add = lambda key, started: backward_calls.append(key)  # count the timed kernel nodes
+    lstm(x)[0].sum().backward()
+    assert len(backward_calls) == layers * (2 if bidirectional else 1)
