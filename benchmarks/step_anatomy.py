@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from benchmarks.common import bare_lstm_step, save, table, training_step
+from benchmarks.common import bare_lstm_step, save, table, time_interleaved, training_step
 
 
 class LSTMClock:
@@ -93,28 +93,26 @@ def main() -> None:
         for lstm in [*encoder.fwd, *(encoder.bwd or [])]:
             clock.watch(lstm, "full")
         bare = bare_lstm_step(trainer.task, trainer.net, trainer.bf16)
-        bare_lstm = next(c.cell_contents for c in bare.__closure__ if isinstance(c.cell_contents, torch.nn.LSTM))
-        clock.watch(bare_lstm, "bare")
-        tokens = 0
-        for i, b in enumerate(batches):
-            if i == args.warmup:
-                clock.seconds.clear()
-            for name, run in (("full", step), ("bare", bare)):
-                start = time.perf_counter()
+        clock.watch(bare.lstm, "bare")
+        steps = {"full": step, "bare": bare}
+        for b in batches[: args.warmup]:
+            for run in steps.values():
                 run(b)
-                clock.seconds[f"{name}_step"] += time.perf_counter() - start
-            tokens += b.num_tokens if i >= args.warmup else 0
-    ms = {k: 1000 * v / args.batches for k, v in clock.seconds.items()}
+        clock.seconds.clear()  # the LSTM times of the warm-up steps
+        seconds, tokens = time_interleaved(batches[args.warmup:], steps, warmup=0)
+    timed = len(batches) - args.warmup  # fewer than --batches where the epoch is shorter
+    ms = {k: 1000 * v / timed for k, v in clock.seconds.items()}
+    ms.update({f"{name}_step": 1000 * v / timed for name, v in seconds.items()})
     for name in ("full", "bare"):
         ms[f"{name}_rest"] = ms[f"{name}_step"] - ms[f"{name}_lstm_forward"] - ms[f"{name}_lstm_backward"]
-    result = {"recipe": args.recipe, "overrides": args.overrides, "threads": args.threads, "batches": args.batches,
-              "tokens_per_batch": round(tokens / args.batches), "ms_per_step": {k: round(v, 2) for k, v in ms.items()},
+    result = {"recipe": args.recipe, "overrides": args.overrides, "threads": args.threads, "batches": timed,
+              "tokens_per_batch": round(tokens / timed), "ms_per_step": {k: round(v, 2) for k, v in ms.items()},
               "ratio": round(ms["bare_step"] / ms["full_step"], 3)}
     rows = [(f"{name} step ms: LSTM forward + LSTM backward + rest = total",
              f"{ms[f'{name}_lstm_forward']:.2f} + {ms[f'{name}_lstm_backward']:.2f} + {ms[f'{name}_rest']:.2f} = "
              f"{ms[f'{name}_step']:.2f}") for name in ("full", "bare")]
     rows.append(("full / bare tokens/s", f"{result['ratio']:.3f}"))
-    print(table(rows, f"{args.recipe}: step anatomy ({args.threads} thread(s), {args.batches} batches)"))
+    print(table(rows, f"{args.recipe}: step anatomy ({args.threads} thread(s), {timed} batches)"))
     recipe_name = Path(args.recipe).stem
     print(f"written {save(args.name or f'step_anatomy_{recipe_name}', result)}")
 
