@@ -18,11 +18,31 @@ import torch.distributed as tdist
 from .errors import SeqtextError
 
 
-def init(device: torch.device) -> None:
+@contextlib.contextmanager
+def process_group(device: torch.device):
+    """Inside the block, this process is in the torchrun job's process group (see :func:`init`),
+    and it leaves the group at the end of the block if it joined at its start. Leaving: the ranks
+    wait for each other, then the group is destroyed, which joins its threads. A rank that exited
+    with the group still up aborted now and then at interpreter exit ("terminate called without
+    an active exception"; a few 2-process test runs in a hundred), failing a run that had finished."""
+    joined = init(device)
+    try:
+        yield
+    except BaseException:
+        if joined:
+            tdist.destroy_process_group()  # no barrier: the other ranks may be gone
+        raise
+    if joined:
+        tdist.barrier()
+        tdist.destroy_process_group()
+
+
+def init(device: torch.device) -> bool:
     """Join the process group: NCCL when the run trains on CUDA, gloo on CPU (also where a GPU is
-    present but ``--device cpu`` was asked for: NCCL reduces CUDA tensors only)."""
+    present but ``--device cpu`` was asked for: NCCL reduces CUDA tensors only). True if this
+    call joined it (False: not under torchrun, or already in a group)."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ or tdist.is_initialized():
-        return
+        return False
     if device.type == "cuda":
         per_node, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", 1)), torch.cuda.device_count()
         if per_node > gpus:
@@ -30,6 +50,7 @@ def init(device: torch.device) -> None:
                                f"and NCCL needs one GPU per process: use --nproc_per_node {gpus}, or train on "
                                "CPU with --device cpu (gloo)")
     tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return True
 
 
 def active() -> bool:

@@ -745,7 +745,11 @@ def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None
         recipe.output.dir = str(output)
     if device:
         recipe.train.device = device
-    dist.init(resolve_device(recipe.train.device))
+    with dist.process_group(resolve_device(recipe.train.device)):
+        return _train(recipe, data_dir, resume, force, quiet)
+
+
+def _train(recipe: Recipe, data_dir: str | None, resume: bool, force: bool, quiet: bool) -> Path:
     if quiet:
         import datasets
 

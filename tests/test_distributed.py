@@ -81,6 +81,30 @@ def test_init_refuses_more_cuda_ranks_than_gpus_on_a_machine(as_rank, monkeypatc
     assert as_rank == ["nccl"]
 
 
+def test_process_group_is_left_at_the_end_of_a_run_that_joined_it(monkeypatch):
+    """A rank that exits with the group still up can abort at interpreter exit (gloo's threads),
+    failing a run that finished: the group is destroyed at the end of the block, after an error
+    too, and a group the caller had joined already is left alone."""
+    from seqtext import distributed as dist
+
+    for k, v in {"RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}.items():
+        monkeypatch.setenv(k, v)
+    with dist.process_group(torch.device("cpu")):
+        assert dist.active() and dist.world_size() == 1
+    assert not dist.active()
+    with pytest.raises(RuntimeError, match="boom"), dist.process_group(torch.device("cpu")):
+        assert dist.active()
+        raise RuntimeError("boom")
+    assert not dist.active()
+    dist.init(torch.device("cpu"))  # joined by the caller
+    try:
+        with dist.process_group(torch.device("cpu")):
+            pass
+        assert dist.active()
+    finally:
+        torch.distributed.destroy_process_group()
+
+
 def test_two_processes_match_one_process_quality(tiny, tmp_path):
     epochs = ["--set", "train.epochs=6", "--set", "train.patience=0"]
     single = seqtext.train(tiny, ["train.batch_size=16", "train.epochs=6", "train.patience=0"],
