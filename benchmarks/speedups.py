@@ -6,7 +6,9 @@ same batches (all are on by default; each is tested). The tagger's are exact up 
 - ``--compare table``: the char CNN's convolution as a matrix product over each character's
   window vs as a sum of per-character table rows (``CharCNN.window_table``);
 - ``--compare split``: tag scores of the concatenated BiLSTM states vs of each direction, with
-  the backward direction's scores reversed instead of its states (``TaggerHead.split_directions``).
+  the backward direction's scores reversed instead of its states (``TaggerHead.split_directions``);
+- ``--compare layout``: tag scores by ``F.linear`` on the batch-first states vs on the time-major
+  tensor they are a view of (``TaggerHead.as_stored``, ``heads.linear_as_stored``).
 
 The language model's draws its random numbers differently, from the same distribution:
 
@@ -18,7 +20,7 @@ The language model's draws its random numbers differently, from the same distrib
     python benchmarks/speedups.py --compare dropconnect --threads 2  # WikiText-2 recipe
 
 Prints ms per step of each (and for the tagger the share of distinct words per batch); writes
-benchmarks/results/<char_dedup|char_table|tag_split|drop_connect>[_NAME].json (``--name``). (This script was
+benchmarks/results/<char_dedup|char_table|tag_split|tag_layout|drop_connect>[_NAME].json (``--name``). (This script was
 ``benchmarks/char_dedup.py`` when it wrote the ``char_dedup*.json`` results.)
 """
 
@@ -40,6 +42,7 @@ from seqtext.nn.chars import unique_rows
 COMPARISONS = {"dedup": ("char_dedup", "embedder.chars", "dedup", "every_token", "distinct_words"),
                "table": ("char_table", "embedder.chars", "window_table", "window_matmul", "window_table"),
                "split": ("tag_split", "head", "split_directions", "concatenated", "split_directions"),
+               "layout": ("tag_layout", "head", "as_stored", "batch_major", "as_stored"),
                "dropconnect": ("drop_connect", "encoder", "fast_drop_connect", "bernoulli", "numpy_bits")}
 # the recipe and data each comparison runs on unless --recipe / --data-dir say otherwise
 RECIPES = {"dropconnect": ("recipes/wikitext2_lm.toml", "../shared/data/wikitext2")}
