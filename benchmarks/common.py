@@ -93,6 +93,19 @@ def step_trainer(task, net, data, keep_freed_memory: bool = True):
             yield trainer
 
 
+def add_step_options(ap, recipe: str | None, data_dir: str | None, warmup: int, recipe_help: str = "") -> None:
+    """The options of a benchmark that times :func:`training_step` on a recipe's first batches:
+    ``--recipe``, ``--data-dir``, ``--set``, ``--threads``, ``--batches``, ``--warmup``. A default of
+    None for the recipe means the script picks one (``recipe_help`` says which)."""
+    ap.add_argument("--recipe", default=recipe, help=recipe_help or "default: %(default)s")
+    ap.add_argument("--data-dir", default=data_dir,
+                    help="default: %(default)s" if data_dir else "default: the recipe's data in ../shared/data")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    ap.add_argument("--threads", type=int, default=1, help="1: how the tagger and classifier recipes train each member")
+    ap.add_argument("--batches", type=int, default=150, help="batches timed")
+    ap.add_argument("--warmup", type=int, default=warmup, help="batches run first, untimed")
+
+
 @contextmanager
 def training_step(recipe_path: str, data_dir: str | None, overrides: list[str], n_batches: int,
                   keep_freed_memory: bool = True):

@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import save, table, time_interleaved, training_step
+from benchmarks.common import add_step_options, save, table, time_interleaved, training_step
 from seqtext.nn.chars import unique_rows
 
 # --compare → (results name, module of the net, its switch, label when off, label when on)
@@ -52,12 +52,8 @@ TAGGER = ("recipes/conll2003_ner.toml", "../shared/data/conll2003")
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--compare", choices=sorted(COMPARISONS), default="dedup")
-    ap.add_argument("--recipe", help="default: the CoNLL recipe (the WikiText-2 one for dropconnect)")
-    ap.add_argument("--data-dir", help="default: the recipe's data in ../shared/data")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    ap.add_argument("--threads", type=int, default=1, help="1: how the recipe trains each member")
-    ap.add_argument("--batches", type=int, default=150)
-    ap.add_argument("--warmup", type=int, default=5)
+    add_step_options(ap, None, None, warmup=5,
+                     recipe_help="default: the CoNLL recipe (the WikiText-2 one for dropconnect)")
     ap.add_argument("--name", default="", help="results file suffix")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from benchmarks.common import bare_lstm_step, save, table, time_interleaved, training_step
+from benchmarks.common import add_step_options, bare_lstm_step, save, table, time_interleaved, training_step
 
 
 class LSTMClock:
@@ -76,12 +76,7 @@ def _kernel_nodes(output: torch.Tensor, layers: int) -> list:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--recipe", default="recipes/conll2003_ner.toml")
-    ap.add_argument("--data-dir", default="../shared/data/conll2003")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    ap.add_argument("--threads", type=int, default=1, help="1: how the tagger and classifier recipes train each member")
-    ap.add_argument("--batches", type=int, default=150)
-    ap.add_argument("--warmup", type=int, default=10)
+    add_step_options(ap, "recipes/conll2003_ner.toml", "../shared/data/conll2003", warmup=10)
     ap.add_argument("--name", help="results file name (default step_anatomy_<recipe name>)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -24,7 +24,7 @@ def process_group(device: torch.device):
     and it leaves the group at the end of the block if it joined at its start. Leaving: the ranks
     wait for each other, then the group is destroyed, which joins its threads. A rank that exited
     with the group still up aborted now and then at interpreter exit ("terminate called without
-    an active exception"; a few 2-process test runs in a hundred), failing a run that had finished."""
+    an active exception"), failing a run that had finished."""
     joined = init(device)
     try:
         yield

@@ -101,8 +101,8 @@ def linear_as_stored(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     LSTM's batch-first output does (a transposed view of its [T, B, H] result): the product runs on
     the [T, B, H] tensor and the small [T, B, K] result is transposed back. Otherwise ``F.linear``
     copies the states to batch-major first, and the LSTM's backward copies their gradient back
-    (~0.3 ms of a CoNLL step in a profile; the step runs 1.005x faster without them:
-    ``python benchmarks/speedups.py --compare layout``). The same product, row by row."""
+    (a CoNLL step runs 1.005x faster without the copies: ``python benchmarks/speedups.py
+    --compare layout``). The same product, row by row."""
     if x.dim() == 3 and not x.is_contiguous() and x.transpose(0, 1).is_contiguous():
         return F.linear(x.transpose(0, 1), weight, bias).transpose(0, 1)
     return F.linear(x, weight, bias)
