@@ -357,6 +357,7 @@ class Trainer:
         self.total_steps = self.cfg.max_steps or self.cfg.epochs * self.steps_per_epoch
         if self.cfg.sparse_embeddings:
             self._sparse_word_gradients()
+        self.row_gradients = list(dist.row_gradient_params(net).values())
         # frozen layers get no gradient; every other parameter gets one in every step (the adaptive
         # softmax's clusters are slices of one weight, so a cluster without targets still counts)
         self.model = dist.wrap(net, device, find_unused=self.cfg.freeze_epochs > 0)
@@ -612,6 +613,8 @@ class Trainer:
             return self._bad_step(f"loss became {loss.item()}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.row_gradients and self.world > 1:
+            dist.average_row_gradients(self.row_gradients)  # left out of DDP (see dist.wrap)
         if c.clip or self.world > 1:
             # Under DDP every rank must skip the same steps, or their gradient all-reduces fall out
             # of step (a hang, or gloo aborting on mismatched sizes). A non-finite loss on any rank

@@ -175,9 +175,18 @@ def test_two_processes_with_layers_frozen_for_the_first_epoch(tiny, tmp_path):
     assert r.returncode == 0, why(r)
 
 
+def test_sparse_embedding_gradients_are_averaged_outside_ddp():
+    """The sparse (row) gradient of an embedding is left out of DDP, whose gloo sparse all-reduce
+    corrupts the heap now and then (benchmarks/sparse_allreduce.py), and averaged by
+    ``dist.average_row_gradients``: the same as averaging the dense gradients, with repeated rows,
+    rows on one rank only, a rank without rows and a step without any (tests/row_gradients_on_rank.py)."""
+    r = run(torchrun([str(HERE / "row_gradients_on_rank.py")]), timeout=120)
+    assert r.returncode == 0, why(r)
+
+
 def test_two_process_tagger_with_crf_chars_and_sparse_embeddings(tmp_path):
     """Every tagger parameter gets a gradient each step (DDP is not asked to look for unused
-    ones), and the sparse word-embedding gradient is all-reduced over gloo."""
+    ones), and the sparse word-embedding gradient is averaged across the ranks outside DDP."""
     from test_tag import write_recipe
 
     recipe = write_recipe(tmp_path, model={"crf": "true"},
