@@ -138,7 +138,8 @@ def test_activation_regularisation_adds_ar_and_tar_to_the_training_loss_only(tmp
     torch.manual_seed(0)
     net = task.build_net().eval()  # eval: no dropout, so the losses differ by the penalty alone
     batch = next(iter(task.train_batches(data, 0)))
-    (top, _), _ = net.encode(batch, None, outputs="directions")
+    with torch.no_grad():
+        (top, _), _ = net.encode(batch, None, outputs="directions")
     ar = float(top.pow(2).mean())
     tar = float((top[:, 1:] - top[:, :-1]).pow(2).mean())
     assert ar > 0 and tar > 0
@@ -146,7 +147,7 @@ def test_activation_regularisation_adds_ar_and_tar_to_the_training_loss_only(tmp
     def loss(alpha, beta):
         task.recipe.model.activation_reg, task.recipe.model.temporal_activation_reg = alpha, beta
         task.reset_epoch()
-        return float(task.loss(net, batch))
+        return float(task.loss(net, batch).detach())
 
     plain = loss(0.0, 0.0)
     assert loss(2.0, 0.0) == pytest.approx(plain + 2.0 * ar, rel=1e-5)
