@@ -119,12 +119,11 @@ def average_row_gradients(params: list[torch.nn.Parameter]) -> None:
         return
     world = world_size()
     for p in params:
-        grad = p.grad
-        if grad is None:  # no rows this step; the other ranks may have some
-            grad = torch.sparse_coo_tensor(torch.empty(1, 0, dtype=torch.long), p.new_empty(0, *p.shape[1:]),
-                                           p.shape, check_invariants=False)
-        grad = grad.coalesce()
-        rows, values = grad.indices()[0], grad.values().flatten(1)
+        if p.grad is None:  # no rows on this rank this step; the others may have some
+            rows, values = p.new_empty(0, dtype=torch.long), p.new_empty(0, p[0].numel())
+        else:
+            grad = p.grad.coalesce()
+            rows, values = grad.indices()[0], grad.values().flatten(1)
         # one row of bytes per gradient row: its index (int64), then its values
         packed = torch.cat([rows[:, None].view(torch.uint8), values.contiguous().view(torch.uint8)], 1)
         count = torch.tensor([packed.size(0)], dtype=torch.long)
