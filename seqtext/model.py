@@ -210,8 +210,8 @@ def load(directory: str | Path, device: str = "auto", task: str | None = None, b
         task: refuse other tasks' models (``classify``, ``tag``, ``lm``).
         bf16: predict and evaluate under bf16 autocast. Where bf16 is native (CUDA, CPUs with
             AVX512-BF16 or AMX) the CoNLL tagger ran at 1.5-1.8x the tokens/s with the same test F1
-            (README). Elsewhere it is slower and seqtext warns; on CPUs that cannot run bf16 at all
-            (AVX2 only) it warns and runs in fp32. Default off: fp32.
+            (benchmarks/README.md, Results in full). Elsewhere it is slower and seqtext warns; on
+            CPUs that cannot run bf16 at all (AVX2 only) it warns and runs in fp32. Default off: fp32.
     """
     path = check_model_dir(directory, task)
     t = load_task(path)
