@@ -81,6 +81,22 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def load_weights(net: torch.nn.Module, state: dict[str, torch.Tensor], source) -> None:
+    """``net.load_state_dict(state)``, refusing in one line (naming ``source``) a state that does
+    not fit the network built from the recipe: missing or unexpected tensors, or a tensor of
+    another shape (weights of another run, or a vocab.txt changed since training)."""
+    own = net.state_dict()
+    missing, unexpected = [k for k in own if k not in state], [k for k in state if k not in own]
+    if missing or unexpected:
+        raise SeqtextError(f"{source}: weights do not match the recipe (missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]})")
+    for k, v in own.items():
+        if state[k].shape != v.shape:
+            raise SeqtextError(f"{source}: {k} has shape {tuple(state[k].shape)} where the recipe's model has "
+                               f"{tuple(v.shape)}: weights of another run, or files changed since training")
+    net.load_state_dict(state)
+
+
 def write_model_files(directory: Path, task) -> None:
     """Everything but weights and metrics: recipe, vocab, tokenizer, task facts."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -216,11 +232,7 @@ def load(directory: str | Path, device: str = "auto", task: str | None = None, b
     path = check_model_dir(directory, task)
     t = load_task(path)
     net = t.build_net()
-    state = load_state_dict(inside(path, WEIGHTS_FILE))
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise SeqtextError(f"{directory}: weights do not match the recipe (missing {missing[:3]}, "
-                           f"unexpected {unexpected[:3]})")
+    load_weights(net, load_state_dict(inside(path, WEIGHTS_FILE)), directory)
     dev = resolve_device(device)
     from .train import bf16_setting
 

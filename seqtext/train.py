@@ -43,6 +43,7 @@ from .model import (
     WEIGHTS_FILE,
     load_state_dict,
     load_task,
+    load_weights,
     refuse_ensemble,
     resolve_device,
     save_state_dict,
@@ -483,7 +484,7 @@ class Trainer:
         if self.world > 1:  # this rank's own random and carried state
             own = f"rank{self.rank}."
             tensors |= {k[len(own):]: v for k, v in tensors.items() if k.startswith(own)}
-        self.net.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        load_weights(self.net, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, path)
         state: dict = {}
         for k, v in tensors.items():
             if k.startswith("optim."):
@@ -969,7 +970,7 @@ def _train_members_in_processes(members: list[Recipe], parallel: int, data_dir: 
 def finish(run_dir: Path, task, net, data: dict, device, summary: dict, quiet: bool) -> dict:
     """Load the best weights, score dev (and test), write metrics.json and curves.png."""
     if (run_dir / WEIGHTS_FILE).is_file():
-        net.load_state_dict(load_state_dict(run_dir / WEIGHTS_FILE))
+        load_weights(net, load_state_dict(run_dir / WEIGHTS_FILE), run_dir / WEIGHTS_FILE)
     else:
         save_state_dict(run_dir / WEIGHTS_FILE, net.state_dict())
     metrics = {"task": task.name, "metric": task.metric, "train": summary,

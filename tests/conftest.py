@@ -9,6 +9,12 @@ os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="seqtext-test
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import pytest
+from hypothesis import settings
+
+# Tests check behaviour, not speed: no per-example time limit (Hypothesis' default is 200 ms,
+# which a loaded CI machine can exceed on the tests that write files).
+settings.register_profile("seqtext", deadline=None)
+settings.load_profile("seqtext")
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -68,7 +68,7 @@ CASES = {
     "set unknown key": (lambda t: ["train", recipe(t), "--set", "train.epoch=3"], r"did you mean 'epochs'"),
     "set malformed": (lambda t: ["train", recipe(t), "--set", "epochs"], r"expected section\.key=value"),
     "model dir missing": (lambda t: ["evaluate", str(t / "nothing")], r"no such model directory"),
-    "predict no input": (lambda t: ["predict", str(t / "nothing")], r"no such model directory"),
+    "predict model dir missing": (lambda t: ["predict", str(t / "nothing")], r"no such model directory"),
     "oom-sized model": (lambda t: ["train", recipe(t), "--set", "model.hidden_size=4000000", "-o", str(t / "out")],
                         r"out of memory: lower .*batch_size.*model\] sizes"),
 }

@@ -34,6 +34,19 @@ def test_train_evaluate_predict_info(tiny, tmp_path):
     f.write_text("".join(f"line {i} great\n" for i in range(2500)))
     r = run("predict", out, "--file", f)
     assert r.exit_code == 0 and len(r.output.splitlines()) == 2500
+    r = run("predict", out)
+    assert r.exit_code == 2 and r.output.startswith("error: no input"), r.output
+    rows = [{"text": "a great wonderful film", "label": "pos"}, {"text": "an awful boring plot", "label": "neg"},
+            {"text": "the cast was superb and fun", "label": "pos"}]
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text("".join(json.dumps(x) + "\n" for x in rows))
+    r = run("evaluate", out, "--data", extra, "--json")
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.output)
+    assert sum(map(sum, m["confusion_matrix"])) == len(rows)  # the file's rows, not the recipe's test split
+    r = run("predict", out, *[x["text"] for x in rows], "--json")
+    predicted = [json.loads(line)["label"] for line in r.output.splitlines()]
+    assert m["accuracy"] == sum(p == x["label"] for p, x in zip(predicted, rows)) / len(rows)
     r = run("info", out)
     assert r.exit_code == 0 and "classify" in r.output and "parameters" in r.output
     assert json.loads(run("info", out, "--json").output)["labels"] == ["neg", "pos"]
@@ -55,3 +68,6 @@ def test_errors_are_one_line_exit_2(tmp_path, tiny):
         assert "Traceback" not in r.output
         assert len(r.output.strip().splitlines()) == 1 and r.output.startswith("error: ")
     assert not (tmp_path / "runs").exists()
+    r = run("--debug", "evaluate", tmp_path / "missing")  # --debug: the traceback, then the same line
+    assert r.exit_code == 2 and "Traceback" in r.output
+    assert r.output.strip().splitlines()[-1].startswith("error: ") and "no such model directory" in r.output

@@ -469,11 +469,19 @@ def test_cli_generate_without_a_model_says_how_to_make_one(tmp_path, monkeypatch
     assert "seqtext train recipes/wikitext2_lm.toml" in res.output
 
 
-def test_shipped_lm_recipes_load():
-    for name in ("demo_lm", "wikitext2_lm", "ptb_lm", "imdb_lm", "imdb_sentiment_transfer"):
-        recipe = load_recipe(REPO / "recipes" / f"{name}.toml")
-        if recipe.task == "lm":
-            assert recipe.model.bidirectional in (True, False)
+def test_shipped_lm_recipes_fit_their_uses():
+    """The next-word LMs (what `seqtext generate` samples from) run forward only; the IMDB biLM
+    runs both directions, and the transfer recipe that starts from it has its encoder's sizes
+    (init_from refuses others, after the 35-minute LM run)."""
+    recipes = {name: load_recipe(REPO / "recipes" / f"{name}.toml")
+               for name in ("demo_lm", "wikitext2_lm", "ptb_lm", "imdb_lm", "imdb_sentiment_transfer")}
+    for name in ("demo_lm", "wikitext2_lm", "ptb_lm"):
+        assert recipes[name].task == "lm" and not recipes[name].model.bidirectional, name
+    lm, transfer = recipes["imdb_lm"], recipes["imdb_sentiment_transfer"]
+    assert lm.task == "lm" and lm.model.bidirectional
+    assert transfer.task == "classify" and transfer.init_from == "runs/imdb_lm"
+    sizes = ("embedding_dim", "hidden_size", "layers", "bidirectional")
+    assert [getattr(transfer.model, k) for k in sizes] == [getattr(lm.model, k) for k in sizes]
 
 
 def test_long_prompt_is_processed_in_chunks_with_the_same_result(bilm, monkeypatch):

@@ -109,8 +109,17 @@ def test_classifier_prediction_alone_equals_in_padded_batch(trained_demo):
 
 
 def test_save_load_gives_identical_predictions(trained_demo):
+    """The saved model is the one training scored: loaded again, it gets the test metrics that
+    training wrote into metrics.json, and two loads predict alike."""
+    import json
+
+    model = seqtext.load(trained_demo)
+    written = json.loads((trained_demo / "metrics.json").read_text())["test"]
+    reloaded = model.evaluate(split="test")
+    assert reloaded["accuracy"] == written["accuracy"] and reloaded["macro_f1"] == written["macro_f1"]
+    assert reloaded["confusion_matrix"] == written["confusion_matrix"]
     texts = ["A superb cast and a touching script.", "A tedious, lazy mess.", ""]
-    a = seqtext.load(trained_demo).predict(texts)
+    a = model.predict(texts)
     b = seqtext.load(trained_demo).predict(texts)
     assert a == b
     assert a[0]["label"] == "pos" and a[1]["label"] == "neg"
@@ -262,3 +271,27 @@ def test_drop_connect_is_inverted_dropout_of_the_weights(p):
     assert torch.equal(drop_connect(w, p), out)  # torch's seed decides the mask
     assert not torch.equal(drop_connect(w, p), out)  # and each call draws a new one
     assert drop_connect(w, 0.0) is w
+
+
+@pytest.mark.parametrize("change", ["drop", "extra", "shape"])
+def test_weights_that_do_not_fit_the_recipe_are_refused_in_one_line(trained_demo, tmp_path, change):
+    """Weights of another run, or a vocab.txt edited since training: load refuses them, naming
+    the directory and the tensor, instead of loading part of them or failing with a traceback."""
+    import shutil
+
+    from seqtext.model import load_state_dict, save_state_dict
+
+    run = shutil.copytree(trained_demo, tmp_path / "run")
+    state = load_state_dict(run / "weights.safetensors")
+    if change == "drop":
+        del state["embedder.words.weight"]
+    elif change == "extra":
+        state["head.extra"] = torch.zeros(3)
+    else:
+        w = state["embedder.words.weight"]
+        state["embedder.words.weight"] = torch.zeros(w.shape[0] + 1, w.shape[1])
+    save_state_dict(run / "weights.safetensors", state)
+    pattern = {"drop": r"missing \['embedder\.words\.weight'\]", "extra": r"unexpected \['head\.extra'\]",
+               "shape": r"embedder\.words\.weight has shape"}[change]
+    with pytest.raises(SeqtextError, match=pattern):
+        seqtext.load(run)
