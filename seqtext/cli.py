@@ -13,6 +13,7 @@ import traceback
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from .errors import Interrupted, SeqtextError
 
@@ -120,7 +121,16 @@ def evaluate(model_dir, split, data_file, data_dir, mode, cache_size, cache_thet
     """Score a trained model: accuracy/F1 (classify), entity F1 (tag) or perplexity (lm)."""
     from .model import load
 
+    if data_file is not None and _given("split"):
+        raise SeqtextError("--split and --data: give one (--data scores that file instead of a split)")
+    if (cache_theta is not None or cache_lambda is not None) and not cache_size:
+        raise SeqtextError("--cache-theta and --cache-lambda need --cache-size N (the cache they tune)")
     model = load(model_dir, device, bf16=bf16)
+    if _given("mode") and model.task.name != "tag":
+        raise SeqtextError(f"--mode: only for taggers (seqeval's entity matching); {model_dir} is a "
+                           f"{model.task.name} model")
+    if cache_size and model.task.name != "lm":
+        raise SeqtextError(f"--cache-size: only for language models; {model_dir} is a {model.task.name} model")
     kw = {"mode": mode} if model.task.name == "tag" else {}
     if cache_size:
         kw.update(cache_size=cache_size, cache_theta=cache_theta, cache_lambda=cache_lambda)
@@ -152,11 +162,21 @@ def _print_metrics(metrics: dict) -> None:
 
 
 # ---------------------------------------------------------------------- predict
+def _given(name: str) -> bool:
+    """Whether the current command's option ``name`` was given on the command line."""
+    return click.get_current_context().get_parameter_source(name) == ParameterSource.COMMANDLINE
+
+
 def _read_inputs(texts, file) -> list[str] | None:
     if file is not None:
+        if texts:
+            raise SeqtextError("give TEXTS or --file, not both")
         return None
     if texts == ("-",):
-        return [line.rstrip("\n") for line in sys.stdin]
+        lines = [line.rstrip("\n") for line in sys.stdin]
+        if not lines:
+            raise SeqtextError("no input: stdin ('-') was empty")
+        return lines
     return list(texts)
 
 
@@ -185,16 +205,23 @@ def _chunks(handle, name, size: int = 1000):
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
               help="tag + conll: write the input columns plus a predicted tag column here.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per input line.")
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Texts per forward pass.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @bf16_option
 def predict(model_dir, texts, file, fmt, output, as_json, batch_size, device, bf16):
     """Predict labels (classify) or entities (tag) for TEXTS, a --file, or stdin ('-').
 
-    Inputs are processed in batches of 1000 lines, so large files use bounded memory.
+    One output line per input line, in order. Files and stdin are read 1,000 lines at a time, so
+    large inputs use bounded memory; --batch-size is the number of texts per forward pass.
     """
     from .model import load
 
+    if output is not None and fmt != "conll":
+        raise SeqtextError("--output writes tagged CoNLL files (--format conll --file F); other predictions go "
+                           "to stdout")
+    if fmt == "conll" and texts:
+        raise SeqtextError("--format conll reads --file; give no TEXTS")
     model = load(model_dir, device, bf16=bf16)
     if model.task.name == "lm":
         raise SeqtextError(f"{model_dir}: is a language model; use 'seqtext generate --model {model_dir}'")
@@ -252,6 +279,8 @@ def generate(model_dir, prompt, max_tokens, temperature, top_k, top_p, num_sampl
     from .model import load
 
     SamplingOptions(max_tokens, temperature, top_k, top_p, greedy, num_samples, seed, allow_unk).validate()
+    if greedy and any(_given(k) for k in ("temperature", "top_k", "top_p")):
+        raise SeqtextError("--greedy always takes the most likely token: leave out --temperature, --top-k and --top-p")
     if model_dir is None:
         model_dir = Path(DEFAULT_MODEL_DIR)
         if not model_dir.exists():

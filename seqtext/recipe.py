@@ -256,15 +256,15 @@ def load_recipe(source: str | Path | dict, overrides: list[str] | dict | None = 
         raw.setdefault("name", path.stem if path.name != "recipe.toml" else path.parent.name)
     if isinstance(overrides, dict):
         overrides = [f"{k}={_toml_value(v)}" for k, v in overrides.items()]
-    for item in overrides or []:
-        apply_override(raw, item, where)
-    recipe = _build(raw, where)
+    overridden = {apply_override(raw, item, where) for item in overrides or []}
+    recipe = _build(raw, where, overridden)
     _resolve_paths(recipe, base)
     return recipe
 
 
-def apply_override(raw: dict, item: str, where: str = "--set") -> None:
-    """Apply one ``section.key=value`` override; the value is parsed as a TOML value."""
+def apply_override(raw: dict, item: str, where: str = "--set") -> str:
+    """Apply one ``section.key=value`` override; the value is parsed as a TOML value. Returns the
+    dotted key, so that a bad value is reported as the override's, not the file's."""
     if "=" not in item:
         raise SeqtextError(f"--set {item!r}: expected section.key=value")
     dotted, value_text = item.split("=", 1)
@@ -277,7 +277,7 @@ def apply_override(raw: dict, item: str, where: str = "--set") -> None:
         if parts[0] not in TOP_LEVEL:
             raise SeqtextError(f"--set {dotted}: unknown key{_suggest(parts[0], [*TOP_LEVEL, *SECTIONS])}")
         raw[parts[0]] = value
-        return
+        return parts[0]
     if len(parts) != 2:
         raise SeqtextError(f"--set {dotted}: expected section.key")
     section, key = parts
@@ -287,9 +287,10 @@ def apply_override(raw: dict, item: str, where: str = "--set") -> None:
     if key not in names:
         raise SeqtextError(f"--set {dotted}: unknown key in [{section}]{_suggest(key, names)}")
     raw.setdefault(section, {})[key] = value
+    return f"{section}.{key}"
 
 
-def _build(raw: dict, where: str) -> Recipe:
+def _build(raw: dict, where: str, overridden: set[str] = frozenset()) -> Recipe:
     for key in raw:
         if key not in TOP_LEVEL and key not in SECTIONS:
             raise SeqtextError(f"{where}: unknown key '{key}'{_suggest(key, [*TOP_LEVEL, *SECTIONS])}")
@@ -310,20 +311,21 @@ def _build(raw: dict, where: str) -> Recipe:
         table = raw.get(section, {})
         if not isinstance(table, dict):
             raise SeqtextError(f"{where}: '{section}' must be a table [{section}]")
-        sections[section] = _build_section(cls, table, section, where)
+        sections[section] = _build_section(cls, table, section, where, overridden)
     recipe = Recipe(task=task, name=name, init_from=init_from, source=where, **sections)
     _check_consistency(recipe, where)
     return recipe
 
 
-def _build_section(cls, table: dict, section: str, where: str):
+def _build_section(cls, table: dict, section: str, where: str, overridden: set[str] = frozenset()):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     values = {}
     for key, value in table.items():
         if key not in fields:
             raise SeqtextError(f"{where}: unknown key '{key}' in [{section}]{_suggest(key, fields)}")
-        values[key] = _check_value(value, hints[key], fields[key].metadata, f"{where}: [{section}] {key}")
+        label = f"--set {section}.{key}" if f"{section}.{key}" in overridden else f"{where}: [{section}] {key}"
+        values[key] = _check_value(value, hints[key], fields[key].metadata, label)
     return cls(**values)
 
 

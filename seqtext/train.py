@@ -38,6 +38,7 @@ from .model import (
     CHECKPOINT_FILE,
     CURVES_FILE,
     HISTORY_FILE,
+    META_FILE,
     METRICS_FILE,
     RECIPE_FILE,
     WEIGHTS_FILE,
@@ -742,13 +743,30 @@ def _make_task(recipe: Recipe, run_dir: Path, resume: bool, resuming: bool):
 def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None = None,
           output: str | Path | None = None, data_dir: str | None = None, resume: bool = False,
           force: bool = False, device: str | None = None, quiet: bool = False) -> Path:
-    """Train a recipe; return the model directory. The CLI's ``train`` is a thin layer over this."""
+    """Train a recipe; return the model directory. The CLI's ``train`` is a thin layer over this.
+
+    With ``resume`` and no ``output``, a run directory's own recipe file (``RUN/recipe.toml``)
+    resumes that directory wherever it now is and from any working directory; otherwise the
+    run is the recipe's ``[output] dir`` (relative to the working directory). Resuming a
+    directory that holds no run is an error (a mistyped ``--output`` must not start afresh)."""
+    own_run = None
+    if isinstance(recipe, (str, Path)):
+        path = Path(recipe)
+        if path.name == RECIPE_FILE and any((path.parent / f).is_file() for f in (META_FILE, CHECKPOINT_FILE)):
+            own_run = path.parent
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
     if output:
         recipe.output.dir = str(output)
+    elif resume and own_run is not None:
+        recipe.output.dir = str(own_run)
     if device:
         recipe.train.device = device
+    if resume and not force:
+        run_dir = recipe.output_dir
+        if not run_dir.is_dir() or not any(run_dir.iterdir()):
+            raise SeqtextError(f"{run_dir}: no run to resume there; check --output (or the recipe's [output] dir), "
+                               "or leave out --resume to start a new run")
     with dist.process_group(resolve_device(recipe.train.device)):
         return _train(recipe, data_dir, resume, force, quiet)
 
@@ -763,9 +781,13 @@ def _train(recipe: Recipe, data_dir: str | None, resume: bool, force: bool, quie
     run_dir = recipe.output_dir
     dev = dist.device_for_rank(resolve_device(recipe.train.device))
     set_threads(recipe.train.threads)
+    started = resume and run_dir.is_dir() and any(run_dir.iterdir())
     with dist.main_first():  # rank 0 decides about the run dir and fills the datasets cache
         resuming = prepare_run_dir(run_dir, recipe, resume, force) if dist.is_main() \
             else resume and (run_dir / CHECKPOINT_FILE).is_file()
+        if started and not resuming and not quiet and dist.is_main():
+            print(f"{run_dir}: no checkpoint yet (the run stopped before its first): training from the start",
+                  file=sys.stderr)
         splits = load_splits(recipe, data_dir)
         task = _make_task(recipe, run_dir, resume, resuming)
         staging = Path(tempfile.mkdtemp(prefix="seqtext-"))  # a trained tokenizer waits here until saved

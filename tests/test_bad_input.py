@@ -48,7 +48,7 @@ CASES = {
     "unknown task": (lambda t: R(t, top='task = "translate"'), r"key 'task': expected one of classify, tag, lm"),
     "unknown tokenizer": (lambda t: R(t, extra="[tokenizer]\nkind = \"bert\"\n"), r"\[tokenizer\] kind: expected one"),
     "unknown pooling": (lambda t: ["train", recipe(t), "--set", "model.pooling=avg", "-o", str(t / "out")],
-                        r"model\] pooling"),
+                        r"--set model\.pooling: expected one of"),
     "missing data path": (lambda t: R(t, data_files=files("nope.jsonl")), r"nope\.jsonl: no such file"),
     # data
     "no train file in data dir": (lambda t: ["train", recipe(t), "--data-dir", str(t), "-o", str(t / "out")],

@@ -47,6 +47,21 @@ def test_train_evaluate_predict_info(tiny, tmp_path):
     r = run("predict", out, *[x["text"] for x in rows], "--json")
     predicted = [json.loads(line)["label"] for line in r.output.splitlines()]
     assert m["accuracy"] == sum(p == x["label"] for p, x in zip(predicted, rows)) / len(rows)
+    conflicts = [  # options that would otherwise be silently ignored
+        (("predict", out, "a text", "--file", f), "give TEXTS or --file, not both"),
+        (("predict", out, "a text", "-o", tmp_path / "o.txt"), "--output writes tagged CoNLL files"),
+        (("evaluate", out, "--split", "dev", "--data", extra), "--split and --data: give one"),
+        (("evaluate", out, "--cache-theta", "1"), "--cache-theta and --cache-lambda need --cache-size"),
+        (("evaluate", out, "--mode", "strict"), "--mode: only for taggers"),
+        (("evaluate", out, "--cache-size", "10"), "--cache-size: only for language models"),
+        (("generate", "--prompt", "x", "--greedy", "--temperature", "0.5"), "--greedy always takes"),
+    ]
+    for args, message in conflicts:
+        r = run(*args)
+        assert r.exit_code == 2 and r.output.startswith(f"error: {message}"), (args, r.output)
+    assert not (tmp_path / "o.txt").exists()
+    r = run("predict", out, "-", input="")
+    assert r.exit_code == 2 and "stdin ('-') was empty" in r.output
     r = run("info", out)
     assert r.exit_code == 0 and "classify" in r.output and "parameters" in r.output
     assert json.loads(run("info", out, "--json").output)["labels"] == ["neg", "pos"]

@@ -71,10 +71,12 @@ def test_override_errors(item, msg):
         apply_override({}, item)
 
 
-def test_override_wrong_type_names_key(tmp_path):
-    p = write(tmp_path, 'task = "classify"\n')
-    with pytest.raises(SeqtextError, match=r"\[train\] epochs: expected an integer"):
+def test_override_wrong_type_names_the_override_not_the_file(tmp_path):
+    p = write(tmp_path, 'task = "classify"\n[train]\nepochs = 3\n')
+    with pytest.raises(SeqtextError, match=r"^--set train\.epochs: expected an integer, got str 'many'"):
         load_recipe(p, ["train.epochs=many"])
+    with pytest.raises(SeqtextError, match=r"r\.toml: \[train\] lr: expected a number"):  # the file's own value
+        load_recipe(write(tmp_path, 'task = "classify"\n[train]\nlr = "fast"\n'), ["train.epochs=2"])
 
 
 def test_resolved_recipe_round_trips(tmp_path):

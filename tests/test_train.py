@@ -94,6 +94,40 @@ def test_a_moved_run_resumes_from_its_new_place(tiny, tmp_path):
     assert seqtext.train(moved / "recipe.toml", output=moved, resume=True, quiet=True) == moved
 
 
+def test_a_runs_own_recipe_resumes_that_run_from_any_working_directory(tiny, tmp_path, monkeypatch):
+    """`seqtext train RUN/recipe.toml --resume`, as the interrupt message says, resumes RUN even
+    after the run was moved and from another working directory, where the recipe's relative
+    [output] dir would name another place (or another run)."""
+    import shutil
+
+    kill_after(monkeypatch, 13)
+    with pytest.raises(Killed):
+        seqtext.train(tiny, output=tmp_path / "a", quiet=True)
+    monkeypatch.undo()
+    moved = shutil.move(tmp_path / "a", tmp_path / "elsewhere" / "b")
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    assert seqtext.train(moved / "recipe.toml", resume=True, quiet=True) == moved
+    assert not (tmp_path / "cwd" / "runs").exists()
+    full = seqtext.train(tiny, output=tmp_path / "full", quiet=True)
+    assert all(torch.equal(a, b) for a, b in zip(weights(full).values(), weights(moved).values()))
+
+
+def test_resume_without_a_run_is_refused(tiny, tmp_path, capsys):
+    """A mistyped --output with --resume must not quietly start a new run; a run killed before
+    its first checkpoint starts again from the beginning, and says so."""
+    with pytest.raises(SeqtextError, match=r"no run to resume there"):
+        seqtext.train(tiny, output=tmp_path / "typo", resume=True, quiet=True)
+    assert not (tmp_path / "typo").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SeqtextError, match=r"no run to resume there"):
+        seqtext.train(tiny, output=tmp_path / "empty", resume=True, quiet=True)
+    seqtext.train(tiny, ["train.epochs=1"], output=tmp_path / "r", quiet=True)
+    (tmp_path / "r" / "checkpoint.safetensors").unlink()
+    seqtext.train(tiny, ["train.epochs=1"], output=tmp_path / "r", resume=True)
+    assert "no checkpoint yet" in capsys.readouterr().err
+
+
 def test_saved_recipe_reproduces_the_run(tiny, tmp_path):
     a = seqtext.train(tiny, output=tmp_path / "a", quiet=True)
     b = seqtext.train(a / "recipe.toml", output=tmp_path / "b", quiet=True)
