@@ -348,8 +348,9 @@ def test_cli_predict_conll_file(trained, tmp_path):
                                        "--output", str(out)])
     assert result.exit_code == 0, result.output
     lines = out.read_text(encoding="utf-8").split("\n")
-    assert lines[:5] == ["Angela NNP x B-PER", "Merkel NNP x I-PER", "visited VBD x O", "Paris NNP x B-LOC", ""]
-    assert lines[5].startswith("Tom NNP x ")
+    assert lines[:2] == ["-DOCSTART- -X- O O", ""]  # the document break is kept
+    assert lines[2:7] == ["Angela NNP x B-PER", "Merkel NNP x I-PER", "visited VBD x O", "Paris NNP x B-LOC", ""]
+    assert lines[7].startswith("Tom NNP x ")
     # stdout when no --output; missing input file → one-line error, exit 2
     result = CliRunner().invoke(main, ["predict", str(trained), "--file", str(src), "--format", "conll"])
     assert "Paris NNP x B-LOC" in result.output
@@ -518,6 +519,7 @@ def test_document_context_trains_scores_and_writes_per_sentence(tmp_path, monkey
     monkeypatch.setattr(task, "collate_rows", lambda rows: seen.extend(len(r["ids"]) for r in rows) or collate(rows))
     out = tmp_path / "out.conll"
     assert task.predict_conll(m.net, data / "test.txt", out, m.device) == 60
+    assert out.read_text().count("-DOCSTART-") == (data / "test.txt").read_text().count("-DOCSTART-") > 0
     gold = list(read_conll(data / "test.txt"))
     pred = list(read_conll(out))
     assert [p.tokens for p in pred] == [g.tokens for g in gold]

@@ -70,6 +70,9 @@ def test_validate_counts():
         Counter({"O after B-X": 1, "sentence end after I-Y": 1, "E-X at sentence start": 1})
     # A tag foreign to the scheme is reported once, not again for its neighbours.
     assert validate([["B-X", "E-X", "I-X"]], "IOB2") == Counter({"E-X not in IOB2": 1})
+    # so is a tag with a prefix and no entity type, or with no prefix
+    assert validate([["O", "B-", "I-", "O"], ["Z", "O"]], "IOB2") == \
+        Counter({"B- has no entity type": 1, "I- has no entity type": 1, "Z not in IOB2": 1})
     # a sequence that occurs several times is counted each time (distinct ones are checked once)
     assert validate([["O", "I-X"], ["B-X"], ["O", "I-X"], ["O", "I-X"]], "IOB2") == Counter({"I-X after O": 3})
 

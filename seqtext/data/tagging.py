@@ -203,7 +203,7 @@ def validate(tag_seqs: Iterable[list[str]], scheme: str) -> Counter:
     """Count malformed tags and transitions, for warnings (never raises on bad tags).
 
     Keys read like ``"I-PER after O"``, ``"I-PER at sentence start"``,
-    ``"sentence end after B-PER"`` (BIOES) or ``"E-PER not in IOB2"``.
+    ``"sentence end after B-PER"`` (BIOES), ``"E-PER not in IOB2"`` or ``"B- has no entity type"``.
 
     Args:
         tag_seqs: tag sequences to check.
@@ -224,10 +224,11 @@ def validate(tag_seqs: Iterable[list[str]], scheme: str) -> Counter:
         prev: str | None = None
         checked = True  # False right after a tag already reported as foreign to the scheme
         for tag in tags:
-            p, _ = split_tag(tag)
-            if p is None or p not in allowed_prefixes:
+            p, entity_type = split_tag(tag)
+            if p is None or p not in allowed_prefixes or (p != "O" and not entity_type):
                 # Reported once; its transitions would only repeat the same problem.
-                issues[f"{tag} not in {canonical}"] += times
+                foreign = p is None or p not in allowed_prefixes
+                issues[f"{tag} not in {canonical}" if foreign else f"{tag} has no entity type"] += times
                 prev, checked = tag, False
                 continue
             if checked and not allowed(prev, tag):

@@ -465,7 +465,9 @@ class TagTask(Task):
 
         The token is read from column ``[data] token_index``; all columns are kept. Sentences
         are processed in chunks, so memory stays bounded for large files. ``output=None``
-        writes to stdout. Returns the number of sentences.
+        writes to stdout. Document breaks are kept as ``-DOCSTART-`` lines, written as CoNLL-2003
+        writes them (``-DOCSTART- -X- -X- O`` in a 4-column file) plus the predicted ``O``.
+        Returns the number of sentences.
 
         Args:
             net, device: the model and where to run it.
@@ -473,17 +475,21 @@ class TagTask(Task):
             output: output path (written atomically), or None for stdout.
             batch_size: sentences per forward pass.
         """
-        from ..data.conll import read_conll, write_conll
+        from ..data.conll import DOCSTART, read_conll, write_conll
 
         sentences = read_conll(file, token_column=self.recipe.data.token_index, tag_column=None)
-        count = 0
+        count, document = 0, 0
 
         def tagged() -> Iterator[tuple[list[list[str]], list[str]]]:
-            nonlocal count
+            nonlocal count, document
             for chunk in _chunks(sentences, CHUNK_SENTENCES):
                 tags = self.tag_tokens(net, [s.tokens for s in chunk], device, batch_size,
                                        documents=[s.document for s in chunk])
                 for s, t in zip(chunk, tags):
+                    if s.document != document:  # a document break: a -DOCSTART- block of its own
+                        width = len(s.lines[0]) if s.lines else 1
+                        yield [[DOCSTART, *["-X-"] * (width - 2), "O"][:max(width, 1)]], ["O"]
+                        document = s.document
                     count += 1
                     yield s.lines, convert(t, TRAIN_SCHEME, self.source_scheme)
 
