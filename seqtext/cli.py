@@ -65,7 +65,7 @@ def main(ctx, debug):
 
 # ---------------------------------------------------------------------- train
 @main.command()
-@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override a recipe value (repeatable), e.g. --set train.epochs=3.")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path),

@@ -180,9 +180,13 @@ class Model:
                 for key in ("theta", "lambda"):
                     if kw.get(f"cache_{key}") is None:
                         kw[f"cache_{key}"] = tuned[key]
+        source = data or f"the {split} split"
         data = self._encoded(split, data, data_dir)
         with self.precision():
-            return self.task.evaluate(self.net, data, self.device, **kw)
+            try:
+                return self.task.evaluate(self.net, data, self.device, **kw)
+            except SeqtextError as e:
+                raise SeqtextError(f"{source}: {e}") if str(e).startswith("evaluation data") else e from None
 
     def tune_cache(self, cache_size: int, data_dir: str | None = None) -> dict:
         """lm: pick the continuous cache's θ and λ on the recipe's dev split (see LMTask.tune_cache)."""

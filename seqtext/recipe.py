@@ -247,6 +247,9 @@ def load_recipe(source: str | Path | dict, overrides: list[str] | dict | None = 
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise SeqtextError(f"{path}: no such recipe file") from None
+        except IsADirectoryError:
+            hint = f" (a run directory's recipe is {path / 'recipe.toml'})" if (path / "recipe.toml").is_file() else ""
+            raise SeqtextError(f"{path}: is a directory; expected a recipe .toml file{hint}") from None
         except UnicodeDecodeError as e:
             raise SeqtextError(f"{path}: not valid UTF-8 (byte {e.start})") from None
         try:
@@ -274,6 +277,10 @@ def apply_override(raw: dict, item: str, where: str = "--set") -> str:
     except tomllib.TOMLDecodeError:
         value = value_text.strip()  # bare words are strings: --set tokenizer.kind=spacy
     if len(parts) == 1:
+        if parts[0] in SECTIONS:
+            example = dataclasses.fields(SECTIONS[parts[0]])[0].name
+            raise SeqtextError(f"--set {dotted}: [{dotted}] is a section; expected section.key=value, "
+                               f"e.g. {dotted}.{example}=...")
         if parts[0] not in TOP_LEVEL:
             raise SeqtextError(f"--set {dotted}: unknown key{_suggest(parts[0], [*TOP_LEVEL, *SECTIONS])}")
         raw[parts[0]] = value

@@ -67,6 +67,11 @@ CASES = {
     # CLI
     "set unknown key": (lambda t: ["train", recipe(t), "--set", "train.epoch=3"], r"did you mean 'epochs'"),
     "set malformed": (lambda t: ["train", recipe(t), "--set", "epochs"], r"expected section\.key=value"),
+    "set a whole section": (lambda t: ["train", recipe(t), "--set", "train=3"],
+                            r"--set train: \[train\] is a section; expected section\.key=value"),
+    "recipe is a directory": (lambda t: ["train", str(t)], r": is a directory; expected a recipe \.toml file"),
+    "set bad value": (lambda t: ["train", recipe(t), "--set", "train.epochs=abc", "-o", str(t / "out")],
+                      r"^error: --set train\.epochs: expected an integer"),
     "model dir missing": (lambda t: ["evaluate", str(t / "nothing")], r"no such model directory"),
     "predict model dir missing": (lambda t: ["predict", str(t / "nothing")], r"no such model directory"),
     "oom-sized model": (lambda t: ["train", recipe(t), "--set", "model.hidden_size=4000000", "-o", str(t / "out")],

@@ -60,6 +60,10 @@ def test_train_evaluate_predict_info(tiny, tmp_path):
         r = run(*args)
         assert r.exit_code == 2 and r.output.startswith(f"error: {message}"), (args, r.output)
     assert not (tmp_path / "o.txt").exists()
+    unlabelled = tmp_path / "unlabelled.jsonl"
+    unlabelled.write_text(json.dumps({"text": "a film"}) + "\n")
+    r = run("evaluate", out, "--data", unlabelled)
+    assert r.exit_code == 2 and f"{unlabelled}: evaluation data has no labels (column 'label')" in r.output
     r = run("predict", out, "-", input="")
     assert r.exit_code == 2 and "stdin ('-') was empty" in r.output
     r = run("info", out)

@@ -107,7 +107,7 @@ class ClassifyTask(Task):
         from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
         if "target" not in data.flat:
-            raise SeqtextError("evaluation data has no labels")
+            raise SeqtextError(f"evaluation data has no labels (column {self.recipe.data.label_column!r})")
         probs = self.predict_split(net, data, device)
         gold, pred = data.flat["target"], probs.argmax(1)
         labels = list(range(len(self.labels)))
