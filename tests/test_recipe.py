@@ -29,6 +29,11 @@ def test_defaults_and_name(tmp_path):
     ('task = "classify"\n[train]\nepochs = 1.5\n', ["[train] epochs", "expected an integer"]),
     ('task = "classify"\n[model]\nbidirectional = 1\n', ["[model] bidirectional", "true or false"]),
     ('task = "classify"\n[data]\nsplits = { training = "train" }\n', ["split 'training'", "did you mean 'train'"]),
+    ('task = "classify"\n[train]\nlr = inf\n', ["[train] lr", "expected a finite number, got inf"]),
+    ('task = "classify"\n[train]\nlr = nan\n', ["[train] lr", "expected a finite number, got nan"]),
+    ('task = "classify"\n[model]\ndropout = 1.5\n', ["[model] dropout", "at most 0.95"]),
+    ('task = "classify"\nname = "../out"\n', ["key 'name'", "plain non-empty name"]),  # stays in runs/
+    ('task = "classify"\nname = ".hidden"\n', ["key 'name'", "plain non-empty name"]),
 ])
 def test_errors_name_file_and_key(tmp_path, text, pieces):
     with pytest.raises(SeqtextError) as e:

@@ -177,6 +177,45 @@ def test_textcat_component_matches_cli_and_batches(trained_demo, monkeypatch):
     assert textcat.labels == ("neg", "pos")
 
 
+def test_nlp_evaluate_scores_the_components(ner_run, trained_demo):
+    """nlp.evaluate (and `spacy evaluate`) score seqtext's components with spaCy's scorers: against
+    gold annotations made from the components' own output minus one entity (one label flipped),
+    the scores come out as counted by hand."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("seqtext_ner", config={"model": str(ner_run)})
+    predicted = [nlp(t) for t in NER_TEXTS]
+    found = sum(len(d.ents) for d in predicted)
+    assert found >= 5
+    examples = []
+    for i, doc in enumerate(predicted):
+        gold = nlp.make_doc(doc.text)
+        spans = [(e.start_char, e.end_char, e.label_) for e in doc.ents]
+        if i == 0:
+            spans = spans[1:]  # one predicted entity is not in the gold annotation
+        examples.append(Example.from_dict(gold, {"entities": spans}))
+    scores = nlp.evaluate(examples)
+    assert scores["ents_p"] == pytest.approx((found - 1) / found)
+    assert scores["ents_r"] == pytest.approx(1.0)
+
+    clf = spacy.blank("en")
+    clf.add_pipe("seqtext_textcat", config={"model": str(trained_demo)})
+    docs = [clf(t) for t in CLS_TEXTS]
+    flipped = {0: "pos", 1: "neg"}
+    examples = []
+    for i, doc in enumerate(docs):
+        label = max(doc.cats, key=doc.cats.get)
+        if i == 0:
+            label = flipped[label == "pos"]  # the first gold label disagrees with the prediction
+        examples.append(Example.from_dict(clf.make_doc(doc.text), {"cats": {c: float(c == label) for c in doc.cats}}))
+    scores = clf.evaluate(examples)
+    assert scores["cats_score_desc"] == "macro F"
+    gold = [max(e.reference.cats, key=e.reference.cats.get) for e in examples]
+    guess = [max(d.cats, key=d.cats.get) for d in docs]
+    from sklearn.metrics import f1_score
+
+    assert scores["cats_score"] == pytest.approx(f1_score(gold, guess, average="macro"))
+
+
 def test_component_errors(ner_run, trained_demo, tmp_path):
     nlp = spacy.blank("en")
     nlp.add_pipe("seqtext_ner", config={"model": str(tmp_path / "missing")})
