@@ -82,6 +82,12 @@ def train(recipe, overrides, output, data_dir, resume, force, device, quiet):
 
     Prints progress (loss, tokens/s, MFU) and dev metrics; Ctrl-C saves a checkpoint that
     --resume continues from.
+
+    \b
+    Examples:
+      seqtext train recipes/demo_sentiment.toml
+      seqtext train recipes/imdb_sentiment.toml --data-dir ../data/imdb --set model.ensemble=1 -o runs/imdb1
+      seqtext train runs/imdb1/recipe.toml --resume      # continue an interrupted run
     """
     from .train import train as run
 
@@ -118,7 +124,15 @@ bf16_option = click.option(
 @bf16_option
 def evaluate(model_dir, split, data_file, data_dir, mode, cache_size, cache_theta, cache_lambda, as_json, device,
              bf16):
-    """Score a trained model: accuracy/F1 (classify), entity F1 (tag) or perplexity (lm)."""
+    """Score a trained model: accuracy/F1 (classify), entity F1 (tag) or perplexity (lm).
+
+    \b
+    Examples:
+      seqtext evaluate runs/demo_sentiment                 # the recipe's test split
+      seqtext evaluate runs/conll2003_ner --split dev --mode strict --json
+      seqtext evaluate runs/demo_sentiment --data more_reviews.jsonl
+      seqtext evaluate runs/wikitext2_lm --cache-size 2000
+    """
     from .model import load
 
     if data_file is not None and _given("split"):
@@ -214,6 +228,13 @@ def predict(model_dir, texts, file, fmt, output, as_json, batch_size, device, bf
 
     One output line per input line, in order. Files and stdin are read 1,000 lines at a time, so
     large inputs use bounded memory; --batch-size is the number of texts per forward pass.
+
+    \b
+    Examples:
+      seqtext predict runs/demo_sentiment "A wonderful, moving film." "Dull."
+      seqtext predict runs/demo_sentiment --file reviews.txt --json > predictions.jsonl
+      cat reviews.txt | seqtext predict runs/demo_sentiment -
+      seqtext predict runs/conll2003_ner --format conll --file test.txt -o tagged.txt
     """
     from .model import load
 
@@ -274,6 +295,12 @@ def generate(model_dir, prompt, max_tokens, temperature, top_k, top_p, num_sampl
 
     The prompt is read by the LSTM once; sampling then carries the state token by token.
     Generation speed (tokens/s) is printed to stderr.
+
+    \b
+    Examples:
+      seqtext generate --prompt "I like to eat pizza"          # runs/wikitext2_lm
+      seqtext generate --model runs/demo_lm --prompt "the cat" --top-p 0.9 --num-samples 3 --seed 1
+      seqtext generate --model runs/demo_lm --prompt "the cat" --greedy --max-tokens 20
     """
     from .generate import DEFAULT_MODEL_DIR, DEFAULT_RECIPE, SamplingOptions
     from .model import load

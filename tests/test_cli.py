@@ -10,9 +10,11 @@ def run(*args, input=None):
 
 
 def test_help_everywhere():
-    for cmd in ([], ["train"], ["evaluate"], ["predict"], ["info"]):
+    for cmd in ([], *([name] for name in main.commands)):
         r = run(*cmd, "--help")
         assert r.exit_code == 0 and "Usage" in r.output
+    for name in ("train", "evaluate", "predict", "generate"):
+        assert "Examples:\n    seqtext " + name in run(name, "--help").output
 
 
 def test_train_evaluate_predict_info(tiny, tmp_path):
