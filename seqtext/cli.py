@@ -13,7 +13,6 @@ import traceback
 from pathlib import Path
 
 import click
-from click.core import ParameterSource
 
 from .errors import Interrupted, SeqtextError
 
@@ -135,12 +134,12 @@ def evaluate(model_dir, split, data_file, data_dir, mode, cache_size, cache_thet
     """
     from .model import load
 
-    if data_file is not None and _given("split"):
+    if data_file is not None and split != "test":
         raise SeqtextError("--split and --data: give one (--data scores that file instead of a split)")
     if (cache_theta is not None or cache_lambda is not None) and not cache_size:
         raise SeqtextError("--cache-theta and --cache-lambda need --cache-size N (the cache they tune)")
     model = load(model_dir, device, bf16=bf16)
-    if _given("mode") and model.task.name != "tag":
+    if mode != "default" and model.task.name != "tag":
         raise SeqtextError(f"--mode: only for taggers (seqeval's entity matching); {model_dir} is a "
                            f"{model.task.name} model")
     if cache_size and model.task.name != "lm":
@@ -176,11 +175,6 @@ def _print_metrics(metrics: dict) -> None:
 
 
 # ---------------------------------------------------------------------- predict
-def _given(name: str) -> bool:
-    """Whether the current command's option ``name`` was given on the command line."""
-    return click.get_current_context().get_parameter_source(name) == ParameterSource.COMMANDLINE
-
-
 def _read_inputs(texts, file) -> list[str] | None:
     if file is not None:
         if texts:
@@ -306,7 +300,7 @@ def generate(model_dir, prompt, max_tokens, temperature, top_k, top_p, num_sampl
     from .model import load
 
     SamplingOptions(max_tokens, temperature, top_k, top_p, greedy, num_samples, seed, allow_unk).validate()
-    if greedy and any(_given(k) for k in ("temperature", "top_k", "top_p")):
+    if greedy and (temperature != 1.0 or top_k != 0 or top_p != 1.0):
         raise SeqtextError("--greedy always takes the most likely token: leave out --temperature, --top-k and --top-p")
     if model_dir is None:
         model_dir = Path(DEFAULT_MODEL_DIR)

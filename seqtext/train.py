@@ -752,7 +752,8 @@ def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None
     own_run = None
     if isinstance(recipe, (str, Path)):
         path = Path(recipe)
-        if path.name == RECIPE_FILE and any((path.parent / f).is_file() for f in (META_FILE, CHECKPOINT_FILE)):
+        if path.name == RECIPE_FILE and (any((path.parent / f).is_file() for f in (META_FILE, CHECKPOINT_FILE))
+                                         or (path.parent / "members").is_dir()):  # an unfinished ensemble
             own_run = path.parent
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
@@ -781,13 +782,16 @@ def _train(recipe: Recipe, data_dir: str | None, resume: bool, force: bool, quie
     run_dir = recipe.output_dir
     dev = dist.device_for_rank(resolve_device(recipe.train.device))
     set_threads(recipe.train.threads)
-    started = resume and run_dir.is_dir() and any(run_dir.iterdir())
+    started = resume and not force and run_dir.is_dir() and any(run_dir.iterdir())
     with dist.main_first():  # rank 0 decides about the run dir and fills the datasets cache
         resuming = prepare_run_dir(run_dir, recipe, resume, force) if dist.is_main() \
             else resume and (run_dir / CHECKPOINT_FILE).is_file()
-        if started and not resuming and not quiet and dist.is_main():
-            print(f"{run_dir}: no checkpoint yet (the run stopped before its first): training from the start",
-                  file=sys.stderr)
+        if started and not resuming and dist.is_main():  # stopped before its first checkpoint: start again
+            for name in (WEIGHTS_FILE, HISTORY_FILE, METRICS_FILE, CURVES_FILE):
+                (run_dir / name).unlink(missing_ok=True)
+            if not quiet:
+                print(f"{run_dir}: no checkpoint yet (the run stopped before its first): training from the start",
+                      file=sys.stderr)
         splits = load_splits(recipe, data_dir)
         task = _make_task(recipe, run_dir, resume, resuming)
         staging = Path(tempfile.mkdtemp(prefix="seqtext-"))  # a trained tokenizer waits here until saved
@@ -856,7 +860,8 @@ def _train_member(member: Recipe, data_dir: str | None, resume: bool, quiet: boo
     directory = member.output_dir
     if resume and (directory / METRICS_FILE).is_file():
         return read_json(directory / METRICS_FILE)["train"]
-    train(member, data_dir=data_dir, resume=resume, quiet=quiet)
+    started = directory.is_dir() and any(directory.iterdir())  # a member never started starts now
+    train(member, data_dir=data_dir, resume=resume and started, quiet=quiet)
     return read_json(directory / METRICS_FILE)["train"]
 
 

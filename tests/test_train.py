@@ -122,10 +122,32 @@ def test_resume_without_a_run_is_refused(tiny, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SeqtextError, match=r"no run to resume there"):
         seqtext.train(tiny, output=tmp_path / "empty", resume=True, quiet=True)
-    seqtext.train(tiny, ["train.epochs=1"], output=tmp_path / "r", quiet=True)
-    (tmp_path / "r" / "checkpoint.safetensors").unlink()
-    seqtext.train(tiny, ["train.epochs=1"], output=tmp_path / "r", resume=True)
+    first = seqtext.train(tiny, ["train.epochs=1", "train.eval_every=2"], output=tmp_path / "r", quiet=True)
+    steps = [json.loads(line)["step"] for line in (first / "metrics.jsonl").read_text().splitlines()]
+    (first / "checkpoint.safetensors").unlink()
+    seqtext.train(tiny, ["train.epochs=1", "train.eval_every=2"], output=first, resume=True)
     assert "no checkpoint yet" in capsys.readouterr().err
+    again = [json.loads(line)["step"] for line in (first / "metrics.jsonl").read_text().splitlines()]
+    assert again == steps  # the first attempt's history is not kept beside the new one
+
+
+def test_an_ensemble_killed_in_its_first_member_resumes_from_its_own_recipe(tiny, tmp_path, monkeypatch):
+    """Members that never started start when the ensemble resumes, and RUN/recipe.toml --resume finds
+    an unfinished ensemble (it has members/ but no model files yet) from another working directory."""
+    overrides = ["model.ensemble=2", "train.epochs=2"]
+    monkeypatch.chdir(tmp_path)  # relative output directories, as `runs/<name>` is
+    full = tmp_path / seqtext.train(tiny, overrides, output="full", quiet=True)
+    kill_after(monkeypatch, 13)  # member 1 of 2, after its checkpoint at step 10
+    with pytest.raises(Killed):
+        seqtext.train(tiny, overrides, output="part", quiet=True)
+    monkeypatch.undo()
+    part = tmp_path / "part"
+    assert not (part / "members" / "2").exists() and not (part / "weights.safetensors").exists()
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    assert seqtext.train(part / "recipe.toml", resume=True, quiet=True) == part
+    wa, wb = weights(full), weights(part)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_saved_recipe_reproduces_the_run(tiny, tmp_path):
