@@ -301,18 +301,21 @@ def _build(raw: dict, where: str, overridden: set[str] = frozenset()) -> Recipe:
     for key in raw:
         if key not in TOP_LEVEL and key not in SECTIONS:
             raise SeqtextError(f"{where}: unknown key '{key}'{_suggest(key, [*TOP_LEVEL, *SECTIONS])}")
+    def label(key: str) -> str:  # a bad value is the override's when --set gave it
+        return f"--set {key}" if key in overridden else f"{where}: key '{key}'"
+
     task = raw.get("task")
     if task is None:
         raise SeqtextError(f"{where}: missing required key 'task' (one of {', '.join(TASKS)})")
     if task not in TASKS:
-        raise SeqtextError(f"{where}: key 'task': expected one of {', '.join(TASKS)}, got {task!r}"
+        raise SeqtextError(f"{label('task')}: expected one of {', '.join(TASKS)}, got {task!r}"
                            f"{_suggest(str(task), TASKS)}")
     name = raw.get("name", "run")
     if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
-        raise SeqtextError(f"{where}: key 'name': expected a plain non-empty name, got {name!r}")
+        raise SeqtextError(f"{label('name')}: expected a plain non-empty name, got {name!r}")
     init_from = raw.get("init_from")
     if init_from is not None and not isinstance(init_from, str):
-        raise SeqtextError(f"{where}: key 'init_from': expected a directory path string")
+        raise SeqtextError(f"{label('init_from')}: expected a directory path string")
     sections = {}
     for section, cls in SECTIONS.items():
         table = raw.get(section, {})

@@ -82,6 +82,8 @@ def test_override_wrong_type_names_the_override_not_the_file(tmp_path):
         load_recipe(p, ["train.epochs=many"])
     with pytest.raises(SeqtextError, match=r"r\.toml: \[train\] lr: expected a number"):  # the file's own value
         load_recipe(write(tmp_path, 'task = "classify"\n[train]\nlr = "fast"\n'), ["train.epochs=2"])
+    with pytest.raises(SeqtextError, match=r"^--set name: expected a plain non-empty name, got 'a/b'"):
+        load_recipe(write(tmp_path, 'task = "classify"\n', "n.toml"), ["name=a/b"])
 
 
 def test_resolved_recipe_round_trips(tmp_path):
