@@ -180,7 +180,7 @@ def test_malformed_tags_warn_with_counts(tmp_path, capsys):
     data = task.setup({"train": ds, "dev": ds}, tmp_path)
     err = capsys.readouterr().err
     assert "warning: train data: 2 malformed tags for IOB2" in err
-    assert "I-PER after O ×1" in err and "I-LOC at sentence start ×1" in err
+    assert "I-PER after O ×1 (first in sentence 1)" in err and "I-LOC at sentence start ×1 (first in sentence 2)" in err
     # read like conlleval: the stray I- tags open entities
     assert [task.labels[i] for i in data["train"].cols["target"].row(0)] == ["O", "B-PER", "E-PER"]
 

@@ -73,6 +73,10 @@ def test_validate_counts():
     # so is a tag with a prefix and no entity type, or with no prefix
     assert validate([["O", "B-", "I-", "O"], ["Z", "O"]], "IOB2") == \
         Counter({"B- has no entity type": 1, "I- has no entity type": 1, "Z not in IOB2": 1})
+    # where each kind first occurs (sequence index), for the warning
+    first: dict[str, int] = {}
+    validate([["B-X"], ["O", "I-X"], ["Z"], ["O", "I-X"], ["B-Y", "I-X"]], "IOB2", first)
+    assert first == {"I-X after O": 1, "Z not in IOB2": 2, "I-X after B-Y": 4}
     # a sequence that occurs several times is counted each time (distinct ones are checked once)
     assert validate([["O", "I-X"], ["B-X"], ["O", "I-X"], ["O", "I-X"]], "IOB2") == Counter({"I-X after O": 3})
 

@@ -199,7 +199,7 @@ def transition_ok(prev: str | None, tag: str | None, scheme: str) -> bool:
     return prev_p not in ("B", "I")
 
 
-def validate(tag_seqs: Iterable[list[str]], scheme: str) -> Counter:
+def validate(tag_seqs: Iterable[list[str]], scheme: str, first: dict[str, int] | None = None) -> Counter:
     """Count malformed tags and transitions, for warnings (never raises on bad tags).
 
     Keys read like ``"I-PER after O"``, ``"I-PER at sentence start"``,
@@ -208,6 +208,7 @@ def validate(tag_seqs: Iterable[list[str]], scheme: str) -> Counter:
     Args:
         tag_seqs: tag sequences to check.
         scheme: the scheme they claim to follow (aliases accepted).
+        first: if given, filled with each issue's first sequence (its index in ``tag_seqs``).
     """
     canonical = normalize_scheme(scheme)
     allowed_prefixes = _SCHEME_PREFIXES[canonical]
@@ -220,7 +221,14 @@ def validate(tag_seqs: Iterable[list[str]], scheme: str) -> Counter:
         return ok[prev, tag]
 
     # Each distinct sequence is checked once and its issues counted as often as it occurs.
-    for tags, times in Counter(map(tuple, tag_seqs)).items():
+    counts: Counter = Counter()
+    first_index: dict[tuple, int] = {}
+    for i, tags in enumerate(map(tuple, tag_seqs)):
+        counts[tags] += 1
+        first_index.setdefault(tags, i)
+
+    for tags, times in counts.items():
+        found = []
         prev: str | None = None
         checked = True  # False right after a tag already reported as foreign to the scheme
         for tag in tags:
@@ -228,12 +236,16 @@ def validate(tag_seqs: Iterable[list[str]], scheme: str) -> Counter:
             if p is None or p not in allowed_prefixes or (p != "O" and not entity_type):
                 # Reported once; its transitions would only repeat the same problem.
                 foreign = p is None or p not in allowed_prefixes
-                issues[f"{tag} not in {canonical}" if foreign else f"{tag} has no entity type"] += times
+                found.append(f"{tag} not in {canonical}" if foreign else f"{tag} has no entity type")
                 prev, checked = tag, False
                 continue
             if checked and not allowed(prev, tag):
-                issues[f"{tag} after {prev}" if prev is not None else f"{tag} at sentence start"] += times
+                found.append(f"{tag} after {prev}" if prev is not None else f"{tag} at sentence start")
             prev, checked = tag, True
         if tags and checked and not allowed(prev, None):
-            issues[f"sentence end after {prev}"] += times
+            found.append(f"sentence end after {prev}")
+        for issue in found:
+            issues[issue] += times
+            if first is not None:
+                first[issue] = min(first.get(issue, first_index[tags]), first_index[tags])
     return issues

@@ -215,9 +215,10 @@ class TagTask(Task):
         index = {name: i for i, name in enumerate(self.labels)}
         encode = self.encode_tokens
         if has_tags:
-            issues = validate(ds["gold"], source)
+            first: dict[str, int] = {}
+            issues = validate(ds["gold"], source, first)
             if issues:
-                shown = ", ".join(f"{k} ×{n}" for k, n in issues.most_common(5))
+                shown = ", ".join(f"{k} ×{n} (first in sentence {first[k] + 1})" for k, n in issues.most_common(5))
                 more = f" and {len(issues) - 5} more kinds" if len(issues) > 5 else ""
                 warn(f"{split} data: {sum(issues.values())} malformed tags for {source}: {shown}{more} "
                      "(read like conlleval does)")
