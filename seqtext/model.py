@@ -201,6 +201,10 @@ class Model:
 
         if data:
             raw = load_file(Path(data), self.recipe.data.format, self.recipe)
+            try:
+                return self.task.encode_split(self.task.tokenize_split(raw, split), split)
+            except SeqtextError as e:  # name the file, not "the test split"
+                raise SeqtextError(f"{data}: {e}".replace(f"{data}: {split} data", f"{data}:", 1)) from None
         else:
             splits = load_splits(self.recipe, data_dir, only=(split,))
             if split not in splits:

@@ -359,6 +359,14 @@ def test_cli_predict_conll_file(trained, tmp_path):
     assert result.exit_code == 2 and "nope.conll: no such file" in result.output
 
 
+def test_evaluate_data_file_without_token_lists_names_the_file(trained, tmp_path):
+    bad = tmp_path / "reviews.jsonl"
+    bad.write_text(json.dumps({"text": "a film", "label": "pos"}) + "\n")
+    result = CliRunner().invoke(main, ["evaluate", str(trained), "--data", str(bad)])
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: {bad}: has no column 'tokens' (columns: text, label)")
+
+
 # ---------------------------------------------------------------------- ensembles
 
 def test_ensemble_of_copies_predicts_like_its_member(model):

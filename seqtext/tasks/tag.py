@@ -118,7 +118,7 @@ class TagTask(Task):
         tok_col, tag_col = d.tokens_column, d.tags_column
         if tok_col not in ds.column_names:
             raise SeqtextError(f"{split} data has no column {tok_col!r} (columns: {', '.join(ds.column_names)}); "
-                               f"set [data] tokens_column")
+                               f"a tagger reads token lists from the recipe's [data] tokens_column")
         has_tags = tag_col in ds.column_names
         names = _class_names(ds.features.get(tag_col)) if has_tags else None
         word_key = self.word_key
