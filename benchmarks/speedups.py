@@ -15,13 +15,21 @@ The language model's draws its random numbers differently, from the same distrib
 - ``--compare dropconnect``: DropConnect masks of the LSTM's hidden-to-hidden weights from torch's
   ``bernoulli_`` vs from NumPy's random bytes (``Encoder.fast_drop_connect``; WikiText-2 recipe).
 
+One that was tried and not kept, so that its measurement can be rerun (the same gradients: the tied
+weight's stays dense, the lookup's rows are added into it instead of into a zero-filled matrix):
+
+- ``--compare sparse_lookup``: the word lookup's gradient dense vs sparse (``nn.Embedding.sparse``;
+  WikiText-2 recipe, whose tied embedding also gets the output layer's dense gradient).
+
     python benchmarks/speedups.py --compare table                    # CoNLL recipe, 1 thread
     python benchmarks/speedups.py --compare dedup --set train.batch_tokens=320 --threads 2
     python benchmarks/speedups.py --compare dropconnect --threads 2  # WikiText-2 recipe
+    python benchmarks/speedups.py --compare sparse_lookup --threads 2 --batches 60
 
 Prints ms per step of each (and for the tagger the share of distinct words per batch); writes
-benchmarks/results/<char_dedup|char_table|tag_split|tag_layout|drop_connect>[_NAME].json (``--name``). (This script was
-``benchmarks/char_dedup.py`` when it wrote the ``char_dedup*.json`` results.)
+benchmarks/results/<char_dedup|char_table|tag_split|tag_layout|drop_connect|sparse_lookup>[_NAME].json
+(``--name``). (This script was ``benchmarks/char_dedup.py`` when it wrote the ``char_dedup*.json``
+results.)
 """
 
 from __future__ import annotations
@@ -43,9 +51,11 @@ COMPARISONS = {"dedup": ("char_dedup", "embedder.chars", "dedup", "every_token",
                "table": ("char_table", "embedder.chars", "window_table", "window_matmul", "window_table"),
                "split": ("tag_split", "head", "split_directions", "concatenated", "split_directions"),
                "layout": ("tag_layout", "head", "as_stored", "batch_major", "as_stored"),
-               "dropconnect": ("drop_connect", "encoder", "fast_drop_connect", "bernoulli", "numpy_bits")}
+               "dropconnect": ("drop_connect", "encoder", "fast_drop_connect", "bernoulli", "numpy_bits"),
+               "sparse_lookup": ("sparse_lookup", "embedder.words", "sparse", "dense_lookup", "sparse_lookup")}
 # the recipe and data each comparison runs on unless --recipe / --data-dir say otherwise
-RECIPES = {"dropconnect": ("recipes/wikitext2_lm.toml", "../shared/data/wikitext2")}
+WIKITEXT2 = ("recipes/wikitext2_lm.toml", "../shared/data/wikitext2")
+RECIPES = {"dropconnect": WIKITEXT2, "sparse_lookup": WIKITEXT2}
 TAGGER = ("recipes/conll2003_ner.toml", "../shared/data/conll2003")
 
 
@@ -53,7 +63,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--compare", choices=sorted(COMPARISONS), default="dedup")
     add_step_options(ap, None, None, warmup=5,
-                     recipe_help="default: the CoNLL recipe (the WikiText-2 one for dropconnect)")
+                     recipe_help="default: the CoNLL recipe (the WikiText-2 one for dropconnect, sparse_lookup)")
     ap.add_argument("--name", default="", help="results file suffix")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -180,13 +180,14 @@ class Model:
                 for key in ("theta", "lambda"):
                     if kw.get(f"cache_{key}") is None:
                         kw[f"cache_{key}"] = tuned[key]
-        source = data or f"the {split} split"
-        data = self._encoded(split, data, data_dir)
-        with self.precision():
-            try:
-                return self.task.evaluate(self.net, data, self.device, **kw)
-            except SeqtextError as e:
-                raise SeqtextError(f"{source}: {e}") if str(e).startswith("evaluation data") else e from None
+        try:
+            encoded = self._encoded(split, data, data_dir)
+            with self.precision():
+                return self.task.evaluate(self.net, encoded, self.device, **kw)
+        except SeqtextError as e:  # a --data file's problem names the file, not the split it is scored as
+            if not data or str(e).startswith(str(data)):
+                raise
+            raise SeqtextError(f"{data}: {str(e).removeprefix(f'{split} data ')}") from None
 
     def tune_cache(self, cache_size: int, data_dir: str | None = None) -> dict:
         """lm: pick the continuous cache's θ and λ on the recipe's dev split (see LMTask.tune_cache)."""
@@ -201,10 +202,6 @@ class Model:
 
         if data:
             raw = load_file(Path(data), self.recipe.data.format, self.recipe)
-            try:
-                return self.task.encode_split(self.task.tokenize_split(raw, split), split)
-            except SeqtextError as e:  # name the file, not "the test split"
-                raise SeqtextError(f"{data}: {e}".replace(f"{data}: {split} data", f"{data}:", 1)) from None
         else:
             splits = load_splits(self.recipe, data_dir, only=(split,))
             if split not in splits:

@@ -678,16 +678,27 @@ class Trainer:
 
 # ---------------------------------------------------------------------- entry point
 
+def holds_files(directory: Path) -> bool:
+    """Whether ``directory`` exists and is not empty (a run was started there)."""
+    return directory.is_dir() and any(directory.iterdir())
+
+
+def discard_outputs(run_dir: Path) -> None:
+    """Delete what training writes into a run directory (checkpoint, weights, history, metrics,
+    curves), before a run starts over there."""
+    for name in (CHECKPOINT_FILE, WEIGHTS_FILE, HISTORY_FILE, METRICS_FILE, CURVES_FILE):
+        (run_dir / name).unlink(missing_ok=True)
+
+
 def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, force: bool) -> bool:
     """Decide whether to start fresh or resume; refuse to clobber another run. Returns resume."""
     saved = run_dir / RECIPE_FILE
-    if not run_dir.exists() or not any(run_dir.iterdir()):
+    if not holds_files(run_dir):
         return False
     for stale in run_dir.glob(".*.tmp"):  # temp files of a write that a kill interrupted
         stale.unlink(missing_ok=True)
     if force:
-        for name in (CHECKPOINT_FILE, WEIGHTS_FILE, HISTORY_FILE, METRICS_FILE, CURVES_FILE):
-            (run_dir / name).unlink(missing_ok=True)
+        discard_outputs(run_dir)
         return False
     if not saved.is_file():
         raise SeqtextError(f"{run_dir}: exists and is not a seqtext run; choose another --output or use --force")
@@ -765,7 +776,7 @@ def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None
         recipe.train.device = device
     if resume and not force:
         run_dir = recipe.output_dir
-        if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        if not holds_files(run_dir):
             raise SeqtextError(f"{run_dir}: no run to resume there; check --output (or the recipe's [output] dir), "
                                "or leave out --resume to start a new run")
     with dist.process_group(resolve_device(recipe.train.device)):
@@ -782,13 +793,12 @@ def _train(recipe: Recipe, data_dir: str | None, resume: bool, force: bool, quie
     run_dir = recipe.output_dir
     dev = dist.device_for_rank(resolve_device(recipe.train.device))
     set_threads(recipe.train.threads)
-    started = resume and not force and run_dir.is_dir() and any(run_dir.iterdir())
+    started = resume and not force and holds_files(run_dir)
     with dist.main_first():  # rank 0 decides about the run dir and fills the datasets cache
         resuming = prepare_run_dir(run_dir, recipe, resume, force) if dist.is_main() \
             else resume and (run_dir / CHECKPOINT_FILE).is_file()
         if started and not resuming and dist.is_main():  # stopped before its first checkpoint: start again
-            for name in (WEIGHTS_FILE, HISTORY_FILE, METRICS_FILE, CURVES_FILE):
-                (run_dir / name).unlink(missing_ok=True)
+            discard_outputs(run_dir)
             if not quiet:
                 print(f"{run_dir}: no checkpoint yet (the run stopped before its first): training from the start",
                       file=sys.stderr)
@@ -860,8 +870,8 @@ def _train_member(member: Recipe, data_dir: str | None, resume: bool, quiet: boo
     directory = member.output_dir
     if resume and (directory / METRICS_FILE).is_file():
         return read_json(directory / METRICS_FILE)["train"]
-    started = directory.is_dir() and any(directory.iterdir())  # a member never started starts now
-    train(member, data_dir=data_dir, resume=resume and started, quiet=quiet)
+    # a member that never started starts now (resuming where there is no run is refused)
+    train(member, data_dir=data_dir, resume=resume and holds_files(directory), quiet=quiet)
     return read_json(directory / METRICS_FILE)["train"]
 
 

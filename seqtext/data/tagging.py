@@ -246,6 +246,6 @@ def validate(tag_seqs: Iterable[list[str]], scheme: str, first: dict[str, int] |
             found.append(f"sentence end after {prev}")
         for issue in found:
             issues[issue] += times
-            if first is not None:
-                first[issue] = min(first.get(issue, first_index[tags]), first_index[tags])
+            if first is not None:  # sequences come in order of first occurrence
+                first.setdefault(issue, first_index[tags])
     return issues

@@ -488,8 +488,8 @@ class TagTask(Task):
                                        documents=[s.document for s in chunk])
                 for s, t in zip(chunk, tags):
                     if s.document != document:  # a document break: a -DOCSTART- block of its own
-                        width = len(s.lines[0]) if s.lines else 1
-                        yield [[DOCSTART, *["-X-"] * (width - 2), "O"][:max(width, 1)]], ["O"]
+                        width = len(s.lines[0])
+                        yield [[DOCSTART, *["-X-"] * (width - 2), "O"][:width]], ["O"]
                         document = s.document
                     count += 1
                     yield s.lines, convert(t, TRAIN_SCHEME, self.source_scheme)
