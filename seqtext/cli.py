@@ -32,7 +32,7 @@ class _Group(click.Group):
         except (MemoryError, RuntimeError) as e:
             if isinstance(e, MemoryError) or any(m in str(e).lower() for m in _OOM_MARKERS):
                 self._fail(ctx, "out of memory: lower [train] batch_size or batch_tokens (e.g. --set "
-                                "train.batch_size=16), [data] max_length, or the [model] sizes")
+                                "train.batch_size=16), the [model] sizes, or for a classifier [data] max_length")
             raise
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -245,7 +245,8 @@ def predict(model_dir, texts, file, fmt, output, as_json, batch_size, device, bf
             raise SeqtextError("--format conll needs a tagger model and --file")
         with model.precision():
             n = model.task.predict_conll(model.net, file, output, model.device, batch_size=batch_size)
-        click.echo(f"wrote {n} sentences to {output}" if output else "", err=bool(output))
+        if output:
+            click.echo(f"wrote {n} sentences to {output}", err=True)
         return
     inputs = _read_inputs(texts, file)
     if inputs is not None and not inputs:

@@ -10,6 +10,7 @@ carried state into the checkpoint), and dev metrics are averaged across ranks.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 
 import torch
@@ -33,6 +34,7 @@ def process_group(device: torch.device):
             tdist.destroy_process_group()  # no barrier: the other ranks may be gone
         raise
     if joined:
+        gc.collect()  # DDP wrappers in reference cycles hold the group: let them go first
         tdist.barrier()
         tdist.destroy_process_group()
 

@@ -13,6 +13,7 @@ produces them, which reads badly. ``<eos>`` is allowed and rendered as a line br
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -53,16 +54,25 @@ class SamplingOptions:
     allow_unk: bool = False
 
     def validate(self) -> None:
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 0:
+        def integer(x) -> bool:
+            return isinstance(x, int) and not isinstance(x, bool)
+
+        def number(x) -> bool:
+            return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+        if not integer(self.max_tokens) or self.max_tokens < 0:
             raise SeqtextError(f"--max-tokens: expected an integer ≥ 0, got {self.max_tokens!r}")
-        if not self.greedy and not self.temperature > 0:
-            raise SeqtextError(f"--temperature: expected a value > 0 (or use --greedy), got {self.temperature!r}")
-        if self.top_k < 0:
+        if not self.greedy and not (number(self.temperature) and 0 < self.temperature < math.inf):
+            raise SeqtextError(f"--temperature: expected a finite value > 0 (or use --greedy), "
+                               f"got {self.temperature!r}")
+        if not integer(self.top_k) or self.top_k < 0:
             raise SeqtextError(f"--top-k: expected an integer ≥ 0 (0 = off), got {self.top_k!r}")
-        if not 0 < self.top_p <= 1:
+        if not (number(self.top_p) and 0 < self.top_p <= 1):
             raise SeqtextError(f"--top-p: expected a value in (0, 1], got {self.top_p!r}")
-        if self.num_samples < 1:
+        if not integer(self.num_samples) or self.num_samples < 1:
             raise SeqtextError(f"--num-samples: expected an integer ≥ 1, got {self.num_samples!r}")
+        if self.seed is not None and not (integer(self.seed) and -2**63 <= self.seed < 2**64):
+            raise SeqtextError(f"--seed: expected an integer in [-2^63, 2^64), got {self.seed!r}")
 
 
 def make_generator(seed: int | None) -> torch.Generator:
@@ -107,6 +117,8 @@ def categorical(probs: torch.Tensor, generator: torch.Generator) -> int:
     """Draw one index from unnormalised non-negative weights [V] (inverse CDF; exact, and much
     faster than ``torch.multinomial`` over a 33k vocabulary on CPU)."""
     cdf = probs.double().cumsum(0)
+    if not 0 < float(cdf[-1]) < math.inf:
+        raise SeqtextError(f"cannot sample: the token weights sum to {float(cdf[-1])}")
     u = torch.rand((), generator=generator, dtype=torch.float64) * cdf[-1]
     return int(torch.searchsorted(cdf, u, right=True).clamp(max=len(cdf) - 1))
 
@@ -115,9 +127,11 @@ def choose(logits: torch.Tensor, opts: SamplingOptions, generator: torch.Generat
     """Pick one token id from logits or log-probabilities [V] (CPU)."""
     if opts.greedy:
         return int(logits.argmax())
-    scaled = filter_logits(logits.double() / opts.temperature, opts.top_k, opts.top_p)
-    # double: tiny temperatures must not underflow to NaN
-    return categorical((scaled - scaled.max()).exp(), generator)
+    # shifted so the best is 0 before dividing: a tiny temperature sends the others to -inf, not
+    # every logit (-inf - -inf would be NaN); double keeps moderate ones from underflowing
+    logits = logits.double()
+    scaled = filter_logits((logits - logits.max()) / opts.temperature, opts.top_k, opts.top_p)
+    return categorical(scaled.exp(), generator)
 
 
 def is_plain(opts: SamplingOptions) -> bool:
@@ -164,12 +178,14 @@ class StreamDetokenizer:
     back. Sentencepiece: pieces decoded with their word-boundary marks. ``<eos>`` → newline.
     """
 
-    def __init__(self, tokenizer, line_start: bool = True):
+    def __init__(self, tokenizer, line_start: bool = True, prev: str = ""):
+        """``line_start``: the text so far ends a line (or with typed whitespace), so the first
+        piece gets no space; ``prev``: the token before the first piece (the prompt's last)."""
         self.tokenizer = tokenizer
         self.sentencepiece = hasattr(tokenizer, "sp")
         self.line_start = line_start
         self.glue_next = False
-        self.prev = ""
+        self.prev = prev
 
     def piece(self, token: str) -> str:
         if token == EOS:

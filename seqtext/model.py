@@ -160,6 +160,9 @@ class Model:
 
     def predict(self, texts: list[str], batch_size: int = 64) -> list[dict]:
         """Predictions for raw texts (batched): classify → label + probs; tag → entities."""
+        if not hasattr(self.task, "predict"):
+            raise SeqtextError(f"{self.directory}: is a {self.task.name!r} model; predict needs a 'classify' or "
+                               "'tag' model (use generate for a language model)")
         if isinstance(texts, str):
             texts = [texts]
         with self.precision():
@@ -212,6 +215,8 @@ class Model:
     def generate(self, prompt: str = "", **kw):
         if not hasattr(self.task, "generate"):
             raise SeqtextError(f"{self.directory}: is a {self.task.name!r} model; generate needs an 'lm' model")
+        if not isinstance(prompt, str):
+            raise SeqtextError(f"prompt: expected a string, got {type(prompt).__name__}")
         return self.task.generate(self.net, prompt, self.device, **kw)
 
     def num_parameters(self) -> int:

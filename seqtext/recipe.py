@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import math
 import types
 import typing
@@ -58,8 +59,8 @@ class DataConfig:
                               "into sequences of up to this many tokens, so the encoder sees each sentence with "
                               "its neighbours; scores and outputs stay per sentence (0 = each sentence alone). Data "
                               "without -DOCSTART- rows is one document. Use with [train] batch_tokens.", min=0)
-    dev_fraction: float = opt(0.1, "Share of train carved off as dev when the data has no dev split.",
-                              min=0.0, max=0.5)
+    dev_fraction: float = opt(0.1, "classify/tag: share of train carved off as dev when the data has no dev "
+                              "split (an lm needs a dev file or split).", min=0.0, max=0.5, min_exclusive=True)
     dev_block_size: int = opt(0, "Carve dev from train as runs of this many consecutive rows instead of scattered "
                               "rows (0 = scattered). Use it when neighbouring rows are related: IMDB's rows come "
                               "grouped by movie (aclImdb's file order), so a scattered dev shares movies with "
@@ -68,16 +69,17 @@ class DataConfig:
                           "Ensemble members all use the ensemble's, so they share train, dev and vocabulary.",
                           min=0)
     max_examples: int = opt(0, "Use at most this many examples per split (0 = all); for quick runs.", min=0)
-    max_length: int = opt(0, "Truncate inputs to this many tokens (0 = no limit; classify keeps "
-                          "head and tail).", min=0)
+    max_length: int = opt(0, "classify: truncate each text to this many tokens, keeping its head and tail "
+                          "(0 = no limit).", min=0)
     num_proc: int = opt(1, "Worker processes for datasets.map tokenization.", min=1)
 
 
 @dataclass
 class TokenizerConfig:
-    kind: str = opt("regex", "Tokenizer: regex (word level), spacy (spacy.blank(lang)), sentencepiece.",
+    kind: str = opt("regex", "Tokenizer: regex (words and punctuation), whitespace (split on spaces only: "
+                    "pre-tokenized text), spacy (spacy.blank(lang)), sentencepiece (subwords).",
                     choices=("regex", "spacy", "sentencepiece", "whitespace"))
-    lowercase: bool = opt(True, "Lowercase text before tokenizing (regex, spacy).")
+    lowercase: bool = opt(True, "Lowercase text before tokenizing (every kind; the tagger's word lookup too).")
     strip_html: bool = opt(True, "Replace HTML tags such as <br /> with spaces.")
     lang: str = opt("en", "spaCy language code for the spacy tokenizer and NER predict.")
     vocab_size: int = opt(16000, "sentencepiece: vocabulary size when training a model.", min=100)
@@ -97,14 +99,17 @@ class ModelConfig:
     embedding_dim: int = opt(128, "Word embedding size.", min=1)
     hidden_size: int = opt(256, "LSTM hidden size per direction.", min=1)
     layers: int = opt(1, "Stacked LSTM layers.", min=1, max=8)
-    bidirectional: bool = opt(True, "Run a backward LSTM too (classify, tag).")
+    bidirectional: bool = opt(True, "Run a backward LSTM too (classify, tag: a BiLSTM; lm: a separate backward "
+                              "LM, ELMo-style, so that init_from can start a BiLSTM from it).")
     dropout: float = opt(0.3, "Dropout between LSTM layers and on the encoder output.", min=0.0, max=0.95)
-    embedding_dropout: float = opt(0.1, "Dropout on word embeddings.", min=0.0, max=0.95)
-    word_dropout: float = opt(0.0, "Probability of replacing a training token by <unk>.", min=0.0, max=0.9)
+    embedding_dropout: float = opt(0.1, "Locked dropout on the token features (the word embedding, plus the "
+                                   "char CNN and casing of a tagger).", min=0.0, max=0.95)
+    word_dropout: float = opt(0.0, "classify/tag: probability of replacing a training token by <unk>.",
+                              min=0.0, max=0.9)
     pooling: str = opt("maxmean", "classify: pooling over encoder states (max+mean concatenated was best on IMDB).",
                        choices=("max", "mean", "last", "attention", "maxmean"))
     pretrained_vectors: str | None = opt(None, "GloVe/word2vec/fastText text file to initialise embeddings.")
-    freeze_embeddings: bool = opt(False, "Keep pretrained embeddings fixed.")
+    freeze_embeddings: bool = opt(False, "Keep the word embedding fixed (pretrained, from init_from, or random).")
     char_encoder: str = opt("none", "tag: character-level word encoder.", choices=("none", "cnn"))
     char_dim: int = opt(30, "tag: character embedding size.", min=1)
     char_filters: int = opt(50, "tag: char-CNN filters (its output size).", min=1)
@@ -119,7 +124,8 @@ class ModelConfig:
                                "(0 = embedding_dim when tying, else none).", min=0)
     output_dropout: float = opt(-1.0, "lm/tag/classify: dropout before the output layer "
                                 "(-1 = same as dropout).", min=-1.0, max=0.95)
-    weight_dropout: float = opt(0.0, "lm: DropConnect on LSTM hidden-to-hidden weights.", min=0.0, max=0.95)
+    weight_dropout: float = opt(0.0, "DropConnect on the LSTM's hidden-to-hidden weights (every task; AWD-LSTM's "
+                                "regulariser for LMs).", min=0.0, max=0.95)
     activation_reg: float = opt(0.0, "lm: activation regularisation (AWD-LSTM's alpha, 2 there): adds alpha × the "
                                 "mean square of the top LSTM layer's outputs to the training loss.", min=0.0)
     temporal_activation_reg: float = opt(0.0, "lm: temporal activation regularisation (AWD-LSTM's beta, 1 there): "
@@ -165,7 +171,8 @@ class TrainConfig:
                                    "(discriminative fine-tuning).", min=0.0, min_exclusive=True)
     parallel_members: int = opt(1, "[model] ensemble: train this many members at once, in separate processes that "
                                 "share [train] threads (2 on 2 cores: 4 CoNLL taggers trained 1.9× faster than one "
-                                "at a time, benchmarks/README.md).", min=1)
+                                "at a time, benchmarks/README.md). Under torchrun the members train one after "
+                                "another.", min=1)
     ema_decay: float = opt(0.0, "Keep an exponential moving average of the weights with this decay per step and "
                            "evaluate/save it instead of the raw weights (0 = off). Averaging cancels SGD noise: "
                            "0.999 (a ~1,000-step horizon) for the LM recipes.", min=0.0, max=0.99999)
@@ -196,7 +203,8 @@ TOP_LEVEL = {
     "task": "Which task: classify, tag or lm.",
     "name": "Run name (default: the recipe file name).",
     "init_from": "Run directory of a trained model (e.g. an LM) whose embedding and encoder "
-                 "initialise this one; its tokenizer and vocab are reused.",
+                 "initialise this one; its [tokenizer] and [vocab] replace the recipe's. Relative to "
+                 "the working directory; the run's saved recipe holds it absolute.",
 }
 
 
@@ -323,7 +331,7 @@ def _build(raw: dict, where: str, overridden: set[str] = frozenset()) -> Recipe:
             raise SeqtextError(f"{where}: '{section}' must be a table [{section}]")
         sections[section] = _build_section(cls, table, section, where, overridden)
     recipe = Recipe(task=task, name=name, init_from=init_from, source=where, **sections)
-    _check_consistency(recipe, where)
+    _check_consistency(recipe, where, overridden)
     return recipe
 
 
@@ -377,7 +385,9 @@ def _type_name(types_) -> str:
     return " or ".join(names.get(t, t.__name__) for t in types_ if t is not type(None))
 
 
-def _check_consistency(recipe: Recipe, where: str) -> None:
+def _check_consistency(recipe: Recipe, where: str, overridden: set[str] = frozenset()) -> None:
+    from .data.vocab import Vocab
+
     d = recipe.data
     for split in [*d.splits, *d.files]:
         if split not in ("train", "dev", "test"):
@@ -389,6 +399,13 @@ def _check_consistency(recipe: Recipe, where: str) -> None:
     for split, name in d.splits.items():
         if not isinstance(name, str):
             raise SeqtextError(f"{where}: [data] splits.{split}: expected a split name string")
+    cutoffs, specials = recipe.model.softmax_cutoffs, len(Vocab(()).itos)
+    label = "--set model.softmax_cutoffs" if "model.softmax_cutoffs" in overridden else \
+        f"{where}: [model] softmax_cutoffs"
+    if not cutoffs or not all(isinstance(c, int) and not isinstance(c, bool) for c in cutoffs):
+        raise SeqtextError(f"{label}: expected a non-empty list of integers, got {cutoffs!r}")
+    if any(b <= a for a, b in itertools.pairwise(cutoffs)) or cutoffs[0] <= specials:
+        raise SeqtextError(f"{label}: expected increasing ids above the {specials} specials, got {cutoffs!r}")
 
 
 def _resolve_paths(recipe: Recipe, base: Path) -> None:

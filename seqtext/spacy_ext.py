@@ -129,10 +129,13 @@ class _SeqtextPipe:
         with tempfile.TemporaryDirectory(prefix="seqtext-spacy-") as tmp:
             for name, data in files.items():
                 Path(tmp, name).write_bytes(data)
+            device = _torch_device(self.device)
             try:
-                model = load(tmp, _torch_device(self.device), task=self.task_name, bf16=self.bf16)
-            except SeqtextError as e:
-                raise SeqtextError(str(e).replace(tmp, where)) from None
+                model = load(tmp, device, task=self.task_name, bf16=self.bf16)
+            except SeqtextError as e:  # in the component's terms: its config, not a CLI flag
+                message = str(e).replace(tmp, where).replace(f"--device {device}",
+                                                             f"{self.factory} config device {device!r}")
+                raise SeqtextError(message) from None
         self._model, self._files = model, dict(files)
         self._loaded()
 
@@ -402,6 +405,8 @@ def export_pipeline(model_dir: str | os.PathLike, out_dir: str | os.PathLike, la
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise SeqtextError(f"{out}: exists and is not a directory")
+    if out.resolve() == path.resolve() or out.resolve() in path.resolve().parents:
+        raise SeqtextError(f"{out}: holds the model {model_dir} being exported; choose another OUT_DIR")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise SeqtextError(f"{out}: exists and is not empty; use --force to replace it")
     recipe = load_recipe(inside(path, RECIPE_FILE))
@@ -509,7 +514,10 @@ def _spec(width: int, depth: int, rows: int, dim: int, dropout: float, casing: b
 def _spec_from_run(directory: str, width: int, depth: int, dropout: float) -> tuple[dict[str, Any], dict]:
     """Spec and initial weights (embedder + encoder) from a seqtext model directory."""
     where = f"seqtext.BiLSTMEncoder.v1: init_from {directory}"
-    src = load(directory, "cpu")
+    try:
+        src = load(directory, "cpu")
+    except SeqtextError as e:
+        raise SeqtextError(f"seqtext.BiLSTMEncoder.v1: init_from: {e}") from None
     if src.recipe.tokenizer.kind == "sentencepiece":
         raise SeqtextError(f"{where}: its tokenizer is sentencepiece (subwords); spaCy tokens need a word-level "
                            "vocabulary (tokenizer kind regex, whitespace or spacy)")

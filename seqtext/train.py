@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import io
 import json
 import math
@@ -706,6 +707,8 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, force: bool) ->
     current = recipe.to_dict()
     for d in (previous, current):  # where the run was written does not matter: a moved run resumes
         d.get("output", {}).pop("dir", None)
+        if d.get("init_from"):  # saved absolute since 2026-12-07, relative to the working directory before
+            d["init_from"] = str(Path(d["init_from"]).expanduser().resolve())
     if previous != current:
         diff = sorted(f"{s}.{k}" for s in current if isinstance(current[s], dict)
                       for k in current[s] if current[s].get(k) != previous.get(s, {}).get(k))
@@ -751,6 +754,31 @@ def _make_task(recipe: Recipe, run_dir: Path, resume: bool, resuming: bool):
     return cls(recipe)
 
 
+def _adopt_source(recipe: Recipe, resume: bool, quiet: bool) -> None:
+    """``init_from``: the source run, made absolute (it is relative to the working directory) so
+    that the saved recipe reproduces the run from anywhere, is checked before any data is read,
+    and its [tokenizer] and [vocab] replace the recipe's: the copied embedding only means something
+    with the source's tokens, and the saved recipe must rebuild the tokenizer training used."""
+    from .model import check_model_dir
+
+    source = Path(recipe.init_from).expanduser().resolve()
+    recipe.init_from = str(source)
+    if resume and not (source / RECIPE_FILE).is_file():
+        return  # a resumed run has its tokenizer and vocabulary; the source may be gone by now
+    try:
+        check_model_dir(source)
+    except SeqtextError as e:
+        raise SeqtextError(f"{recipe.source}: init_from: {e} (train that run first)") from None
+    own = load_recipe(source / RECIPE_FILE)
+    changed = [f"{name}.{f.name}" for name in ("tokenizer", "vocab")
+               for f in dataclasses.fields(getattr(recipe, name))
+               if getattr(getattr(recipe, name), f.name) != getattr(getattr(own, name), f.name)]
+    if changed and not quiet and os.environ.get("RANK", "0") == "0":
+        print(f"note: init_from {source}: its tokenizer and vocabulary are used ({', '.join(changed)} "
+              "taken from its recipe)", file=sys.stderr)
+    recipe.tokenizer, recipe.vocab = copy.deepcopy(own.tokenizer), copy.deepcopy(own.vocab)
+
+
 def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None = None,
           output: str | Path | None = None, data_dir: str | None = None, resume: bool = False,
           force: bool = False, device: str | None = None, quiet: bool = False) -> Path:
@@ -774,6 +802,8 @@ def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None
         recipe.output.dir = str(own_run)
     if device:
         recipe.train.device = device
+    if recipe.init_from:
+        _adopt_source(recipe, resume, quiet)
     if resume and not force:
         run_dir = recipe.output_dir
         if not holds_files(run_dir):
@@ -817,8 +847,12 @@ def _train(recipe: Recipe, data_dir: str | None, resume: bool, force: bool, quie
     net = task.build_net()
     if recipe.init_from and not resuming:
         copied = init_from(net, recipe.init_from)
-        if not quiet:
+        fresh = [k for k in net.state_dict() if k.startswith(("embedder.words.", "encoder.")) and k not in copied]
+        if not quiet and dist.is_main():
             print(f"initialised {len(copied)} tensors from {recipe.init_from}", file=sys.stderr)
+            if fresh:  # e.g. more layers, or a backward direction, than the source has
+                print(f"note: {len(fresh)} embedding/encoder tensors have no counterpart in {recipe.init_from} and "
+                      f"start random: {', '.join(fresh[:4])}{', ...' if len(fresh) > 4 else ''}", file=sys.stderr)
     if recipe.model.pretrained_vectors and not resuming:
         stats = net.embedder.load_vectors(recipe.model.pretrained_vectors, task.vocab.itos,
                                           recipe.model.freeze_embeddings)
@@ -891,8 +925,11 @@ def train_ensemble(recipe: Recipe, data_dir: str | None, resume: bool, force: bo
                            f"(this recipe's task is {recipe.task!r}); set ensemble = 1")
     run_dir = recipe.output_dir
     n, parallel = recipe.model.ensemble, min(recipe.train.parallel_members, recipe.model.ensemble)
-    if parallel > 1 and dist.world_size() > 1:
-        raise SeqtextError(f"{recipe.source}: [train] parallel_members: not with torchrun; set it to 1")
+    if parallel > 1 and dist.world_size() > 1:  # the processes train each member together
+        if dist.is_main():
+            print(f"warning: [train] parallel_members = {parallel}: under torchrun the members train one "
+                  "after another", file=sys.stderr)
+        parallel = 1
     if dist.is_main():
         prepare_run_dir(run_dir, recipe, resume, force)
         if force:

@@ -77,7 +77,7 @@ def test_evaluate_cli_with_cache(tmp_path):
     res = runner.invoke(main, ["evaluate", run, "--json", "--cache-size", "100"])
     assert res.exit_code == 0, res.output
     tuned = json.loads(res.stdout)
-    assert tuned["cache"]["size"] == 100 and 0 < tuned["cache"]["lambda"] < 1
+    assert tuned["cache"]["size"] == 100 and 0 <= tuned["cache"]["lambda"] < 1
     assert tuned["cache_perplexity"] == pytest.approx(math.exp(tuned["cache_loss"]))
     # λ = 0 is exactly the model: the cache pass does not disturb the ordinary perplexity
     res = runner.invoke(main, ["evaluate", run, "--json", "--cache-size", "100", "--cache-theta", "0.3",
@@ -87,3 +87,18 @@ def test_evaluate_cli_with_cache(tmp_path):
     assert plain["perplexity"] == pytest.approx(tuned["perplexity"], rel=1e-9)
     res = runner.invoke(main, ["evaluate", run, "--cache-size", "10", "--cache-theta", "0.3", "--cache-lambda", "1"])
     assert res.exit_code == 2 and "--cache-lambda" in res.output
+
+
+def test_cache_tuning_chooses_no_cache_where_the_cache_only_hurts(monkeypatch):
+    """A cache that never saw the next word (probability 0) can only lower the model's
+    probabilities: the dev-tuned λ must then be 0, the model alone."""
+    from seqtext.tasks.lm import CACHE_THETAS, LMTask
+
+    n = 50
+    scored = {"fwd_sum": n * math.log(2), "fwd_n": n, "log_p": torch.full((n,), math.log(0.5), dtype=torch.float64),
+              "cache_p": [torch.zeros(n, dtype=torch.float64)] * len(CACHE_THETAS),
+              "available": torch.ones(n, dtype=torch.bool)}
+    monkeypatch.setattr(LMTask, "_score", lambda *args, **kw: scored)
+    tuned = LMTask.__new__(LMTask).tune_cache(None, None, "cpu", cache_size=10)
+    assert tuned["lambda"] == 0
+    assert tuned["perplexity"] == pytest.approx(tuned["perplexity_without"]) == pytest.approx(2)

@@ -175,6 +175,18 @@ def test_two_processes_with_layers_frozen_for_the_first_epoch(tiny, tmp_path):
     assert r.returncode == 0, why(r)
 
 
+def test_an_ensemble_recipe_with_parallel_members_trains_its_members_in_turn(tiny, tmp_path):
+    """The shipped ensemble recipes set parallel_members = 2; under torchrun every process trains
+    each member together, one member after another, with one warning."""
+    r = run(torchrun(["-m", "seqtext", "train", str(tiny), "-o", str(tmp_path / "run"), "-q",
+                      "--set", "model.ensemble=2", "--set", "train.parallel_members=2", "--set", "train.epochs=2"]))
+    assert r.returncode == 0, why(r)
+    assert r.stderr.count("under torchrun the members train one after another") == 1, why(r)
+    train = json.loads((tmp_path / "run" / "metrics.json").read_text())["train"]
+    assert train["members"] == 2 and train["parallel_members"] == 1
+    assert seqtext.load(tmp_path / "run").predict(["a great film"])[0]["label"] in {"neg", "pos"}
+
+
 def test_sparse_embedding_gradients_are_averaged_outside_ddp():
     """The sparse (row) gradient of an embedding is left out of DDP, whose gloo sparse all-reduce
     corrupts the heap now and then (benchmarks/sparse_allreduce.py), and averaged by

@@ -41,3 +41,16 @@ def test_shipped_recipes_parse():
 
 def test_readme_mentions_no_torchtext_reason():
     assert re.search(r"torchtext.*discontinued", README, re.S)
+
+
+def test_the_readme_spacy_config_block_is_a_valid_config():
+    """spaCy's config parser keeps a comment after a value as part of the value, so the
+    README's ini block must parse to numbers, booleans and null, and build the layer."""
+    import spacy
+    from thinc.api import Config
+
+    block = README.split("```ini\n", 1)[1].split("```", 1)[0]
+    parents = "[components]\n[components.ner]\n[components.ner.model]\n"
+    layer = Config().from_str(parents + block)["components"]["ner"]["model"]["tok2vec"]
+    assert (layer["width"], layer["depth"], layer["casing"], layer["init_from"]) == (128, 1, True, None)
+    assert spacy.registry.resolve({"layer": layer})["layer"].name

@@ -291,10 +291,25 @@ def test_adaptive_level_by_level_sampling_matches_the_full_distribution():
     assert 0.5 * (counts / n - probs).abs().sum() < 0.03  # total variation distance
 
 
+def test_too_little_training_text_is_a_clear_error():
+    class TwoTokens:
+        num_tokens = 2
+
+    with pytest.raises(SeqtextError, match=r"has 2 tokens, fewer than the 3 that train.batch_size = 1 needs; "
+                                           r"add training text$"):
+        LMTask._check_length(TwoTokens(), 1, 1)
+    with pytest.raises(SeqtextError, match=r"fewer than the 9 .* lower \[train\] batch_size or add training text"):
+        LMTask._check_length(TwoTokens(), 4, 1)
+
+
 def test_bad_softmax_cutoffs_are_a_clear_error(tmp_path):
-    task, _ = task_with_stream(tmp_path, softmax="adaptive", softmax_cutoffs=[10, 5])
-    with pytest.raises(SeqtextError, match="softmax_cutoffs"):
-        task.build_net()
+    with pytest.raises(SeqtextError, match=r": \[model\] softmax_cutoffs: expected increasing ids"):
+        load_recipe(lm_recipe(tmp_path, softmax="adaptive", softmax_cutoffs=[10, 5]))
+    good = lm_recipe(tmp_path, softmax="adaptive", softmax_cutoffs=[10, 20])
+    with pytest.raises(SeqtextError, match=r"^--set model.softmax_cutoffs: expected a non-empty list of integers"):
+        load_recipe(good, ['model.softmax_cutoffs=["a"]'])
+    with pytest.raises(SeqtextError, match=r"^--set model.softmax_cutoffs: expected increasing ids above the"):
+        load_recipe(good, ["model.softmax_cutoffs=[2]"])  # inside the specials
 
 
 # ---------------------------------------------------------------------- sampling
@@ -333,6 +348,15 @@ def test_top_k_1_and_tiny_temperature_equal_greedy(values, seed):
     greedy = int(logits.argmax())
     assert choose(logits, SamplingOptions(top_k=1), g) == greedy
     assert choose(logits, SamplingOptions(temperature=1e-4), g) == greedy
+    assert choose(logits, SamplingOptions(temperature=1e-320), g) == greedy  # no NaN from -inf - -inf
+
+
+def test_a_huge_temperature_samples_uniformly_and_banned_tokens_stay_banned():
+    logits = torch.tensor([0.0, -2.0, float("-inf"), -4.0])  # id 2 banned
+    g = make_generator(0)
+    counts = torch.bincount(torch.tensor([choose(logits, SamplingOptions(temperature=1e300), g)
+                                          for _ in range(3000)]), minlength=4)
+    assert counts[2] == 0 and all(900 < int(c) < 1100 for c in counts[[0, 1, 3]])
 
 
 def test_generation_top_k_1_equals_greedy_and_seed_reproducible(bilm):
@@ -367,6 +391,16 @@ def test_detokenizer_glues_wikitext_splits_and_punctuation():
     text = d.text(["a", "role", "@-@", "playing", "game", "(", "1", "@,@", "000", ")", ",", "it", "'s", "fine", ".",
                    "<eos>", "next"])
     assert text == "a role-playing game (1,000), it's fine.\nnext"
+    # after a prompt: no space after its opening bracket or its typed trailing space
+    assert StreamDetokenizer(object(), line_start=False, prev="(").text(["1", ")"]) == "1)"
+    assert StreamDetokenizer(object(), line_start=False, prev="cat").text(["sat"]) == " sat"
+
+
+def test_generation_after_a_prompt_with_a_trailing_space_adds_no_second_space(bilm):
+    model = seqtext.load(bilm)
+    plain = model.generate("the old cat", max_tokens=3, greedy=True)[0]["text"]
+    spaced = model.generate("the old cat ", max_tokens=3, greedy=True)[0]["text"]
+    assert plain.startswith(" ") and spaced == plain[1:]
 
 
 # ---------------------------------------------------------------------- evaluation and transfer
@@ -407,11 +441,47 @@ def test_init_from_bilm_copies_embedding_and_encoder(bilm, tmp_path):
     assert json.loads((out / "meta.json").read_text())["joint"] is False
     assert (out / "vocab.txt").read_text() == (bilm / "vocab.txt").read_text()
     seqtext.load(out).predict(["the cat sleeps"])
+    # the LM's tokenizer (whitespace, cased) replaces the recipe's (regex, lowercase) in the saved
+    # recipe, so the reloaded model tokenizes as training did and scores what training scored
+    saved, source = load_recipe(out / "recipe.toml"), load_recipe(bilm / "recipe.toml")
+    assert saved.tokenizer == source.tokenizer and saved.vocab == source.vocab
+    assert saved.tokenizer.kind == "whitespace" and load_recipe(classifier_recipe(tmp_path, bilm)).tokenizer.lowercase
+    metrics = json.loads((out / "metrics.json").read_text())["test"]
+    assert seqtext.load(out).evaluate("test")["accuracy"] == pytest.approx(metrics["accuracy"])
+
+
+def test_init_from_is_saved_absolute_so_the_saved_recipe_reproduces_the_run(bilm, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(bilm.parent)
+    out = seqtext.train(classifier_recipe(tmp_path, bilm.name), output=tmp_path / "rel",
+                        overrides=["train.max_steps=2"])
+    assert "its tokenizer and vocabulary are used (tokenizer.kind" in capsys.readouterr().err
+    assert load_recipe(out / "recipe.toml").init_from == str(bilm.resolve())
+    monkeypatch.chdir(tmp_path)
+    again = seqtext.train(out / "recipe.toml", output=tmp_path / "again", quiet=True)
+    assert load_state_dict(again / "weights.safetensors").keys() == load_state_dict(out / "weights.safetensors").keys()
+
+
+def test_init_from_names_the_tensors_a_deeper_model_does_not_get(bilm, tmp_path, capsys):
+    seqtext.train(classifier_recipe(tmp_path, bilm, layers="3"), output=tmp_path / "deeper",
+                  overrides=["train.max_steps=1"])
+    err = capsys.readouterr().err
+    assert "embedding/encoder tensors have no counterpart in" in err and "start random: encoder." in err
+    seqtext.train(classifier_recipe(tmp_path, bilm), output=tmp_path / "same", overrides=["train.max_steps=1"])
+    assert "no counterpart" not in capsys.readouterr().err
 
 
 def test_init_from_rejects_mismatched_shapes(bilm, tmp_path):
     with pytest.raises(SeqtextError, match=r"init_from .*shape .*match \[model\] sizes"):
         seqtext.train(classifier_recipe(tmp_path, bilm, hidden_size="32"), output=tmp_path / "bad", quiet=True)
+
+
+def test_init_from_a_missing_run_is_named_before_any_data_is_read(tmp_path, monkeypatch):
+    import importlib
+
+    train_module = importlib.import_module("seqtext.train")
+    monkeypatch.setattr(train_module, "load_splits", lambda *a, **k: pytest.fail("data was read"))
+    with pytest.raises(SeqtextError, match=r"\.toml: init_from: .*nope: no such model directory \(train that run"):
+        seqtext.train(classifier_recipe(tmp_path, tmp_path / "nope"), output=tmp_path / "out", quiet=True)
 
 
 # ---------------------------------------------------------------------- CLI
@@ -446,12 +516,31 @@ def test_cli_train_evaluate_generate(tmp_path):
     (["--temperature", "-2"], "--temperature"),
     (["--top-k", "-3"], "--top-k"),
     (["--num-samples", "0"], "--num-samples"),
+    (["--temperature", "inf"], "--temperature"),
+    (["--seed", str(2**64)], "--seed"),
 ])
 def test_cli_generate_bad_options_exit_2(args, message, tmp_path):
     res = CliRunner().invoke(main, ["generate", "--model", str(tmp_path), *args])
     assert res.exit_code == 2
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"top_k": 2.5}, "--top-k"), ({"num_samples": 2.0}, "--num-samples"), ({"temperature": "hot"}, "--temperature"),
+    ({"seed": -(2**63) - 1}, "--seed"),
+])
+def test_python_generate_options_are_type_checked(options, message):
+    with pytest.raises(SeqtextError, match=message):
+        SamplingOptions(**options).validate()
+
+
+def test_python_api_refuses_predict_on_an_lm_and_a_prompt_that_is_not_text(bilm):
+    model = seqtext.load(bilm)
+    with pytest.raises(SeqtextError, match="'lm' model; predict needs"):
+        model.predict(["the cat"])
+    with pytest.raises(SeqtextError, match="prompt: expected a string"):
+        model.generate(None)
 
 
 def test_cli_generate_on_a_classifier_is_one_line_error(tiny, tmp_path):

@@ -22,6 +22,7 @@ def test_defaults_and_name(tmp_path):
     ('task = "classify"\n[model]\nhidden_size = "big"\n', ["[model] hidden_size", "expected an integer"]),
     ('task = "classify"\n[model]\nhidden_size = -3\n', ["[model] hidden_size", "at least 1"]),
     ('task = "classify"\n[train]\nlr = 0\n', ["[train] lr", "greater than 0"]),
+    ('task = "classify"\n[data]\ndev_fraction = 0\n', ["[data] dev_fraction", "greater than 0"]),
     ('task = "classify"\n[model]\npooling = "maxx"\n', ["[model] pooling", "one of", "did you mean 'max'"]),
     ('task = "clasify"\n', ["key 'task'", "did you mean 'classify'"]),
     ('[model]\nlayers = 1\n', ["missing required key 'task'"]),

@@ -361,6 +361,11 @@ def test_export_spacy_cli(ner_run, trained_demo, tmp_path):
     assert r.exit_code == 2 and "no language 'zz'" in r.output
     r = runner.invoke(main, ["export-spacy", str(tmp_path / "nope"), str(tmp_path / "z")])
     assert r.exit_code == 2 and "no such model directory" in r.output
+    # --force never replaces the model being exported, nor a folder holding it (and other runs)
+    run = shutil.copytree(ner_run, tmp_path / "runs" / "ner")
+    for target in (run, run.parent):
+        r = runner.invoke(main, ["export-spacy", str(run), str(target), "--force"])
+        assert r.exit_code == 2 and "holds the model" in r.output and (run / "weights.safetensors").is_file()
 
 
 def test_entry_points_in_a_fresh_process():
@@ -428,6 +433,8 @@ def test_encoder_init_from_a_seqtext_run(ner_run, tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(out, restored.predict(docs)))
     with pytest.raises(SeqtextError, match="set width = 16"):
         make(width=32, depth=1, init_from=str(ner_run)).initialize(X=docs)
+    with pytest.raises(SeqtextError, match=r"^seqtext.BiLSTMEncoder.v1: init_from: .*nope: no such model directory"):
+        make(width=16, depth=1, init_from=str(tmp_path / "nope")).initialize(X=docs)
 
 
 def test_encoder_init_from_a_classifier(trained_demo):
@@ -498,3 +505,11 @@ def test_spacy_train_with_seqtext_encoder(tmp_path):
         assert len(doc) == 5 and all(e.label_ in {"PER", "LOC", "ORG"} for e in doc.ents)
     # the encoder's weights are stored as safetensors (with their spec) inside spaCy's model file
     assert b"seqtext_spec" in (out / "model-last" / "ner" / "model").read_bytes()
+
+
+def test_a_cuda_device_without_a_gpu_is_named_as_the_component_config(ner_run, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("seqtext_ner", config={"model": str(ner_run), "device": "cuda"})
+    with pytest.raises(SeqtextError, match=r"seqtext_ner config device 'cuda': no CUDA device is available"):
+        nlp("Angela Merkel visited Paris.")

@@ -351,9 +351,17 @@ def test_cli_predict_conll_file(trained, tmp_path):
     assert lines[:2] == ["-DOCSTART- -X- O O", ""]  # the document break is kept
     assert lines[2:7] == ["Angela NNP x B-PER", "Merkel NNP x I-PER", "visited VBD x O", "Paris NNP x B-LOC", ""]
     assert lines[7].startswith("Tom NNP x ")
+    # consecutive document breaks (an empty document) each keep their line
+    docs = tmp_path / "docs.conll"
+    docs.write_text("-DOCSTART- O\n\nParis x\n\n-DOCSTART- O\n\n-DOCSTART- O\n\nTom x\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["predict", str(trained), "--file", str(docs), "--format", "conll",
+                                       "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    blocks = out.read_text(encoding="utf-8").strip().split("\n\n")
+    assert [b.split()[0] for b in blocks] == ["-DOCSTART-", "Paris", "-DOCSTART-", "-DOCSTART-", "Tom"]
     # stdout when no --output; missing input file → one-line error, exit 2
     result = CliRunner().invoke(main, ["predict", str(trained), "--file", str(src), "--format", "conll"])
-    assert "Paris NNP x B-LOC" in result.output
+    assert "Paris NNP x B-LOC" in result.output and result.output.endswith("O\n\n")
     result = CliRunner().invoke(main, ["predict", str(trained), "--file", str(tmp_path / "nope.conll"),
                                        "--format", "conll", "--output", str(out)])
     assert result.exit_code == 2 and "nope.conll: no such file" in result.output

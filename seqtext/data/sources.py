@@ -226,7 +226,7 @@ def _finish(recipe: Recipe, splits: dict, only) -> dict:
     if "dev" not in splits and "train" in splits and (not only or "dev" in only):
         if recipe.task == "lm":
             raise SeqtextError(f"{recipe.source}: the language model needs a dev/valid file or split")
-        splits["train"], splits["dev"] = carve_dev(splits["train"], d.dev_fraction or 0.1, seed, d.dev_block_size)
+        splits["train"], splits["dev"] = carve_dev(splits["train"], d.dev_fraction, seed, d.dev_block_size)
     if d.max_examples:
         for k, ds in splits.items():
             if len(ds) > d.max_examples:

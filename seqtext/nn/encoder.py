@@ -1,10 +1,10 @@
 """The one sequence encoder every seqtext task uses: a stacked (Bi)LSTM over padded batches.
 
 Why not ``nn.LSTM(bidirectional=True)`` on packed sequences? On CPU, packed input leaves
-oneDNN's fused RNN kernel and runs 5–20× slower. Padded input is fast, and a forward LSTM's
-outputs at real positions never depend on trailing padding. For the backward direction we
-reverse each sequence *within its own length* (padding stays at the end), run a forward
-LSTM, and reverse back. Outputs at real positions are therefore exactly independent of how
+oneDNN's fused RNN kernel and runs 12–28× slower (benchmarks/lstm_kernels.py). Padded input is
+fast, and a forward LSTM's outputs at real positions never depend on trailing padding. For the
+backward direction we reverse each sequence *within its own length* (padding stays at the end),
+run a forward LSTM, and reverse back. Outputs at real positions are therefore exactly independent of how
 much padding a batch has, at full kernel speed.
 
 Two wirings:

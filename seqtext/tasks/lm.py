@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..data.batching import Batch, iter_stream, lm_stream_batches, lm_window_lengths, read_rows, token_stream
-from ..data.vocab import EOS, Vocab
+from ..data.vocab import EOS
 from ..errors import SeqtextError
 from ..nn.adaptive import AdaptiveSoftmax
 from ..nn.cache import ContinuousCache, mix_log_prob
@@ -39,7 +39,7 @@ PROMPT_CHUNK = 1024  # prompt tokens per LSTM call in generate(): bounded memory
 TOKENIZE_ROWS = 1000  # rows tokenized (as Python lists) at a time inside one map batch
 # continuous-cache grid searched on the dev split (Grave et al. 2017 tune the same two knobs)
 CACHE_THETAS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0)
-CACHE_LAMBDAS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
+CACHE_LAMBDAS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)  # 0: where the cache does not help
 
 
 def check_cache_lambda(lam: float) -> None:
@@ -175,15 +175,8 @@ class LMTask(Task):
         return [float(freq[a:b].sum()) / len(stream) for a, b in pairwise(bounds)]
 
     def _cutoffs(self) -> list[int]:
-        """Validated adaptive-softmax cutoffs that fall inside this vocabulary."""
-        raw = self.recipe.model.softmax_cutoffs
-        where = f"{self.recipe.source}: [model] softmax_cutoffs"
-        if not raw or not all(isinstance(c, int) and not isinstance(c, bool) for c in raw):
-            raise SeqtextError(f"{where}: expected a non-empty list of integers, got {raw!r}")
-        if any(b <= a for a, b in pairwise(raw)) or raw[0] <= len(Vocab(()).itos):
-            raise SeqtextError(f"{where}: expected increasing ids above the {len(Vocab(()).itos)} specials, "
-                               f"got {raw!r}")
-        return [c for c in raw if c < len(self.vocab)]
+        """The adaptive-softmax cutoffs (checked by the recipe) that fall inside this vocabulary."""
+        return [c for c in self.recipe.model.softmax_cutoffs if c < len(self.vocab)]
 
     # ------------------------------------------------------------------ model
     def build_net(self) -> LMNet:
@@ -220,8 +213,9 @@ class LMTask(Task):
     def _check_length(data: LMSplit, batch_size: int, world: int) -> None:
         min_tokens = 2 * batch_size * world + 1
         if data.num_tokens < min_tokens:
-            raise SeqtextError(f"language model data has {data.num_tokens} tokens, fewer than the {min_tokens} "
-                               f"that train.batch_size = {batch_size} needs; lower [train] batch_size")
+            fix = "lower [train] batch_size or add training text" if batch_size > 1 else "add training text"
+            raise SeqtextError(f"language model training data has {data.num_tokens} tokens, fewer than the "
+                               f"{min_tokens} that train.batch_size = {batch_size} needs; {fix}")
 
     def _windows(self, data: LMSplit, batch_size: int, epoch: int, rank: int, world: int,
                  random_bptt: bool | None = None):
@@ -487,17 +481,19 @@ class LMTask(Task):
                 hidden, prompt_state = self._forward_lm(net, chunk, prompt_state)
             for i in range(opts.num_samples):
                 results.append(self._sample_one(i, ids, hidden, prompt_state, step, pick, opts.max_tokens,
-                                                on_token))
+                                                on_token, prompt[-1:].isspace()))
         finally:
             torch.set_num_threads(threads)
         return results
 
     def _sample_one(self, i: int, ids: list[int], hidden: torch.Tensor, state: State, step, pick,
-                    max_tokens: int, on_token) -> dict:
-        """One continuation from the shared prompt state; streams pieces to ``on_token``."""
+                    max_tokens: int, on_token, typed_space: bool = False) -> dict:
+        """One continuation from the shared prompt state; streams pieces to ``on_token``.
+        ``typed_space``: the prompt ends with whitespace, so the first piece adds none."""
         from ..generate import StreamDetokenizer, sample_tokens
 
-        detok = StreamDetokenizer(self.tokenizer, line_start=ids[-1] == self.vocab.eos_id)
+        detok = StreamDetokenizer(self.tokenizer, line_start=ids[-1] == self.vocab.eos_id or typed_space,
+                                  prev=self.vocab.itos[ids[-1]])
         pieces: list[str] = []
 
         def emit(token_id: int) -> None:

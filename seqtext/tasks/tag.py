@@ -487,10 +487,10 @@ class TagTask(Task):
                 tags = self.tag_tokens(net, [s.tokens for s in chunk], device, batch_size,
                                        documents=[s.document for s in chunk])
                 for s, t in zip(chunk, tags):
-                    if s.document != document:  # a document break: a -DOCSTART- block of its own
-                        width = len(s.lines[0])
+                    width = len(s.lines[0])
+                    for _ in range(s.document - document):  # each document break: a block of its own
                         yield [[DOCSTART, *["-X-"] * (width - 2), "O"][:width]], ["O"]
-                        document = s.document
+                    document = s.document
                     count += 1
                     yield s.lines, convert(t, TRAIN_SCHEME, self.source_scheme)
 
