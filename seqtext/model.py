@@ -46,7 +46,7 @@ def task_class(name: str):
 
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
-        raise SeqtextError("--device cuda: no CUDA device is available")
+        raise SeqtextError("device 'cuda': no CUDA device is available")  # CLI, recipe, API or spaCy config
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)

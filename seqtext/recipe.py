@@ -335,6 +335,11 @@ def _build(raw: dict, where: str, overridden: set[str] = frozenset()) -> Recipe:
     return recipe
 
 
+def _key_label(section: str, key: str, where: str, overridden: set[str]) -> str:
+    """Where a section key's value came from: the --set override that gave it, or the file."""
+    return f"--set {section}.{key}" if f"{section}.{key}" in overridden else f"{where}: [{section}] {key}"
+
+
 def _build_section(cls, table: dict, section: str, where: str, overridden: set[str] = frozenset()):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
@@ -342,8 +347,7 @@ def _build_section(cls, table: dict, section: str, where: str, overridden: set[s
     for key, value in table.items():
         if key not in fields:
             raise SeqtextError(f"{where}: unknown key '{key}' in [{section}]{_suggest(key, fields)}")
-        label = f"--set {section}.{key}" if f"{section}.{key}" in overridden else f"{where}: [{section}] {key}"
-        values[key] = _check_value(value, hints[key], fields[key].metadata, label)
+        values[key] = _check_value(value, hints[key], fields[key].metadata, _key_label(section, key, where, overridden))
     return cls(**values)
 
 
@@ -400,8 +404,7 @@ def _check_consistency(recipe: Recipe, where: str, overridden: set[str] = frozen
         if not isinstance(name, str):
             raise SeqtextError(f"{where}: [data] splits.{split}: expected a split name string")
     cutoffs, specials = recipe.model.softmax_cutoffs, len(Vocab(()).itos)
-    label = "--set model.softmax_cutoffs" if "model.softmax_cutoffs" in overridden else \
-        f"{where}: [model] softmax_cutoffs"
+    label = _key_label("model", "softmax_cutoffs", where, overridden)
     if not cutoffs or not all(isinstance(c, int) and not isinstance(c, bool) for c in cutoffs):
         raise SeqtextError(f"{label}: expected a non-empty list of integers, got {cutoffs!r}")
     if any(b <= a for a, b in itertools.pairwise(cutoffs)) or cutoffs[0] <= specials:

@@ -129,13 +129,10 @@ class _SeqtextPipe:
         with tempfile.TemporaryDirectory(prefix="seqtext-spacy-") as tmp:
             for name, data in files.items():
                 Path(tmp, name).write_bytes(data)
-            device = _torch_device(self.device)
             try:
-                model = load(tmp, device, task=self.task_name, bf16=self.bf16)
-            except SeqtextError as e:  # in the component's terms: its config, not a CLI flag
-                message = str(e).replace(tmp, where).replace(f"--device {device}",
-                                                             f"{self.factory} config device {device!r}")
-                raise SeqtextError(message) from None
+                model = load(tmp, _torch_device(self.device), task=self.task_name, bf16=self.bf16)
+            except SeqtextError as e:
+                raise SeqtextError(str(e).replace(tmp, where)) from None
         self._model, self._files = model, dict(files)
         self._loaded()
 

@@ -719,8 +719,13 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, force: bool) ->
     raise SeqtextError(f"{run_dir}: already holds this run; use --resume to continue it or --force to retrain")
 
 
-def init_from(net: nn.Module, source_dir: str) -> list[str]:
-    """Copy embedding and encoder weights from another run (e.g. a language model)."""
+TRANSFERRED = ("embedder.words.", "encoder.")  # what init_from copies: the word embedding and the encoder
+
+
+def init_from(net: nn.Module, source_dir: str) -> tuple[list[str], list[str]]:
+    """Copy embedding and encoder weights from another run (e.g. a language model). Returns the
+    names copied, and those of this model's embedding/encoder that the source has no tensor for
+    (more layers, or a backward direction, than the source: they keep their random init)."""
     from .model import check_model_dir
 
     path = check_model_dir(source_dir)
@@ -729,7 +734,7 @@ def init_from(net: nn.Module, source_dir: str) -> list[str]:
     own = net.state_dict()
     copied = []
     for k, v in source.items():
-        if not k.startswith(("embedder.words.", "encoder.")) or k not in own:
+        if not k.startswith(TRANSFERRED) or k not in own:
             continue
         if own[k].shape != v.shape:
             raise SeqtextError(f"init_from {source_dir}: {k} has shape {tuple(v.shape)}, this recipe's model "
@@ -739,7 +744,7 @@ def init_from(net: nn.Module, source_dir: str) -> list[str]:
     if not copied:
         raise SeqtextError(f"init_from {source_dir}: no embedding/encoder weights match this model")
     net.load_state_dict(own)
-    return copied
+    return copied, [k for k in own if k.startswith(TRANSFERRED) and k not in copied]
 
 
 def _make_task(recipe: Recipe, run_dir: Path, resume: bool, resuming: bool):
@@ -846,11 +851,10 @@ def _train(recipe: Recipe, data_dir: str | None, resume: bool, force: bool, quie
     torch.manual_seed(recipe.train.seed)
     net = task.build_net()
     if recipe.init_from and not resuming:
-        copied = init_from(net, recipe.init_from)
-        fresh = [k for k in net.state_dict() if k.startswith(("embedder.words.", "encoder.")) and k not in copied]
+        copied, fresh = init_from(net, recipe.init_from)
         if not quiet and dist.is_main():
             print(f"initialised {len(copied)} tensors from {recipe.init_from}", file=sys.stderr)
-            if fresh:  # e.g. more layers, or a backward direction, than the source has
+            if fresh:
                 print(f"note: {len(fresh)} embedding/encoder tensors have no counterpart in {recipe.init_from} and "
                       f"start random: {', '.join(fresh[:4])}{', ...' if len(fresh) > 4 else ''}", file=sys.stderr)
     if recipe.model.pretrained_vectors and not resuming:

@@ -476,7 +476,7 @@ class TagTask(Task):
             output: output path (written atomically), or None for stdout.
             batch_size: sentences per forward pass.
         """
-        from ..data.conll import DOCSTART, read_conll, write_conll
+        from ..data.conll import read_conll, write_conll
 
         sentences = read_conll(file, token_column=self.recipe.data.token_index, tag_column=None)
         count, document = 0, 0
