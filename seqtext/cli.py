@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from .data.sources import DATA_DIR_ENV
 from .errors import Interrupted, SeqtextError
 
 _OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory")
@@ -69,7 +70,7 @@ def main(ctx, debug):
               help="Override a recipe value (repeatable), e.g. --set train.epochs=3.")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path),
               help="Run/model directory (default: runs/<recipe name>).")
-@click.option("--data-dir", type=click.Path(path_type=Path), envvar="SEQTEXT_DATA_DIR",
+@click.option("--data-dir", type=click.Path(path_type=Path), envvar=DATA_DIR_ENV,
               help="Directory with local train/dev/test files used instead of the recipe's source "
                    "(env SEQTEXT_DATA_DIR).")
 @click.option("--resume", is_flag=True, help="Continue the run in the output directory from its last checkpoint.")
@@ -95,6 +96,9 @@ def train(recipe, overrides, output, data_dir, resume, force, device, quiet):
     click.echo(str(out))
 
 
+device_option = click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+    help="Where to run the model: auto = CUDA when available, else CPU.")
 bf16_option = click.option(
     "--bf16", is_flag=True,
     help="Run the model under bf16 autocast: 1.5-1.8x the tokens/s where bf16 is native (CUDA, CPUs with "
@@ -108,7 +112,7 @@ bf16_option = click.option(
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "dev", "test"]),
               help="Split of the recipe's data to score.")
 @click.option("--data", "data_file", type=click.Path(path_type=Path), help="Score this file instead.")
-@click.option("--data-dir", type=click.Path(path_type=Path), envvar="SEQTEXT_DATA_DIR",
+@click.option("--data-dir", type=click.Path(path_type=Path), envvar=DATA_DIR_ENV,
               help="Directory with local copies of the recipe's data.")
 @click.option("--mode", type=click.Choice(["default", "strict"]), default="default", show_default=True,
               help="tag: seqeval mode (default = conlleval-compatible).")
@@ -119,7 +123,7 @@ bf16_option = click.option(
 @click.option("--cache-lambda", type=click.FloatRange(min=0.0, max=1.0, max_open=True),
               help="lm: cache interpolation weight λ (default: chosen on dev).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@device_option
 @bf16_option
 def evaluate(model_dir, split, data_file, data_dir, mode, cache_size, cache_theta, cache_lambda, as_json, device,
              bf16):
@@ -215,7 +219,7 @@ def _chunks(handle, name, size: int = 1000):
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per input line.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
               help="Texts per forward pass.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@device_option
 @bf16_option
 def predict(model_dir, texts, file, fmt, output, as_json, batch_size, device, bf16):
     """Predict labels (classify) or entities (tag) for TEXTS, a --file, or stdin ('-').
@@ -283,7 +287,7 @@ def _format_result(text: str, result: dict) -> str:
 @click.option("--greedy", is_flag=True, help="Always take the most likely token.")
 @click.option("--allow-unk", is_flag=True, help="Allow <unk> to be generated (off by default).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per sample instead of streaming text.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@device_option
 def generate(model_dir, prompt, max_tokens, temperature, top_k, top_p, num_samples, seed, greedy, allow_unk,
              as_json, device):
     """Continue --prompt with a trained language model, streaming tokens to stdout.
@@ -300,7 +304,7 @@ def generate(model_dir, prompt, max_tokens, temperature, top_k, top_p, num_sampl
     from .generate import DEFAULT_MODEL_DIR, DEFAULT_RECIPE, SamplingOptions
     from .model import load
 
-    SamplingOptions(max_tokens, temperature, top_k, top_p, greedy, num_samples, seed, allow_unk).validate()
+    SamplingOptions(max_tokens, temperature, top_k, top_p, greedy, num_samples, seed, allow_unk).validate(cli=True)
     if greedy and (temperature != 1.0 or top_k != 0 or top_p != 1.0):
         raise SeqtextError("--greedy always takes the most likely token: leave out --temperature, --top-k and --top-p")
     if model_dir is None:

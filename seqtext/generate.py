@@ -53,7 +53,12 @@ class SamplingOptions:
     seed: int | None = None
     allow_unk: bool = False
 
-    def validate(self) -> None:
+    def validate(self, cli: bool = False) -> None:
+        """Raise SeqtextError on the first bad option, named as a keyword argument (``top_k``)
+        or, with ``cli``, as the command-line flag (``--top-k``)."""
+        def name(field: str) -> str:
+            return "--" + field.replace("_", "-") if cli else field
+
         def integer(x) -> bool:
             return isinstance(x, int) and not isinstance(x, bool)
 
@@ -61,18 +66,18 @@ class SamplingOptions:
             return isinstance(x, (int, float)) and not isinstance(x, bool)
 
         if not integer(self.max_tokens) or self.max_tokens < 0:
-            raise SeqtextError(f"--max-tokens: expected an integer ≥ 0, got {self.max_tokens!r}")
+            raise SeqtextError(f"{name('max_tokens')}: expected an integer ≥ 0, got {self.max_tokens!r}")
         if not self.greedy and not (number(self.temperature) and 0 < self.temperature < math.inf):
-            raise SeqtextError(f"--temperature: expected a finite value > 0 (or use --greedy), "
+            raise SeqtextError(f"{name('temperature')}: expected a finite value > 0 (or use {name('greedy')}), "
                                f"got {self.temperature!r}")
         if not integer(self.top_k) or self.top_k < 0:
-            raise SeqtextError(f"--top-k: expected an integer ≥ 0 (0 = off), got {self.top_k!r}")
+            raise SeqtextError(f"{name('top_k')}: expected an integer ≥ 0 (0 = off), got {self.top_k!r}")
         if not (number(self.top_p) and 0 < self.top_p <= 1):
-            raise SeqtextError(f"--top-p: expected a value in (0, 1], got {self.top_p!r}")
+            raise SeqtextError(f"{name('top_p')}: expected a value in (0, 1], got {self.top_p!r}")
         if not integer(self.num_samples) or self.num_samples < 1:
-            raise SeqtextError(f"--num-samples: expected an integer ≥ 1, got {self.num_samples!r}")
+            raise SeqtextError(f"{name('num_samples')}: expected an integer ≥ 1, got {self.num_samples!r}")
         if self.seed is not None and not (integer(self.seed) and -2**63 <= self.seed < 2**64):
-            raise SeqtextError(f"--seed: expected an integer in [-2^63, 2^64), got {self.seed!r}")
+            raise SeqtextError(f"{name('seed')}: expected an integer in [-2^63, 2^64), got {self.seed!r}")
 
 
 def make_generator(seed: int | None) -> torch.Generator:
@@ -170,38 +175,51 @@ _NO_SPACE_AFTER = {"(", "[", "{", "$", "``"}
 _GLUE = {"@-@": "-", "@,@": ",", "@.@": "."}  # WikiText splits 1,000 / 3.5 / well-known like this
 
 
+def leaves_quote_open(tokens: list[str]) -> bool:
+    """Whether the last line of ``tokens`` has opened a ``"`` that it does not close."""
+    line = tokens[len(tokens) - tokens[::-1].index(EOS):] if EOS in tokens else tokens
+    return line.count('"') % 2 == 1
+
+
 class StreamDetokenizer:
     """Turns tokens into text piece by piece, so generation can be printed as it happens.
 
     Word-level tokenizers (whitespace, regex, spacy): tokens joined by spaces, except before
-    closing punctuation / after opening brackets, and WikiText's ``@-@``-style splits are glued
-    back. Sentencepiece: pieces decoded with their word-boundary marks. ``<eos>`` → newline.
+    closing punctuation / after opening brackets and inside a pair of ``"``; WikiText's
+    ``@-@``-style splits are glued back, and so is a lone ``-`` from tokenizers that split
+    hyphenated words (regex, spacy). Sentencepiece: pieces decoded with their word-boundary
+    marks. ``<eos>`` → newline.
     """
 
-    def __init__(self, tokenizer, line_start: bool = True, prev: str = ""):
+    def __init__(self, tokenizer, line_start: bool = True, prev: str = "", quote_open: bool = False):
         """``line_start``: the text so far ends a line (or with typed whitespace), so the first
-        piece gets no space; ``prev``: the token before the first piece (the prompt's last)."""
+        piece gets no space; ``prev``: the token before the first piece (the prompt's last);
+        ``quote_open``: the text so far has opened a ``"`` on this line that is not closed."""
         self.tokenizer = tokenizer
         self.sentencepiece = hasattr(tokenizer, "sp")
+        self.glue_hyphens = getattr(tokenizer, "splits_hyphens", False)
         self.line_start = line_start
         self.glue_next = False
         self.prev = prev
+        self.quote_open = quote_open
 
     def piece(self, token: str) -> str:
         if token == EOS:
-            self.line_start, self.glue_next, self.prev = True, False, token
+            self.line_start, self.glue_next, self.prev, self.quote_open = True, False, token, False
             return "\n"
         if self.sentencepiece:
             text = self.tokenizer.detokenize([token])
             space = token.startswith("\u2581") and not self.line_start
             out = (" " if space else "") + text
-        elif token in _GLUE:
-            out, self.glue_next = _GLUE[token], True
+        elif token in _GLUE or (token == "-" and self.glue_hyphens and self.prev[-1:].isalnum()):
+            out, self.glue_next = _GLUE.get(token, token), True
         else:
-            space = not (self.line_start or self.glue_next or token in _NO_SPACE_BEFORE
+            closing_quote = token == '"' and self.quote_open
+            space = not (self.line_start or self.glue_next or token in _NO_SPACE_BEFORE or closing_quote
                          or self.prev in _NO_SPACE_AFTER)
             out = (" " if space else "") + token
-            self.glue_next = False
+            self.glue_next = token == '"' and not closing_quote  # nothing between an opening quote and its word
+            self.quote_open ^= token == '"'
         self.line_start, self.prev = False, token
         return out
 

@@ -15,6 +15,7 @@ Only these names are ever read; stray files (a planted ``*.pt`` or ``*.bin``) ar
 
 from __future__ import annotations
 
+import inspect
 import os
 import warnings
 from pathlib import Path
@@ -172,17 +173,19 @@ class Model:
                  **kw) -> dict:
         """Metrics on a split of the recipe's data (or ``data``, a file in the training format).
 
-        lm: ``cache_size`` > 0 also scores with a continuous cache; its ``cache_theta`` /
-        ``cache_lambda``, when not given, are chosen on the dev split (:meth:`tune_cache`)."""
-        if kw.get("cache_size"):
-            if self.task.name != "lm":
-                raise SeqtextError(f"{self.directory}: the continuous cache is for 'lm' models, this is "
-                                   f"a {self.task.name!r} model")
-            if kw.get("cache_theta") is None or kw.get("cache_lambda") is None:
-                tuned = self.tune_cache(kw["cache_size"], data_dir)
-                for key in ("theta", "lambda"):
-                    if kw.get(f"cache_{key}") is None:
-                        kw[f"cache_{key}"] = tuned[key]
+        Options by task (any other is an error): tag: ``mode`` ("default" or "strict", see
+        TagTask.evaluate); lm: ``batch_size`` (parallel streams, default 10) and ``cache_size`` > 0
+        to score with a continuous cache, whose ``cache_theta`` / ``cache_lambda``, when not given,
+        are chosen on the dev split (:meth:`tune_cache`)."""
+        options = set(inspect.signature(self.task.evaluate).parameters) - {"net", "data", "device"}
+        if unknown := sorted(set(kw) - options):
+            raise SeqtextError(f"evaluate: {', '.join(unknown)}: not an option for a {self.task.name!r} model "
+                               f"(its options: {', '.join(sorted(options)) or 'none'})")
+        if kw.get("cache_size") and (kw.get("cache_theta") is None or kw.get("cache_lambda") is None):
+            tuned = self.tune_cache(kw["cache_size"], data_dir)
+            for key in ("theta", "lambda"):
+                if kw.get(f"cache_{key}") is None:
+                    kw[f"cache_{key}"] = tuned[key]
         try:
             encoded = self._encoded(split, data, data_dir)
             with self.precision():

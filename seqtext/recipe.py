@@ -53,8 +53,8 @@ class DataConfig:
     tags_column: str = opt("tags", "Column holding tag lists (tag, hub/jsonl sources).")
     token_index: int = opt(0, "CoNLL files: column index of the token.")
     tag_index: int = opt(-1, "CoNLL files: column index of the tag (-1 = last).")
-    scheme: str = opt("auto", "Tag scheme of the data (tag): auto, IOB1, IOB2, BIOES.",
-                      choices=("auto", "IOB1", "IOB2", "BIOES"))
+    scheme: str = opt("auto", "Tag scheme of the data (tag): auto, IOB1, IOB2, BIOES or BILOU (predictions "
+                      "are written in it).", choices=("auto", "IOB1", "IOB2", "BIOES", "BILOU"))
     context_tokens: int = opt(0, "tag: pack consecutive sentences of a document (split at CoNLL -DOCSTART- rows) "
                               "into sequences of up to this many tokens, so the encoder sees each sentence with "
                               "its neighbours; scores and outputs stay per sentence (0 = each sentence alone). Data "
@@ -113,7 +113,7 @@ class ModelConfig:
     char_encoder: str = opt("none", "tag: character-level word encoder.", choices=("none", "cnn"))
     char_dim: int = opt(30, "tag: character embedding size.", min=1)
     char_filters: int = opt(50, "tag: char-CNN filters (its output size).", min=1)
-    casing: bool = opt(False, "tag: add a casing feature embedding (lower/upper/title/digit/other).")
+    casing: bool = opt(False, "tag: add a casing feature embedding (lower/upper/title/digit/mixed/other).")
     crf: bool = opt(True, "tag: linear-chain CRF output layer (else per-token softmax).")
     ensemble: int = opt(1, "classify/tag: train this many models (seeds seed, seed+1, ...) in <run>/members/ and "
                         "predict with all of them: class probabilities, or tag scores and CRF transitions, are "
@@ -180,7 +180,7 @@ class TrainConfig:
                                 "under torchrun) is not finite before stopping (0 = stop at once). Under torchrun "
                                 "every rank skips a step whose loss is non-finite on any rank.",
                              min=0)
-    sparse_embeddings: bool = opt(False, "classify/tag: update only the word-embedding rows each batch uses (sparse "
+    sparse_embeddings: bool = opt(False, "Update only the word-embedding rows each batch uses (sparse "
                                   "gradients, lazy AdamW: rows of absent words get no momentum or weight-decay "
                                   "step). On CPU it skips a pass over the whole matrix per step (~6 % of an IMDB "
                                   "step at 50k × 128); needs an embedding not tied to an output layer.")
@@ -203,7 +203,8 @@ TOP_LEVEL = {
     "task": "Which task: classify, tag or lm.",
     "name": "Run name (default: the recipe file name).",
     "init_from": "Run directory of a trained model (e.g. an LM) whose embedding and encoder "
-                 "initialise this one; its [tokenizer] and [vocab] replace the recipe's. Relative to "
+                 "initialise this one (an LM from an LM: its output layer too, to fine-tune it on new "
+                 "text); its [tokenizer] and [vocab] replace the recipe's. Relative to "
                  "the working directory; the run's saved recipe holds it absolute.",
 }
 
@@ -267,13 +268,13 @@ def load_recipe(source: str | Path | dict, overrides: list[str] | dict | None = 
         raw.setdefault("name", path.stem if path.name != "recipe.toml" else path.parent.name)
     if isinstance(overrides, dict):
         overrides = [f"{k}={_toml_value(v)}" for k, v in overrides.items()]
-    overridden = {apply_override(raw, item, where) for item in overrides or []}
+    overridden = {apply_override(raw, item) for item in overrides or []}
     recipe = _build(raw, where, overridden)
     _resolve_paths(recipe, base)
     return recipe
 
 
-def apply_override(raw: dict, item: str, where: str = "--set") -> str:
+def apply_override(raw: dict, item: str) -> str:
     """Apply one ``section.key=value`` override; the value is parsed as a TOML value. Returns the
     dotted key, so that a bad value is reported as the override's, not the file's."""
     if "=" not in item:
@@ -309,21 +310,18 @@ def _build(raw: dict, where: str, overridden: set[str] = frozenset()) -> Recipe:
     for key in raw:
         if key not in TOP_LEVEL and key not in SECTIONS:
             raise SeqtextError(f"{where}: unknown key '{key}'{_suggest(key, [*TOP_LEVEL, *SECTIONS])}")
-    def label(key: str) -> str:  # a bad value is the override's when --set gave it
-        return f"--set {key}" if key in overridden else f"{where}: key '{key}'"
-
     task = raw.get("task")
     if task is None:
         raise SeqtextError(f"{where}: missing required key 'task' (one of {', '.join(TASKS)})")
     if task not in TASKS:
-        raise SeqtextError(f"{label('task')}: expected one of {', '.join(TASKS)}, got {task!r}"
+        raise SeqtextError(f"{_key_label('task', where, overridden)}: expected one of {', '.join(TASKS)}, got {task!r}"
                            f"{_suggest(str(task), TASKS)}")
     name = raw.get("name", "run")
     if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
-        raise SeqtextError(f"{label('name')}: expected a plain non-empty name, got {name!r}")
+        raise SeqtextError(f"{_key_label('name', where, overridden)}: expected a plain non-empty name, got {name!r}")
     init_from = raw.get("init_from")
     if init_from is not None and not isinstance(init_from, str):
-        raise SeqtextError(f"{label('init_from')}: expected a directory path string")
+        raise SeqtextError(f"{_key_label('init_from', where, overridden)}: expected a directory path string")
     sections = {}
     for section, cls in SECTIONS.items():
         table = raw.get(section, {})
@@ -335,9 +333,13 @@ def _build(raw: dict, where: str, overridden: set[str] = frozenset()) -> Recipe:
     return recipe
 
 
-def _key_label(section: str, key: str, where: str, overridden: set[str]) -> str:
-    """Where a section key's value came from: the --set override that gave it, or the file."""
-    return f"--set {section}.{key}" if f"{section}.{key}" in overridden else f"{where}: [{section}] {key}"
+def _key_label(dotted: str, where: str, overridden: set[str]) -> str:
+    """Where a key's value (``task``, ``model.hidden_size``) came from: the --set override that
+    gave it, or the recipe file."""
+    if dotted in overridden:
+        return f"--set {dotted}"
+    section, _, key = dotted.rpartition(".")
+    return f"{where}: [{section}] {key}" if section else f"{where}: key '{key}'"
 
 
 def _build_section(cls, table: dict, section: str, where: str, overridden: set[str] = frozenset()):
@@ -347,7 +349,8 @@ def _build_section(cls, table: dict, section: str, where: str, overridden: set[s
     for key, value in table.items():
         if key not in fields:
             raise SeqtextError(f"{where}: unknown key '{key}' in [{section}]{_suggest(key, fields)}")
-        values[key] = _check_value(value, hints[key], fields[key].metadata, _key_label(section, key, where, overridden))
+        label = _key_label(f"{section}.{key}", where, overridden)
+        values[key] = _check_value(value, hints[key], fields[key].metadata, label)
     return cls(**values)
 
 
@@ -404,7 +407,7 @@ def _check_consistency(recipe: Recipe, where: str, overridden: set[str] = frozen
         if not isinstance(name, str):
             raise SeqtextError(f"{where}: [data] splits.{split}: expected a split name string")
     cutoffs, specials = recipe.model.softmax_cutoffs, len(Vocab(()).itos)
-    label = _key_label("model", "softmax_cutoffs", where, overridden)
+    label = _key_label("model.softmax_cutoffs", where, overridden)
     if not cutoffs or not all(isinstance(c, int) and not isinstance(c, bool) for c in cutoffs):
         raise SeqtextError(f"{label}: expected a non-empty list of integers, got {cutoffs!r}")
     if any(b <= a for a, b in itertools.pairwise(cutoffs)) or cutoffs[0] <= specials:

@@ -42,13 +42,16 @@ from thinc.types import Floats2d
 from torch import nn
 
 from .data.tagging import entities
+from .data.vocab import Vocab
 from .errors import SeqtextError
 from .io import atomic_write, inside, read_json
 from .model import META_FILE, RECIPE_FILE, WEIGHTS_FILE, check_model_dir, load, refuse_ensemble
 from .model import Model as SeqtextModel
+from .nn.chars import clip_word
 from .nn.embeddings import Embedder, casing_id
 from .nn.encoder import Encoder
 from .recipe import load_recipe
+from .tasks.tag import TRAIN_SCHEME, UNK_CHAR, char_index, word_key
 
 __all__ = ["BiLSTMEncoder", "SeqtextNER", "SeqtextTextCat", "export_pipeline", "make_seqtext_ner",
            "make_seqtext_textcat"]
@@ -56,7 +59,6 @@ __all__ = ["BiLSTMEncoder", "SeqtextNER", "SeqtextTextCat", "export_pipeline", "
 # The model-directory files a component carries (see seqtext/model.py); only these are ever read.
 MODEL_FILES = (RECIPE_FILE, META_FILE, "vocab.txt", WEIGHTS_FILE, "tokenizer.model")
 COMPONENTS = {"tag": "seqtext_ner", "classify": "seqtext_textcat"}
-_DIGIT = re.compile(r"\d")
 
 
 # ====================================================================== pipeline components
@@ -246,8 +248,6 @@ class SeqtextNER(_SeqtextPipe):
         return units
 
     def _process(self, docs: list[Doc]) -> None:
-        from .tasks.tag import TRAIN_SCHEME
-
         m = self.seqtext_model
         pairs = self._units(docs)
         owners, units = [o for o, _ in pairs], [u for _, u in pairs]
@@ -456,7 +456,7 @@ class _TokenEncoder(nn.Module):
         self.encoder = Encoder(self.embedder.output_dim, spec["width"], spec["depth"], bidirectional=True,
                                joint=spec["joint"], dropout=spec["dropout"])
         self._stoi = {t: i for i, t in enumerate(spec["vocab"])} if spec.get("vocab") else None
-        self._chars = {c: i + 2 for i, c in enumerate(spec.get("chars") or "")}
+        self._chars = char_index(spec.get("chars") or "")
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor, chars: torch.Tensor | None,
                 casing: torch.Tensor | None) -> torch.Tensor:
@@ -465,7 +465,6 @@ class _TokenEncoder(nn.Module):
 
     def featurize(self, docs: list[Doc]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Padded ``ids [B, T]``, ``lengths [B]``, ``chars [B, T, L]`` and ``casing [B, T]`` for docs."""
-        from .tasks.tag import clip_word
 
         spec = self.spec
         lengths = np.asarray([len(doc) for doc in docs], dtype=np.int64)
@@ -480,13 +479,10 @@ class _TokenEncoder(nn.Module):
                 if len(doc):
                     ids[b, : len(doc)] = (doc.to_array(LOWER) % buckets).astype(np.int64) + 1
         else:
-            get, unk = self._stoi.get, 1  # Vocab.unk_id
+            get, unk = self._stoi.get, Vocab.unk_id
             lower, zero = spec["lowercase"], spec["zero_digits"]
             for b, ws in enumerate(words):
-                keys = [w.lower() for w in ws] if lower else ws
-                if zero:
-                    keys = [_DIGIT.sub("0", k) for k in keys]
-                ids[b, : len(ws)] = [get(k, unk) for k in keys]
+                ids[b, : len(ws)] = [get(word_key(w, lower, zero), unk) for w in ws]
         if casing is not None:
             for b, ws in enumerate(words):
                 casing[b, : len(ws)] = [casing_id(w) for w in ws]
@@ -498,7 +494,7 @@ class _TokenEncoder(nn.Module):
             get = self._chars.get
             for b, ws in enumerate(clipped):
                 for t, w in enumerate(ws):
-                    chars[b, t, : len(w)] = [get(c, 1) for c in w]  # 1 = unknown char
+                    chars[b, t, : len(w)] = [get(c, UNK_CHAR) for c in w]
         return ids, lengths, chars, casing
 
 

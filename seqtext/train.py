@@ -720,21 +720,25 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, force: bool) ->
 
 
 TRANSFERRED = ("embedder.words.", "encoder.")  # what init_from copies: the word embedding and the encoder
+LM_HEAD = "head."  # ... and, from one LM to another (fine-tuning it on new text), the output layer too
 
 
-def init_from(net: nn.Module, source_dir: str) -> tuple[list[str], list[str]]:
-    """Copy embedding and encoder weights from another run (e.g. a language model). Returns the
-    names copied, and those of this model's embedding/encoder that the source has no tensor for
+def init_from(net: nn.Module, source_dir: str, task: str) -> tuple[list[str], list[str]]:
+    """Copy embedding and encoder weights from another run (e.g. a language model) into ``net``,
+    a model for ``task``; an LM started from an LM also gets its output layer. Returns the names
+    copied, and those of this model's transferable tensors that the source has no tensor for
     (more layers, or a backward direction, than the source: they keep their random init)."""
     from .model import check_model_dir
 
     path = check_model_dir(source_dir)
-    refuse_ensemble(f"init_from {source_dir}", load_recipe(path / RECIPE_FILE), path)
+    source_recipe = load_recipe(path / RECIPE_FILE)
+    refuse_ensemble(f"init_from {source_dir}", source_recipe, path)
+    parts = (*TRANSFERRED, LM_HEAD) if task == source_recipe.task == "lm" else TRANSFERRED
     source = load_state_dict(path / WEIGHTS_FILE)
     own = net.state_dict()
     copied = []
     for k, v in source.items():
-        if not k.startswith(TRANSFERRED) or k not in own:
+        if not k.startswith(parts) or k not in own:
             continue
         if own[k].shape != v.shape:
             raise SeqtextError(f"init_from {source_dir}: {k} has shape {tuple(v.shape)}, this recipe's model "
@@ -744,7 +748,7 @@ def init_from(net: nn.Module, source_dir: str) -> tuple[list[str], list[str]]:
     if not copied:
         raise SeqtextError(f"init_from {source_dir}: no embedding/encoder weights match this model")
     net.load_state_dict(own)
-    return copied, [k for k in own if k.startswith(TRANSFERRED) and k not in copied]
+    return copied, [k for k in own if k.startswith(parts) and k not in copied]
 
 
 def _make_task(recipe: Recipe, run_dir: Path, resume: bool, resuming: bool):
@@ -851,11 +855,11 @@ def _train(recipe: Recipe, data_dir: str | None, resume: bool, force: bool, quie
     torch.manual_seed(recipe.train.seed)
     net = task.build_net()
     if recipe.init_from and not resuming:
-        copied, fresh = init_from(net, recipe.init_from)
+        copied, fresh = init_from(net, recipe.init_from, recipe.task)
         if not quiet and dist.is_main():
             print(f"initialised {len(copied)} tensors from {recipe.init_from}", file=sys.stderr)
             if fresh:
-                print(f"note: {len(fresh)} embedding/encoder tensors have no counterpart in {recipe.init_from} and "
+                print(f"note: {len(fresh)} transferable tensors have no counterpart in {recipe.init_from} and "
                       f"start random: {', '.join(fresh[:4])}{', ...' if len(fresh) > 4 else ''}", file=sys.stderr)
     if recipe.model.pretrained_vectors and not resuming:
         stats = net.embedder.load_vectors(recipe.model.pretrained_vectors, task.vocab.itos,

@@ -350,17 +350,15 @@ def test_numpy_likelihood_is_the_path_taken_on_cpu_and_falls_back_when_it_underf
     assert torch.isfinite(grad).all()
 
 
-def test_likelihood_of_bf16_scores_is_float32_with_bf16_gradients():
+def test_likelihood_of_bf16_scores_is_float32_with_bf16_gradients(monkeypatch):
     k = len(IOB2_LABELS)
     crf = _crf(k, 19).float()
     emissions, tags, mask = _batch([6, 3], k, torch.Generator().manual_seed(19))
     half = emissions.to(torch.bfloat16).requires_grad_(True)
     ll = crf(half, tags, mask)
     assert ll.dtype == torch.float32
-    seqtext.nn.crf.NUMPY_ON_CPU = False
-    try:
-        torch.testing.assert_close(ll, crf(half.float(), tags, mask))
-    finally:
-        seqtext.nn.crf.NUMPY_ON_CPU = True
+    monkeypatch.setattr(seqtext.nn.crf, "NUMPY_ON_CPU", False)
+    torch.testing.assert_close(ll, crf(half.float(), tags, mask))
+    monkeypatch.undo()
     (grad,) = torch.autograd.grad(ll.sum(), [half])
     assert grad.dtype == torch.bfloat16 and torch.isfinite(grad.float()).all()

@@ -17,7 +17,14 @@ import seqtext
 from seqtext.cli import main
 from seqtext.data.vocab import Vocab
 from seqtext.errors import SeqtextError
-from seqtext.generate import SamplingOptions, StreamDetokenizer, choose, filter_logits, make_generator
+from seqtext.generate import (
+    SamplingOptions,
+    StreamDetokenizer,
+    choose,
+    filter_logits,
+    leaves_quote_open,
+    make_generator,
+)
 from seqtext.model import load_state_dict
 from seqtext.nn.adaptive import AdaptiveSoftmax
 from seqtext.recipe import load_recipe
@@ -312,6 +319,17 @@ def test_bad_softmax_cutoffs_are_a_clear_error(tmp_path):
         load_recipe(good, ["model.softmax_cutoffs=[2]"])  # inside the specials
 
 
+def test_cutoffs_beyond_the_vocabulary_give_a_full_softmax(tmp_path, capsys):
+    """No cluster boundary inside the vocabulary: a plain full-softmax head (no empty cluster layer),
+    said once while training, and the saved model loads with the same head."""
+    recipe = load_recipe(lm_recipe(tmp_path, lines=40, softmax="adaptive", softmax_cutoffs=[100_000]))
+    run = seqtext.train(recipe, quiet=True)
+    assert "are all at or above the vocabulary size" in capsys.readouterr().err
+    reloaded = seqtext.load(run)
+    assert not isinstance(reloaded.net.head, AdaptiveSoftmax)
+    assert math.isfinite(reloaded.evaluate()["perplexity"])
+
+
 # ---------------------------------------------------------------------- sampling
 def test_top_p_keeps_the_smallest_set_over_p():
     logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()
@@ -396,6 +414,19 @@ def test_detokenizer_glues_wikitext_splits_and_punctuation():
     assert StreamDetokenizer(object(), line_start=False, prev="cat").text(["sat"]) == " sat"
 
 
+def test_detokenizer_pairs_quotes_and_glues_split_hyphens():
+    from seqtext.data.tokenizers import RegexTokenizer, WhitespaceTokenizer
+
+    tokens = ["he", "said", '"', "no", "e", "-", "mail", '"', "-", "twice", ".", "<eos>", '"', "hi"]
+    assert StreamDetokenizer(RegexTokenizer()).text(tokens) == 'he said "no e-mail" - twice.\n"hi'
+    # a whitespace tokenizer keeps hyphenated words whole, so a lone "-" is a spaced dash
+    assert StreamDetokenizer(WhitespaceTokenizer()).text(tokens) == 'he said "no e - mail" - twice.\n"hi'
+    # a quote the prompt opened is closed without a space (and its line counts, not earlier ones)
+    assert StreamDetokenizer(object(), line_start=False, prev="yes", quote_open=True).text(['"', "ok"]) == '" ok'
+    assert leaves_quote_open(["a", '"', "b"]) and not leaves_quote_open(['"', "a", '"'])
+    assert not leaves_quote_open(['"', "a", "<eos>", "b"]) and leaves_quote_open(['"', "<eos>", '"', "b"])
+
+
 def test_generation_after_a_prompt_with_a_trailing_space_adds_no_second_space(bilm):
     model = seqtext.load(bilm)
     plain = model.generate("the old cat", max_tokens=3, greedy=True)[0]["text"]
@@ -450,6 +481,27 @@ def test_init_from_bilm_copies_embedding_and_encoder(bilm, tmp_path):
     assert seqtext.load(out).evaluate("test")["accuracy"] == pytest.approx(metrics["accuracy"])
 
 
+def test_init_from_an_lm_into_an_lm_copies_the_output_layer_too(bilm, tmp_path, capsys):
+    """Fine-tuning an LM on new text starts from the whole source LM (ULMFiT's second stage);
+    a classifier from the same LM gets only the embedding and encoder (test above)."""
+    from seqtext.model import load_task
+    from seqtext.train import init_from
+
+    source = load_state_dict(bilm / "weights.safetensors")
+    head = [k for k in source if k.startswith("head.")]
+    assert head
+    net = load_task(bilm).build_net()  # same architecture, fresh weights
+    assert not all(torch.equal(net.state_dict()[k], source[k]) for k in head)
+    copied, fresh = init_from(net, str(bilm), "lm")
+    assert set(head) <= set(copied) and fresh == []
+    assert all(torch.equal(v, source[k]) for k, v in net.state_dict().items())
+    # through train: every tensor of the source is copied (the output layer included)
+    target = lm_recipe(tmp_path, "tuned", lines=40, embedding_dim=16, hidden_size=24, bidirectional=True, layers=2,
+                       softmax="adaptive", softmax_cutoffs=[20, 60])
+    seqtext.train(load_recipe({**target, "init_from": str(bilm)}), overrides=["train.max_steps=1"])
+    assert f"initialised {len(source)} tensors from" in capsys.readouterr().err
+
+
 def test_init_from_is_saved_absolute_so_the_saved_recipe_reproduces_the_run(bilm, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(bilm.parent)
     out = seqtext.train(classifier_recipe(tmp_path, bilm.name), output=tmp_path / "rel",
@@ -465,7 +517,7 @@ def test_init_from_names_the_tensors_a_deeper_model_does_not_get(bilm, tmp_path,
     seqtext.train(classifier_recipe(tmp_path, bilm, layers="3"), output=tmp_path / "deeper",
                   overrides=["train.max_steps=1"])
     err = capsys.readouterr().err
-    assert "embedding/encoder tensors have no counterpart in" in err and "start random: encoder." in err
+    assert "transferable tensors have no counterpart in" in err and "start random: encoder." in err
     seqtext.train(classifier_recipe(tmp_path, bilm), output=tmp_path / "same", overrides=["train.max_steps=1"])
     assert "no counterpart" not in capsys.readouterr().err
 
@@ -527,10 +579,10 @@ def test_cli_generate_bad_options_exit_2(args, message, tmp_path):
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"top_k": 2.5}, "--top-k"), ({"num_samples": 2.0}, "--num-samples"), ({"temperature": "hot"}, "--temperature"),
-    ({"seed": -(2**63) - 1}, "--seed"),
+    ({"top_k": 2.5}, "^top_k: "), ({"num_samples": 2.0}, "^num_samples: "),
+    ({"temperature": "hot"}, r"^temperature: .*\(or use greedy\)"), ({"seed": -(2**63) - 1}, "^seed: "),
 ])
-def test_python_generate_options_are_type_checked(options, message):
+def test_python_generate_options_are_type_checked_and_named_as_keywords(options, message):
     with pytest.raises(SeqtextError, match=message):
         SamplingOptions(**options).validate()
 
@@ -541,6 +593,16 @@ def test_python_api_refuses_predict_on_an_lm_and_a_prompt_that_is_not_text(bilm)
         model.predict(["the cat"])
     with pytest.raises(SeqtextError, match="prompt: expected a string"):
         model.generate(None)
+
+
+def test_python_evaluate_refuses_options_the_task_does_not_have(bilm, trained_demo):
+    with pytest.raises(SeqtextError, match=r"^evaluate: cache_thet: not an option for a 'lm' model \(its options: "
+                                           r"batch_size, cache_lambda, cache_size, cache_theta\)"):
+        seqtext.load(bilm).evaluate(cache_thet=0.3)
+    classifier = seqtext.load(trained_demo)
+    for option in ({"mode": "strict"}, {"cache_size": 100}):
+        with pytest.raises(SeqtextError, match=r"not an option for a 'classify' model \(its options: none\)"):
+            classifier.evaluate(**option)
 
 
 def test_cli_generate_on_a_classifier_is_one_line_error(tiny, tmp_path):

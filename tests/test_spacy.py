@@ -507,10 +507,10 @@ def test_spacy_train_with_seqtext_encoder(tmp_path):
     assert b"seqtext_spec" in (out / "model-last" / "ner" / "model").read_bytes()
 
 
-def test_a_cuda_device_without_a_gpu_is_named_as_the_config_key(ner_run, monkeypatch):
+def test_a_cuda_device_without_a_gpu_is_one_neutral_error(ner_run, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     nlp = spacy.blank("en")
     nlp.add_pipe("seqtext_ner", config={"model": str(ner_run), "device": "cuda"})
     with pytest.raises(SeqtextError, match=r"^device 'cuda': no CUDA device is available") as e:
         nlp("Angela Merkel visited Paris.")
-    assert "--device" not in str(e.value)  # the component's config key, not a CLI flag
+    assert "--device" not in str(e.value)  # not a CLI flag: the user set a config value

@@ -20,8 +20,9 @@ from seqtext.data.sources import load_splits
 from seqtext.data.tagging import convert
 from seqtext.errors import SeqtextError
 from seqtext.model import load_state_dict
+from seqtext.nn.chars import clip_word
 from seqtext.recipe import load_recipe
-from seqtext.tasks.tag import TagTask, clip_word, scoring_tag
+from seqtext.tasks.tag import TagTask, scoring_tag
 
 PER = ["Angela Merkel", "John Smith", "Maria", "Peter Blackburn", "Barack Obama", "Li Wei", "Anna Karenina"]
 LOC = ["Paris", "New York", "Berlin", "Tokyo", "Buenos Aires", "Kenya", "London", "Rio de Janeiro"]
@@ -185,8 +186,9 @@ def test_malformed_tags_warn_with_counts(tmp_path, capsys):
     assert [task.labels[i] for i in data["train"].cols["target"].row(0)] == ["O", "B-PER", "E-PER"]
 
 
-def test_bilou_data_is_detected_and_written_back_as_bilou(tmp_path):
-    recipe = load_recipe(write_recipe(tmp_path))
+@pytest.mark.parametrize("scheme", ["auto", "BILOU"])
+def test_bilou_data_is_detected_or_named_and_written_back_as_bilou(tmp_path, scheme):
+    recipe = load_recipe(write_recipe(tmp_path), [f"data.scheme={scheme}"])
     sents = make_sentences(30, 4)
     ds = datasets.Dataset.from_dict({"tokens": [t for t, _ in sents],
                                      "ner_tags": [convert(g, "IOB2", "BILOU") for _, g in sents]})
@@ -447,7 +449,7 @@ def test_ensemble_training_resume_and_model_directory(tmp_path, monkeypatch):
     assert [(e.text, e.label_) for e in nlp("Angela Merkel visited Paris .").ents] == [
         ("Angela Merkel", "PER"), ("Paris", "LOC")]
     with pytest.raises(SeqtextError, match="is an ensemble of 2 models; initialise from one of them"):
-        importlib.import_module("seqtext.train").init_from(members[0].net, str(out))
+        importlib.import_module("seqtext.train").init_from(members[0].net, str(out), "tag")
     result = CliRunner().invoke(main, ["evaluate", str(out), "--json", "--split", "test"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["f1"] == metrics["test"]["f1"]

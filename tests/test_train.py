@@ -193,9 +193,14 @@ def test_sentencepiece_and_spacy_tokenizers_train(tiny, tmp_path):
     out = seqtext.train(tiny, ["tokenizer.kind=sentencepiece", "tokenizer.vocab_size=120", "train.epochs=1"],
                         output=tmp_path / "sp", quiet=True)
     assert (out / "tokenizer.model").is_file()
-    assert seqtext.load(out).predict(["a great film"])[0]["label"] in {"neg", "pos"}
+    model = seqtext.load(out)  # the reloaded model tokenizes with the trained sentencepiece model
+    pieces = model.task.tokenizer.tokenize("a great film")
+    assert all(p in model.task.vocab.stoi for p in pieces) and pieces[0].startswith("\u2581")
+    assert model.predict(["a great film"])[0]["label"] in {"neg", "pos"}
     out = seqtext.train(tiny, ["tokenizer.kind=spacy", "train.epochs=1"], output=tmp_path / "spacy", quiet=True)
-    assert seqtext.load(out).predict(["a great film"])[0]["label"] in {"neg", "pos"}
+    model = seqtext.load(out)
+    assert model.task.tokenizer.tokenize("don't stop!") == ["do", "n't", "stop", "!"]  # spaCy's rules, not regex
+    assert model.predict(["a great film"])[0]["label"] in {"neg", "pos"}
 
 
 def test_pooling_options_train_and_each_takes_effect(tiny, tmp_path):
@@ -207,7 +212,6 @@ def test_pooling_options_train_and_each_takes_effect(tiny, tmp_path):
                             output=tmp_path / pooling, quiet=True)
         model = seqtext.load(out)
         assert model.net.head.pooling == pooling
-        assert 0 <= model.metrics()["dev"]["accuracy"] <= 1
         probs[pooling] = model.predict(["a great film with a dull plot"])[0]["probs"]["pos"]
     assert len(set(probs.values())) == len(probs), probs
 

@@ -15,7 +15,6 @@ from collections.abc import Iterable
 
 from ..errors import SeqtextError
 
-SCHEMES = ("IOB1", "IOB2", "BIOES")
 _ALIASES = {"IOB1": "IOB1", "IOB2": "IOB2", "BIO": "IOB2", "BIOES": "BIOES", "IOBES": "BIOES",
             "BILOU": "BIOES"}
 _PREFIXES = {"B": "B", "I": "I", "E": "E", "S": "S", "L": "E", "U": "S"}

@@ -28,6 +28,7 @@ class Tokenizer:
 
     lowercase = False
     strip_html = False
+    splits_hyphens = False  # "e-mail" → e - mail: generated text glues a lone "-" to its neighbours
 
     def normalize(self, text: str) -> str:
         if self.strip_html:
@@ -52,6 +53,8 @@ class Tokenizer:
 
 
 class RegexTokenizer(Tokenizer):
+    splits_hyphens = True
+
     def __init__(self, lowercase: bool = True, strip_html: bool = True):
         self.lowercase, self.strip_html = lowercase, strip_html
 
@@ -71,6 +74,8 @@ class WhitespaceTokenizer(Tokenizer):
 
 
 class SpacyTokenizer(Tokenizer):
+    splits_hyphens = True
+
     def __init__(self, lang: str = "en", lowercase: bool = False, strip_html: bool = False):
         import spacy
 

@@ -184,23 +184,31 @@ def unique_rows(ids: Tensor, numpy: bool | None = None) -> tuple[Tensor, Tensor]
     return ids[torch.from_numpy(first)], torch.from_numpy(inverse.reshape(-1))
 
 
+MAX_WORD_LEN = 30  # chars per word seen by the char CNN (head + tail of longer words)
+
+
+def clip_word(word: str, max_len: int = MAX_WORD_LEN) -> str:
+    """Keep the first ``max_len // 2`` and last ``max_len - max_len // 2`` characters of an overlong
+    word: prefix and suffix carry the most signal, and this bounds memory for junk such as URLs."""
+    if len(word) <= max_len:
+        return word
+    head = max_len // 2
+    return word[:head] + word[-(max_len - head):]
+
+
 def words_to_char_ids(words: list[str], char_to_id: dict[str, int], unk_id: int = 1,
-                      max_word_len: int = 30) -> Tensor:
+                      max_word_len: int = MAX_WORD_LEN) -> Tensor:
     """Padded character ids ``[N, min(max_word_len, longest word)]`` (at least one column).
 
     Args:
         words: the words to encode.
         char_to_id: character → id; id 0 is padding and must not be used for a character.
         unk_id: id for characters missing from ``char_to_id``.
-        max_word_len: longer words keep their first ``max_word_len // 2`` and last
-            ``max_word_len - max_word_len // 2`` characters (prefix and suffix carry the
-            most signal, and this bounds memory for junk such as URLs or base64 blobs).
+        max_word_len: longer words are clipped to this many characters (:func:`clip_word`).
     """
     if max_word_len < 1:
         raise ValueError(f"max_word_len must be positive, got {max_word_len}")
-    head = max_word_len // 2
-    tail = max_word_len - head
-    clipped = [w if len(w) <= max_word_len else w[:head] + w[-tail:] for w in words]
+    clipped = [clip_word(w, max_word_len) for w in words]
     width = max([1, *map(len, clipped)])
     if not clipped:
         return torch.zeros(0, width, dtype=torch.long)

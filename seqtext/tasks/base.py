@@ -253,7 +253,8 @@ class Task:
     def loss(self, net: Net, batch: Batch) -> torch.Tensor:
         raise NotImplementedError
 
-    def evaluate(self, net: Net, data, device, **kw) -> dict:
+    def evaluate(self, net: Net, data, device) -> dict:
+        """Metrics on an encoded split; tasks may add keyword options (Model.evaluate checks them)."""
         raise NotImplementedError
 
     def dev_metrics(self, net: Net, data, device) -> dict:

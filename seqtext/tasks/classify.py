@@ -103,7 +103,7 @@ class ClassifyTask(Task):
             probs[batch.index] = self.logits(net, batch.to(device)).float().softmax(-1).cpu().numpy()
         return probs
 
-    def evaluate(self, net: Net, data: Split, device, **kw) -> dict:
+    def evaluate(self, net: Net, data: Split, device) -> dict:
         from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
         if "target" not in data.flat:

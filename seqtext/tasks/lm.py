@@ -17,6 +17,7 @@ encoder initialises classifiers/taggers (``init_from``) that use the same separa
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator
 from itertools import pairwise
@@ -166,6 +167,8 @@ class LMTask(Task):
             return None
         cutoffs = self._cutoffs()
         if not cutoffs:
+            print(f"note: [model] softmax_cutoffs {self.recipe.model.softmax_cutoffs} are all at or above the "
+                  f"vocabulary size {len(self.vocab)}; the LM uses a full softmax", file=sys.stderr)
             return []
         # token counts per id, chunk by chunk (bounded memory), then summed per cluster
         freq = np.zeros(len(self.vocab), dtype=np.int64)
@@ -188,7 +191,7 @@ class LMTask(Task):
             projection = m.embedding_dim  # project down so the output matrix can be the embedding
         width = projection or m.hidden_size
         tied = embedder.words if m.tie_weights and width == m.embedding_dim else None
-        if m.softmax == "adaptive":
+        if m.softmax == "adaptive" and self._cutoffs():  # no cutoff inside the vocabulary: a full softmax
             head = AdaptiveSoftmax(encoder.hidden_size, len(self.vocab), self._cutoffs(), self.output_dropout,
                                    projection, tied_to=tied)
             head.cluster_share = self._cluster_share
@@ -299,7 +302,7 @@ class LMTask(Task):
 
     @torch.no_grad()
     def evaluate(self, net: Net, data: LMSplit, device, batch_size: int | None = None, cache_size: int = 0,
-                 cache_theta: float | None = None, cache_lambda: float | None = None, **kw) -> dict:
+                 cache_theta: float | None = None, cache_lambda: float | None = None) -> dict:
         """Perplexity over the whole split with the state carried across windows.
 
         The stream is cut into ``batch_size`` (default 10) parallel columns as in training;
@@ -490,10 +493,11 @@ class LMTask(Task):
                     max_tokens: int, on_token, typed_space: bool = False) -> dict:
         """One continuation from the shared prompt state; streams pieces to ``on_token``.
         ``typed_space``: the prompt ends with whitespace, so the first piece adds none."""
-        from ..generate import StreamDetokenizer, sample_tokens
+        from ..generate import StreamDetokenizer, leaves_quote_open, sample_tokens
 
-        detok = StreamDetokenizer(self.tokenizer, line_start=ids[-1] == self.vocab.eos_id or typed_space,
-                                  prev=self.vocab.itos[ids[-1]])
+        prompt = [self.vocab.itos[t] for t in ids]
+        detok = StreamDetokenizer(self.tokenizer, line_start=prompt[-1] == EOS or typed_space, prev=prompt[-1],
+                                  quote_open=leaves_quote_open(prompt))
         pieces: list[str] = []
 
         def emit(token_id: int) -> None:

@@ -32,13 +32,13 @@ from ..data.batching import Batch
 from ..data.conll import DOCSTART
 from ..data.tagging import convert, detect_scheme, entities, normalize_scheme, split_tag, validate
 from ..errors import SeqtextError
+from ..nn.chars import clip_word
 from ..nn.crf import CRF
 from ..nn.embeddings import casing_id
 from ..nn.heads import TaggerHead
 from .base import Ensemble, Net, Split, Task, eval_order, fingerprint
 
 TRAIN_SCHEME = "BIOES"
-MAX_WORD_LEN = 30  # chars per word seen by the char CNN (head + tail of longer words)
 PAD_CHAR, UNK_CHAR = 0, 1
 MIN_CHAR_COUNT = 2  # rarer train characters share the unknown-char id
 _DIGIT = re.compile(r"\d")
@@ -50,12 +50,17 @@ def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def clip_word(word: str, max_len: int = MAX_WORD_LEN) -> str:
-    """Keep the first and last characters of an overlong word (same rule as ``words_to_char_ids``)."""
-    if len(word) <= max_len:
-        return word
-    head = max_len // 2
-    return word[:head] + word[-(max_len - head):]
+def word_key(token: str, lowercase: bool, zero_digits: bool) -> str:
+    """The vocabulary form of a token: lowercased and/or its digits replaced by 0 (shared by the
+    tagger and the spaCy tok2vec layer started from a tagger's run)."""
+    if lowercase:
+        token = token.lower()
+    return _DIGIT.sub("0", token) if zero_digits else token
+
+
+def char_index(chars: str) -> dict[str, int]:
+    """Character → id for a run's character list (ids after PAD_CHAR and UNK_CHAR)."""
+    return {c: i + 2 for i, c in enumerate(chars)}
 
 
 def scoring_tag(tag: str) -> str:
@@ -90,16 +95,12 @@ class TagTask(Task):
     @property
     def char_index(self) -> dict[str, int]:
         if getattr(self, "_char_index", None) is None:
-            self._char_index = {c: i + 2 for i, c in enumerate(self.meta.get("chars", ""))}
+            self._char_index = char_index(self.meta.get("chars", ""))
         return self._char_index
 
     def word_key(self, token: str) -> str:
         """The vocabulary form of a token: lowercased (per the recipe) and digits replaced by 0."""
-        if self.recipe.tokenizer.lowercase:
-            token = token.lower()
-        if self.meta.get("zero_digits", True):
-            token = _DIGIT.sub("0", token)
-        return token
+        return word_key(token, self.recipe.tokenizer.lowercase, self.meta.get("zero_digits", True))
 
     # ------------------------------------------------------------------ data preparation
     def setup(self, splits: dict, run_dir: Path):
@@ -169,8 +170,6 @@ class TagTask(Task):
             # BILOU is read as BIOES; remember it so output files keep the data's L-/U- prefixes.
             if scheme == "BIOES" and any(t[:2] in ("L-", "U-") for tags in gold for t in tags):
                 scheme = "BILOU"
-        else:
-            scheme = normalize_scheme(scheme)
         types = sorted({typ for tags in gold for typ, _, _ in entities(tags, scheme)})
         if not types:
             raise SeqtextError("train data: no entities found in the tag column "
@@ -343,7 +342,7 @@ class TagTask(Task):
             for g, tags in zip(idx, self.decode(net, batch)):
                 yield from zip(groups[g], _split_tags(tags, lengths[groups[g]]))
 
-    def evaluate(self, net: Net, data: PackedSplit, device, mode: str = "default", **kw) -> dict:
+    def evaluate(self, net: Net, data: PackedSplit, device, mode: str = "default") -> dict:
         """Entity-level micro P/R/F1 (seqeval), per-type scores and token accuracy.
 
         Args:
