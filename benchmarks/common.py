@@ -40,7 +40,7 @@ def machine() -> dict:
     """What ran the benchmark: results from different CPUs are not comparable (this project's
     machines have been both AVX-512 + native bf16 and AVX2-only CPUs), so the model and the vector
     extensions are recorded with every result."""
-    from seqtext.train import native_bf16
+    from seqtext.hardware import native_bf16
 
     return {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cpu": cpu_model() or platform.processor() or platform.machine(),
@@ -83,7 +83,8 @@ def step_trainer(task, net, data, keep_freed_memory: bool = True):
     the block (without them an LM's vocabulary-sized buffers page-fault back in every step; a
     benchmark that built its own Trainer once lost them this way). ``keep_freed_memory=False``
     keeps glibc's defaults instead."""
-    from seqtext.train import Trainer, freed_memory_kept
+    from seqtext.hardware import freed_memory_kept
+    from seqtext.train import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(task, net, data, Path(tmp), torch.device("cpu"), quiet=True)
@@ -132,7 +133,7 @@ def throughput(task, data, n_batches: int = 60, warmup: int = 5, also: dict | No
     ``also`` = more step functions (name → step(batch)) timed in the same interleaving; each
     adds ``<name>_tokens_per_s``.
     """
-    from seqtext.train import matmul_peak_flops
+    from seqtext.hardware import matmul_peak_flops
 
     torch.manual_seed(0)
     net = task.build_net()

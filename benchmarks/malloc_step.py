@@ -5,7 +5,7 @@
 
 glibc serves allocations above 32 MB with a fresh mmap and unmaps them on free, so large
 per-step buffers (the LM's 33k × 400 embedding gradient) are page-faulted in again every step.
-``seqtext.train.keep_freed_memory`` (applied by the Trainer's training loop on CPU) keeps them on the heap.
+``seqtext.hardware.keep_freed_memory`` (applied by the Trainer's training loop on CPU) keeps them on the heap.
 The setting is process-wide and one-way, so each variant runs in its own process, alternating
 A B A B; the table shows the best of each. Writes benchmarks/results/malloc_step_<recipe name>.json.
 """

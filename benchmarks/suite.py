@@ -57,6 +57,7 @@ def measure_task(variant: str, batches: int, overrides: list[str] | None = None)
     import torch
 
     from benchmarks.common import peak_rss_mb, prepare, throughput
+    from seqtext.generate import SamplingOptions
 
     name, threads = VARIANTS.get(variant, (variant, None))
     if threads:
@@ -103,7 +104,7 @@ def measure_task(variant: str, batches: int, overrides: list[str] | None = None)
     if name == "lm":
         n = 200
         start = time.perf_counter()
-        task.generate(net, "the", cpu, max_tokens=n, seed=0)
+        task.generate(net, "the", cpu, SamplingOptions(max_tokens=n, seed=0))
         out["generation_tokens_per_s"] = round(n / (time.perf_counter() - start))
     out["peak_rss_mb"] = round(peak_rss_mb())
     return out

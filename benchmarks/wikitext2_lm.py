@@ -36,8 +36,8 @@ def output_layer_step(task):
     """A bare nn.Embedding → nn.LSTM → (seqtext's output layer) training step with plain AdamW, at
     the recipe's precision: what the LM costs without the framework around it. Pass it to
     ``benchmarks.common.throughput(..., also={...})`` to time it interleaved with seqtext's step."""
+    from seqtext.hardware import bf16_setting
     from seqtext.tasks.lm import LMTask
-    from seqtext.train import bf16_setting
 
     bf16, _ = bf16_setting(task.recipe.train.bf16, torch.device("cpu"), "[train] bf16")
     torch.manual_seed(0)

@@ -304,7 +304,9 @@ def generate(model_dir, prompt, max_tokens, temperature, top_k, top_p, num_sampl
     from .generate import DEFAULT_MODEL_DIR, DEFAULT_RECIPE, SamplingOptions
     from .model import load
 
-    SamplingOptions(max_tokens, temperature, top_k, top_p, greedy, num_samples, seed, allow_unk).validate(cli=True)
+    options = {"max_tokens": max_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
+               "greedy": greedy, "num_samples": num_samples, "seed": seed, "allow_unk": allow_unk}
+    SamplingOptions(**options).validate(cli=True)
     if greedy and (temperature != 1.0 or top_k != 0 or top_p != 1.0):
         raise SeqtextError("--greedy always takes the most likely token: leave out --temperature, --top-k and --top-p")
     if model_dir is None:
@@ -326,9 +328,7 @@ def generate(model_dir, prompt, max_tokens, temperature, top_k, top_p, num_sampl
             click.echo(prompt, nl=False)
         click.echo(piece, nl=False)
 
-    results = model.generate(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                             greedy=greedy, num_samples=num_samples, seed=seed, allow_unk=allow_unk,
-                             on_token=on_token)
+    results = model.generate(prompt, on_token=on_token, **options)
     if as_json:
         for r in results:
             click.echo(json.dumps({"prompt": prompt, **r}))

@@ -1,6 +1,17 @@
+"""User-facing problems: errors (one line; the CLI exits 2) and warnings (one line on stderr)."""
+
+import sys
+
+
 class SeqtextError(Exception):
     """A user-facing error: printed as one line, CLI exits 2."""
 
 
 class Interrupted(SeqtextError):
     """Training stopped by Ctrl-C after saving a checkpoint (CLI exits 130)."""
+
+
+def warn(message: str) -> None:
+    """A problem that does not stop the work (bad rows skipped, a setting that cannot apply here),
+    printed as one ``warning:`` line on stderr, the same from the CLI, the Python API and spaCy."""
+    print(f"warning: {message}", file=sys.stderr)

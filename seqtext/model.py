@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import inspect
 import os
-import warnings
 from pathlib import Path
 
 import torch
 
 from .data.tokenizers import build_tokenizer
 from .data.vocab import Vocab
-from .errors import SeqtextError
+from .errors import SeqtextError, warn
 from .io import inside, load_tensors, read_json, save_tensors, write_json, write_text
 from .recipe import Recipe, load_recipe
 
@@ -215,12 +214,23 @@ class Model:
             raw = splits[split]
         return self.task.encode_split(self.task.tokenize_split(raw, split), split)
 
-    def generate(self, prompt: str = "", **kw):
+    def generate(self, prompt: str = "", on_token=None, **options) -> list[dict]:
+        """lm: continue ``prompt``; ``options`` are :class:`seqtext.generate.SamplingOptions`
+        fields (``max_tokens``, ``temperature``, ``top_k``, ``top_p``, ``greedy``, ``num_samples``,
+        ``seed``, ``allow_unk``); ``on_token(sample_index, text_piece)`` streams the text. Returns
+        one dict per sample (see :meth:`seqtext.tasks.lm.LMTask.generate`)."""
+        import dataclasses
+
+        from .generate import SamplingOptions
+
         if not hasattr(self.task, "generate"):
             raise SeqtextError(f"{self.directory}: is a {self.task.name!r} model; generate needs an 'lm' model")
         if not isinstance(prompt, str):
             raise SeqtextError(f"prompt: expected a string, got {type(prompt).__name__}")
-        return self.task.generate(self.net, prompt, self.device, **kw)
+        fields = [f.name for f in dataclasses.fields(SamplingOptions)]
+        if unknown := sorted(set(options) - set(fields)):
+            raise SeqtextError(f"generate: {', '.join(unknown)}: not a sampling option (they are: {', '.join(fields)})")
+        return self.task.generate(self.net, prompt, self.device, SamplingOptions(**options), on_token)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters())
@@ -247,9 +257,9 @@ def load(directory: str | Path, device: str = "auto", task: str | None = None, b
     net = t.build_net()
     load_weights(net, load_state_dict(inside(path, WEIGHTS_FILE)), directory)
     dev = resolve_device(device)
-    from .train import bf16_setting
+    from .hardware import bf16_setting
 
     bf16, bf16_warning = bf16_setting(bf16, dev, "bf16")
     if bf16_warning:
-        warnings.warn(bf16_warning, stacklevel=2)
+        warn(bf16_warning)
     return Model(path, t, net.to(dev), dev, bf16=bf16)

@@ -24,7 +24,7 @@ def cpu_runs_bf16() -> bool:
     cannot (AVX2 only), seqtext runs bf16 requests in fp32 and the bf16 tests check that instead."""
     import torch
 
-    from seqtext.train import bf16_runs
+    from seqtext.hardware import bf16_runs
 
     return bf16_runs(torch.device("cpu"))
 DEMO = REPO / "recipes" / "data" / "demo_sentiment"

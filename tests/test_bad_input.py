@@ -56,9 +56,10 @@ CASES = {
     "empty file": (lambda t: R(t, data_files=files(bad_file(t, "e.jsonl", b""))),
                    r"e\.jsonl: file is empty"),
     "missing text column": (lambda t: ["train", recipe(t), "--set", "data.text_column=review", "-o", str(t / "out")],
-                            r"no column 'review'"),
+                            r"train data has no column 'review' \(columns: text, label\); set \[data\] text_column$"),
     "missing label column": (lambda t: ["train", recipe(t), "--set", "data.label_column=stars", "-o", str(t / "out")],
-                             r"no label column 'stars'"),
+                             r"train data has no label column 'stars' \(columns: text, label\); set \[data\] "
+                             r"label_column$"),
     "non-utf8": (lambda t: R(t, data_files=files(bad_file(
         t, "u.jsonl", b'{"text": "fine", "label": "pos"}\n{"text": "caf\xe9", "label": "neg"}\n'))),
         r"u\.jsonl:2: not valid UTF-8"),

@@ -76,3 +76,19 @@ def test_adaptive_softmax_row_buckets_change_nothing_under_autocast(monkeypatch)
     torch.testing.assert_close(padded[1], exact[1])
     for a, b in zip(padded[2], exact[2]):
         torch.testing.assert_close(a, b)
+
+
+def test_flops_per_token_counts_lstm_gates_and_output_layers():
+    """MFU's numerator, against counts by hand: an LSTM layer costs 2 · 4 gates · hidden ·
+    (input + hidden) FLOPs a token, a linear layer 2 · in · out; a biLM's head runs per direction."""
+    from seqtext.nn.embeddings import Embedder
+    from seqtext.nn.encoder import Encoder
+    from seqtext.tasks.base import Net
+    from seqtext.tasks.lm import LMNet
+
+    bilstm = Encoder(8, 4, layers=2, bidirectional=True)  # layer 2 reads both directions: 8 wide
+    assert bilstm.flops_per_token() == 4 * (2 * 4 * 4 * (8 + 4))
+    net = Net(Embedder(10, 8), bilstm, torch.nn.Linear(8, 3))
+    assert net.flops_per_token() == 1536 + 2 * 8 * 3
+    bilm = LMNet(Embedder(10, 8), Encoder(8, 4, bidirectional=True, joint=False), LMHead(4, 10))
+    assert bilm.flops_per_token() == 2 * (2 * 4 * 4 * 12) + 2 * (2 * 4 * 10)

@@ -593,6 +593,8 @@ def test_python_api_refuses_predict_on_an_lm_and_a_prompt_that_is_not_text(bilm)
         model.predict(["the cat"])
     with pytest.raises(SeqtextError, match="prompt: expected a string"):
         model.generate(None)
+    with pytest.raises(SeqtextError, match=r"^generate: temprature: not a sampling option \(they are: max_tokens, "):
+        model.generate("the cat", temprature=0.8)
 
 
 def test_python_evaluate_refuses_options_the_task_does_not_have(bilm, trained_demo):

@@ -48,9 +48,9 @@ def test_benchmark_timings_run_under_the_trainers_allocator_settings(tmp_path, m
     from benchmarks.common import throughput
     from benchmarks.wikitext2_lm import reference_size_speed
 
-    train_module = importlib.import_module("seqtext.train")  # seqtext.train is also the train() function
+    hardware = importlib.import_module("seqtext.hardware")
     entered = []
-    real = train_module.freed_memory_kept
+    real = hardware.freed_memory_kept
 
     @contextlib.contextmanager
     def spy(enabled=True):
@@ -58,7 +58,7 @@ def test_benchmark_timings_run_under_the_trainers_allocator_settings(tmp_path, m
         with real(enabled) as applied:
             yield applied
 
-    monkeypatch.setattr(train_module, "freed_memory_kept", spy)
+    monkeypatch.setattr(hardware, "freed_memory_kept", spy)
     recipe = tmp_path / "lm.toml"
     recipe.write_text(toml_of(lm_recipe(tmp_path)))
     same = reference_size_speed(str(recipe), None, threads=1, n_batches=2)

@@ -252,34 +252,33 @@ def test_bf16_autocast_runs_training_steps_in_bf16_on_cpu(tiny, tmp_path, monkey
 def test_bf16_on_a_cpu_that_cannot_run_it_trains_in_fp32_with_a_warning(tiny, tmp_path, monkeypatch, capsys):
     """oneDNN raises under bf16 autocast on AVX2-only CPUs: a recipe with bf16 = true (WikiText-2's)
     must still train there, in fp32, and say so."""
-    import importlib
 
+    from seqtext import hardware
     from seqtext.tasks.classify import ClassifyTask
-
-    train_module = importlib.import_module("seqtext.train")  # the module, not seqtext.train()
 
     seen = []
     real = ClassifyTask.loss
     monkeypatch.setattr(ClassifyTask, "loss", lambda self, net, batch: seen.append(
         torch.is_autocast_enabled("cpu")) or real(self, net, batch))
-    monkeypatch.setattr(train_module, "bf16_runs", lambda device: False)
+    monkeypatch.setattr(hardware, "bf16_runs", lambda device: False)
     out = seqtext.train(tiny, ["train.bf16=true", "train.epochs=1", "train.device=cpu"], output=tmp_path / "fp")
     assert seen and not any(seen)
     assert "warning: [train] bf16: cpu cannot run bf16" in capsys.readouterr().err
     assert "bf16 = true" in (out / "recipe.toml").read_text()  # the request is kept for other machines
-    with pytest.warns(UserWarning, match="cannot run bf16"):
-        assert not seqtext.load(out, "cpu", bf16=True).bf16
+    assert not seqtext.load(out, "cpu", bf16=True).bf16
+    assert capsys.readouterr().err == ("warning: bf16: cpu cannot run bf16 (oneDNN needs AVX-512 BW/VL/DQ or "
+                                       "AVX-NE-CONVERT); running in fp32\n")
 
 
 def test_history_records_throughput_and_mfu(tiny, tmp_path, monkeypatch):
     """MFU = tokens/s × the model's training FLOPs per token / the matmul peak. The peak is pinned
     (measuring keeps the higher of a new timing and the cached figure), so the check does not
     depend on how fast or loaded this machine is."""
-    import importlib
 
-    train_module = importlib.import_module("seqtext.train")
+    from seqtext import hardware
+
     peak = 1e18
-    monkeypatch.setattr(train_module, "_PEAK", {f"cpu:{torch.float32}": (100.0, peak)})
+    monkeypatch.setattr(hardware, "_PEAK", {f"cpu:{torch.float32}": (100.0, peak)})
     out = seqtext.train(tiny, ["train.epochs=1", "train.device=cpu"], output=tmp_path / "m", quiet=True)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert records and all(r["tokens_per_second"] > 0 for r in records)
@@ -292,10 +291,10 @@ def test_history_records_throughput_and_mfu(tiny, tmp_path, monkeypatch):
 def test_a_peak_measured_under_load_is_raised_at_the_next_evaluation(tiny, tmp_path, monkeypatch):
     """The matmul peak measured when training starts may be taken while other jobs load the cores;
     left as is, MFU read 219 % once that load went away. Each evaluation measures it again."""
-    import importlib
 
-    train_module = importlib.import_module("seqtext.train")
-    monkeypatch.setattr(train_module, "_PEAK", {f"cpu:{torch.float32}": (10.0, 1e6)})  # "1 MFLOP/s"
+    from seqtext import hardware
+
+    monkeypatch.setattr(hardware, "_PEAK", {f"cpu:{torch.float32}": (10.0, 1e6)})
     out = seqtext.train(tiny, ["train.epochs=2", "train.device=cpu"], output=tmp_path / "p", quiet=True)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(records) >= 2 and all(0 < r["mfu"] < 1 for r in records)
@@ -316,7 +315,7 @@ def test_keep_freed_memory_applies_on_glibc():
     import subprocess
     import sys
 
-    from seqtext.train import keep_freed_memory, release_freed_memory
+    from seqtext.hardware import keep_freed_memory, release_freed_memory
 
     applied = keep_freed_memory()
     if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
@@ -329,7 +328,7 @@ def test_keep_freed_memory_applies_on_glibc():
     # in a fresh process: this one's heap already holds other tests' freed memory
     script = """
 import os, torch
-from seqtext.train import keep_freed_memory, release_freed_memory
+from seqtext.hardware import keep_freed_memory, release_freed_memory
 
 def rss_mb():
     with open("/proc/self/statm") as f:
@@ -399,18 +398,18 @@ def test_schedule_can_anneal_by_the_time_budget(tiny, tmp_path, by_time):
 
 
 def test_matmul_peak_is_cached_and_a_longer_request_measures_again(monkeypatch):
-    import importlib
 
-    train_mod = importlib.import_module("seqtext.train")  # the module (seqtext.train is also a function)
+    from seqtext import hardware
+
     cpu = torch.device("cpu")
-    monkeypatch.setattr(train_mod, "_PEAK", {})
-    first = train_mod.matmul_peak_flops(cpu, seconds=0.01)
+    monkeypatch.setattr(hardware, "_PEAK", {})
+    first = hardware.matmul_peak_flops(cpu, seconds=0.01)
     assert first > 0
-    key = next(iter(train_mod._PEAK))
-    train_mod._PEAK[key] = (0.01, 1.0)  # a quick measurement spoiled by load elsewhere
-    assert train_mod.matmul_peak_flops(cpu, seconds=0.01) == 1.0  # cached: no new timing
-    longer = train_mod.matmul_peak_flops(cpu, seconds=0.02)
-    assert longer > 1.0 and train_mod._PEAK[key] == (0.02, longer)
+    key = next(iter(hardware._PEAK))
+    hardware._PEAK[key] = (0.01, 1.0)  # a quick measurement spoiled by load elsewhere
+    assert hardware.matmul_peak_flops(cpu, seconds=0.01) == 1.0  # cached: no new timing
+    longer = hardware.matmul_peak_flops(cpu, seconds=0.02)
+    assert longer > 1.0 and hardware._PEAK[key] == (0.02, longer)
 
 
 def test_lazy_row_adamw_equals_adamw_on_rows_in_the_batch_and_leaves_the_rest():

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .embeddings import LockedDropout
+from .heads import LMOutput
 
 ROW_BUCKET = 64
 
@@ -39,7 +39,7 @@ def _bucketed(index: torch.Tensor) -> torch.Tensor:
     return torch.cat([index, index[:1].expand(extra)]) if extra else index
 
 
-class AdaptiveSoftmax(nn.Module):
+class AdaptiveSoftmax(LMOutput):
     """Head softmax over ids ``[0, cutoffs[0])`` plus one logit per cluster ``[c_i, c_{i+1})``.
 
     Args:
@@ -55,20 +55,14 @@ class AdaptiveSoftmax(nn.Module):
 
     def __init__(self, input_size: int, vocab_size: int, cutoffs: list[int], dropout: float = 0.0,
                  projection: int = 0, tied_to: nn.Embedding | None = None):
-        super().__init__()
-        self.dropout = LockedDropout(dropout)
-        self.proj = nn.Linear(input_size, projection) if projection else None
-        width = projection or input_size
-        self.width, self.vocab_size = width, vocab_size
+        super().__init__(input_size, vocab_size, dropout, projection)
         self.cutoffs = [c for c in cutoffs if c < vocab_size] + [vocab_size]
         if tied_to is not None:
-            if tuple(tied_to.weight.shape) != (vocab_size, width):
-                raise ValueError("tied weights need embedding_dim == LM output width")
-            self.weight = tied_to.weight
+            self.weight = self.tied_weight(tied_to)
         else:
-            self.weight = nn.Parameter(torch.empty(vocab_size, width).normal_(0, 0.1))
+            self.weight = nn.Parameter(torch.empty(vocab_size, self.width).normal_(0, 0.1))
         self.bias = nn.Parameter(torch.zeros(vocab_size))
-        self.cluster = nn.Linear(width, len(self.cutoffs) - 1)
+        self.cluster = nn.Linear(self.width, len(self.cutoffs) - 1)
         # Share of running tokens per cluster (set by the LM task from the training stream):
         # only used to estimate FLOPs per token for the MFU read-out.
         self.cluster_share: list[float] | None = None
@@ -76,10 +70,6 @@ class AdaptiveSoftmax(nn.Module):
     @property
     def num_clusters(self) -> int:
         return len(self.cutoffs) - 1
-
-    def hidden(self, states: torch.Tensor) -> torch.Tensor:
-        h = self.dropout(states)
-        return self.proj(h) if self.proj is not None else h
 
     def _pieces(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
         """Weight and bias rows per part (head words, cluster 1, ...). One ``split`` rather than

@@ -113,6 +113,11 @@ class Encoder(nn.Module):
     def output_size(self) -> int:
         return self.hidden_size * (2 if self.bidirectional else 1)
 
+    def flops_per_token(self) -> float:
+        """Forward FLOPs per token of the LSTM gate matmuls (4 gates, input and recurrent weights)."""
+        stacks = [self.fwd] + ([self.bwd] if self.bwd is not None else [])
+        return sum(2 * 4 * lstm.hidden_size * (lstm.input_size + lstm.hidden_size) for s in stacks for lstm in s)
+
     def _run(self, lstm: nn.LSTM, x: torch.Tensor, state=None):
         if self.training and self.weight_dropout > 0:
             params = dict(lstm.named_parameters())

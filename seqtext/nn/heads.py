@@ -204,28 +204,41 @@ class _LinearCrossEntropy(torch.autograd.Function):
             return (g @ wc).to(h_dtype), (g.t() @ hc).to(w_dtype), probs.sum(0).to(b_dtype), None
 
 
-class LMHead(nn.Module):
+class LMOutput(nn.Module):
+    """What the LM output layers (:class:`LMHead`, :class:`~seqtext.nn.adaptive.AdaptiveSoftmax`)
+    share: locked dropout on the encoder states, then an optional projection to ``width``."""
+
+    def __init__(self, input_size: int, vocab_size: int, dropout: float, projection: int):
+        super().__init__()
+        self.dropout = LockedDropout(dropout)
+        self.proj = nn.Linear(input_size, projection) if projection else None
+        self.width, self.vocab_size = projection or input_size, vocab_size
+
+    def hidden(self, states: torch.Tensor) -> torch.Tensor:
+        h = self.dropout(states)
+        return self.proj(h) if self.proj is not None else h
+
+    def tied_weight(self, tied_to: nn.Embedding) -> nn.Parameter:
+        """The embedding matrix to use as the [vocab, width] output matrix (weight tying)."""
+        if tuple(tied_to.weight.shape) != (self.vocab_size, self.width):
+            raise ValueError("tied weights need embedding_dim == LM output width")
+        return tied_to.weight
+
+
+class LMHead(LMOutput):
     """Next-token logits, optionally through a projection, with the output matrix tied to
     the input embedding (Press & Wolf 2017; Inan et al. 2017) when ``tied_to`` is given."""
 
     def __init__(self, input_size: int, vocab_size: int, dropout: float = 0.0, projection: int = 0,
                  tied_to: nn.Embedding | None = None):
-        super().__init__()
-        self.dropout = LockedDropout(dropout)
-        self.proj = nn.Linear(input_size, projection) if projection else None
-        width = projection or input_size
-        self.decoder = nn.Linear(width, vocab_size)
+        super().__init__(input_size, vocab_size, dropout, projection)
+        self.decoder = nn.Linear(self.width, vocab_size)
         if tied_to is not None:
-            if tied_to.weight.shape != self.decoder.weight.shape:
-                raise ValueError("tied weights need embedding_dim == LM output width")
-            self.decoder.weight = tied_to.weight
+            self.decoder.weight = self.tied_weight(tied_to)
         nn.init.zeros_(self.decoder.bias)
 
     def forward(self, states):
-        h = self.dropout(states)
-        if self.proj is not None:
-            h = self.proj(h)
-        return self.decoder(h)
+        return self.decoder(self.hidden(states))
 
     def nll(self, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Per-token negative log-likelihood: states [..., D], targets [...] → [...] (fp32 or wider).
@@ -233,9 +246,6 @@ class LMHead(nn.Module):
         Same values and gradients as ``F.cross_entropy(self(states), targets)``, faster (see
         :class:`_LinearCrossEntropy`).
         """
-        h = self.dropout(states)
-        if self.proj is not None:
-            h = self.proj(h)
-        flat = h.reshape(-1, h.size(-1))
+        flat = self.hidden(states).reshape(-1, self.width)
         out = _LinearCrossEntropy.apply(flat, self.decoder.weight, self.decoder.bias, targets.reshape(-1))
         return out.view(targets.shape)

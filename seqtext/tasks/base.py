@@ -36,6 +36,14 @@ from ..nn.encoder import Encoder
 from ..recipe import Recipe
 
 
+def require_column(ds, column: str, what: str, hint: str, kind: str = "", hide: tuple[str, ...] = ()) -> None:
+    """One-line error when the dataset ``ds`` lacks ``column``, listing the columns it has (but
+    ``hide``: columns seqtext added itself)."""
+    if column not in ds.column_names:
+        have = ", ".join(c for c in ds.column_names if c not in hide)
+        raise SeqtextError(f"{what} has no {kind + ' ' if kind else ''}column {column!r} (columns: {have}); {hint}")
+
+
 class Net(nn.Module):
     """Embedder → Encoder → head. One class for every task; ``head`` differs."""
 
@@ -53,15 +61,11 @@ class Net(nn.Module):
         return self.encoder(x, batch.lengths, state, outputs=outputs)
 
     def flops_per_token(self) -> float:
-        """Forward FLOPs per token of the matmul work (LSTM gates + output layers)."""
-        total = 0.0
-        for stack in (self.encoder.fwd, self.encoder.bwd or []):
-            for lstm in stack:
-                total += 2 * 4 * lstm.hidden_size * (lstm.input_size + lstm.hidden_size)
-        for m in self.head.modules():
-            if isinstance(m, nn.Linear):
-                total += 2 * m.in_features * m.out_features
-        return total
+        """Forward FLOPs per token of the matmul work (LSTM gates + output layers), for MFU."""
+        return self.encoder.flops_per_token() + self.head_flops_per_token()
+
+    def head_flops_per_token(self) -> float:
+        return sum(2 * m.in_features * m.out_features for m in self.head.modules() if isinstance(m, nn.Linear))
 
 
 class Ensemble(nn.Module):
@@ -152,9 +156,7 @@ class Task:
     def tokenize_split(self, ds, split: str):
         """Add a ``tokens`` column (cached datasets.map)."""
         col = self.recipe.data.text_column
-        if col not in ds.column_names:
-            raise SeqtextError(f"{split} data has no column {col!r} (columns: {', '.join(ds.column_names)}); "
-                               f"set [data] text_column")
+        require_column(ds, col, f"{split} data", "set [data] text_column")
         tok = self.tokenizer
 
         def fn(batch):

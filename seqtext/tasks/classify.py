@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from ..data.batching import Batch
 from ..errors import SeqtextError
 from ..nn.heads import ClassifierHead
-from .base import Ensemble, Net, Split, Task, fingerprint
+from .base import Ensemble, Net, Split, Task, fingerprint, require_column
 
 
 def truncate(ids: list[int], max_length: int) -> list[int]:
@@ -32,9 +32,7 @@ class ClassifyTask(Task):
         if "labels" in self.meta:
             return
         col = self.recipe.data.label_column
-        if col not in train.column_names:
-            raise SeqtextError(f"train data has no label column {col!r} (columns: "
-                               f"{', '.join(c for c in train.column_names if c != 'tokens')}); set [data] label_column")
+        require_column(train, col, "train data", "set [data] label_column", kind="label", hide=("tokens",))
         feature = train.features[col]
         if hasattr(feature, "names"):  # datasets.ClassLabel
             self.meta["labels"] = list(feature.names)

@@ -25,16 +25,25 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..data.batching import Batch, iter_stream, lm_stream_batches, lm_window_lengths, read_rows, token_stream
 from ..data.vocab import EOS
 from ..errors import SeqtextError
+from ..generate import (
+    SamplingOptions,
+    StreamDetokenizer,
+    banned_ids,
+    choose,
+    is_plain,
+    leaves_quote_open,
+    make_generator,
+    sample_tokens,
+)
 from ..nn.adaptive import AdaptiveSoftmax
 from ..nn.cache import ContinuousCache, mix_log_prob
 from ..nn.encoder import State, detach_state
 from ..nn.heads import LMHead
-from .base import Net, Task, fingerprint
+from .base import Net, Task, fingerprint, require_column
 
 PROMPT_CHUNK = 1024  # prompt tokens per LSTM call in generate(): bounded memory for huge prompts
 TOKENIZE_ROWS = 1000  # rows tokenized (as Python lists) at a time inside one map batch
@@ -79,17 +88,9 @@ class LMSplit:
 class LMNet(Net):
     """The shared :class:`Net` with FLOP accounting that knows the LM's output layer."""
 
-    def flops_per_token(self) -> float:
-        total = 0.0
-        for stack in (self.encoder.fwd, self.encoder.bwd or []):
-            for lstm in stack:
-                total += 2 * 4 * lstm.hidden_size * (lstm.input_size + lstm.hidden_size)
-        if isinstance(self.head, AdaptiveSoftmax):
-            head = self.head.flops_per_token()
-        else:
-            head = sum(2 * m.in_features * m.out_features for m in self.head.modules() if isinstance(m, nn.Linear))
-        # a bidirectional LM runs the output layer once per direction
-        return total + head * (2 if self.encoder.bidirectional else 1)
+    def head_flops_per_token(self) -> float:
+        head = self.head.flops_per_token() if isinstance(self.head, AdaptiveSoftmax) else super().head_flops_per_token()
+        return head * (2 if self.encoder.bidirectional else 1)  # a biLM runs the output layer once per direction
 
 
 class LMTask(Task):
@@ -122,9 +123,7 @@ class LMTask(Task):
             # a plain-text file (always one "text" column) standing in for a hub dataset whose
             # text column has another name (PTB's "sentence"): --data-dir works with the same recipe
             col = "text"
-        if col not in ds.column_names:
-            raise SeqtextError(f"{split} data has no column {col!r} (columns: {', '.join(ds.column_names)}); "
-                               f"set [data] text_column")
+        require_column(ds, col, f"{split} data", "set [data] text_column")
         import pyarrow as pa
 
         tok = self.tokenizer
@@ -436,25 +435,22 @@ class LMTask(Task):
         return ids
 
     @torch.no_grad()
-    def generate(self, net: Net, prompt: str, device, max_tokens: int = 50, temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0, greedy: bool = False, num_samples: int = 1,
-                 seed: int | None = None, allow_unk: bool = False,
+    def generate(self, net: Net, prompt: str, device, opts: SamplingOptions | None = None,
                  on_token: Callable[[int, str], Any] | None = None) -> list[dict]:
-        """Continue ``prompt`` ``num_samples`` times; see :mod:`seqtext.generate` for the options.
+        """Continue ``prompt`` ``opts.num_samples`` times (:class:`~seqtext.generate.SamplingOptions`;
+        default: its defaults).
 
         The prompt goes through the LSTM once; each sample then starts from that state and
         feeds back one token at a time. ``on_token(sample_index, text_piece)`` is called as
         each token is chosen (the CLI prints it at once). Returns one dict per sample:
         ``text`` (detokenized continuation), ``tokens``, ``seconds``, ``tokens_per_second``.
         """
-        from ..generate import SamplingOptions, banned_ids, choose, is_plain, make_generator
-
-        opts = SamplingOptions(max_tokens, temperature, top_k, top_p, greedy, num_samples, seed, allow_unk)
+        opts = opts or SamplingOptions()
         opts.validate()
         net.eval()
         ids = self.prompt_ids(prompt)
-        banned = banned_ids(self.vocab, allow_unk)
-        generator = make_generator(seed)
+        banned = banned_ids(self.vocab, opts.allow_unk)
+        generator = make_generator(opts.seed)
         head = net.head
         # pad/bos/unk sit in the head (ids < 4), which the level-by-level sampler requires
         fast = is_plain(opts) and isinstance(head, AdaptiveSoftmax) and max(banned) < head.cutoffs[0]
@@ -493,8 +489,6 @@ class LMTask(Task):
                     max_tokens: int, on_token, typed_space: bool = False) -> dict:
         """One continuation from the shared prompt state; streams pieces to ``on_token``.
         ``typed_space``: the prompt ends with whitespace, so the first piece adds none."""
-        from ..generate import StreamDetokenizer, leaves_quote_open, sample_tokens
-
         prompt = [self.vocab.itos[t] for t in ids]
         detok = StreamDetokenizer(self.tokenizer, line_start=prompt[-1] == EOS or typed_space, prev=prompt[-1],
                                   quote_open=leaves_quote_open(prompt))

@@ -31,23 +31,18 @@ import torch
 from ..data.batching import Batch
 from ..data.conll import DOCSTART
 from ..data.tagging import convert, detect_scheme, entities, normalize_scheme, split_tag, validate
-from ..errors import SeqtextError
+from ..errors import SeqtextError, warn
 from ..nn.chars import clip_word
 from ..nn.crf import CRF
 from ..nn.embeddings import casing_id
 from ..nn.heads import TaggerHead
-from .base import Ensemble, Net, Split, Task, eval_order, fingerprint
+from .base import Ensemble, Net, Split, Task, eval_order, fingerprint, require_column
 
 TRAIN_SCHEME = "BIOES"
 PAD_CHAR, UNK_CHAR = 0, 1
 MIN_CHAR_COUNT = 2  # rarer train characters share the unknown-char id
 _DIGIT = re.compile(r"\d")
 CHUNK_SENTENCES = 1000  # predict_conll: sentences held in memory at once
-
-
-def warn(message: str) -> None:
-    """A non-fatal data problem, printed as one ``warning:`` line on stderr."""
-    print(f"warning: {message}", file=sys.stderr)
 
 
 def word_key(token: str, lowercase: bool, zero_digits: bool) -> str:
@@ -117,9 +112,8 @@ class TagTask(Task):
         """
         d = self.recipe.data
         tok_col, tag_col = d.tokens_column, d.tags_column
-        if tok_col not in ds.column_names:
-            raise SeqtextError(f"{split} data has no column {tok_col!r} (columns: {', '.join(ds.column_names)}); "
-                               f"a tagger reads token lists from the recipe's [data] tokens_column")
+        require_column(ds, tok_col, f"{split} data", "a tagger reads token lists from the recipe's [data] "
+                       "tokens_column")
         has_tags = tag_col in ds.column_names
         names = _class_names(ds.features.get(tag_col)) if has_tags else None
         word_key = self.word_key
