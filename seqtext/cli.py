@@ -197,7 +197,7 @@ def _chunks(handle, name, size: int = 1000):
     chunk = []
     for line_no, raw in enumerate(handle, 1):
         try:
-            chunk.append(raw.decode("utf-8").rstrip("\r\n"))
+            chunk.append(raw.decode("utf-8-sig" if line_no == 1 else "utf-8").rstrip("\r\n"))  # no BOM
         except UnicodeDecodeError as e:
             raise SeqtextError(f"{name}:{line_no}: not valid UTF-8 (byte {e.start} of the line)") from None
         if len(chunk) == size:

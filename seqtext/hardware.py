@@ -14,7 +14,8 @@ _PEAK: dict[str, tuple[float, float]] = {}  # device:dtype -> (seconds measured,
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 
 
-def _libc():
+def libc_handle():
+    """The C library (glibc's mallopt/malloc_trim, Linux's prctl), or None where it cannot be loaded."""
     import ctypes
     import ctypes.util
 
@@ -35,7 +36,7 @@ def keep_freed_memory() -> bool:
     whether the settings were applied (False off glibc, e.g. macOS/Windows). Undo it with
     :func:`release_freed_memory`; :func:`freed_memory_kept` does both around a block.
     """
-    libc = _libc()
+    libc = libc_handle()
     if libc is None or not hasattr(libc, "mallopt"):
         return False
     return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30))
@@ -46,7 +47,7 @@ def release_freed_memory() -> bool:
     handed back to the OS (``malloc_trim``). Work done afterwards in heap mode fragments the heap:
     a benchmark process that prepared the IMDB data again after the settings were applied peaked at
     13.0 GB instead of 6.9 GB (benchmarks/README.md). Returns whether it applied (glibc only)."""
-    libc = _libc()
+    libc = libc_handle()
     if libc is None or not hasattr(libc, "malloc_trim"):
         return False
     applied = bool(libc.mallopt(_M_MMAP_MAX, 65536)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 128 * 1024))

@@ -206,7 +206,7 @@ class Model:
         from .data.sources import load_file, load_splits
 
         if data:
-            raw = load_file(Path(data), self.recipe.data.format, self.recipe)
+            raw = load_file(Path(data), self.recipe.data.format, self.recipe, extension_first=True)
         else:
             splits = load_splits(self.recipe, data_dir, only=(split,))
             if split not in splits:

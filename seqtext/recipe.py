@@ -67,7 +67,7 @@ class DataConfig:
                               "train while the test set does not; 100 there.", min=0)
     split_seed: int = opt(0, "Seed for carving dev from train and for max_examples sampling (0 = [train] seed). "
                           "Ensemble members all use the ensemble's, so they share train, dev and vocabulary.",
-                          min=0)
+                          min=0, max=2**32 - 1)
     max_examples: int = opt(0, "Use at most this many examples per split (0 = all); for quick runs.", min=0)
     max_length: int = opt(0, "classify: truncate each text to this many tokens, keeping its head and tail "
                           "(0 = no limit).", min=0)
@@ -160,7 +160,7 @@ class TrainConfig:
     checkpoint_every: int = opt(200, "Write the resume checkpoint every N steps.", min=1)
     max_steps: int = opt(0, "Stop after this many optimizer steps (0 = no limit).", min=0)
     max_minutes: float = opt(0.0, "Stop after this much training time (0 = no limit).", min=0.0)
-    seed: int = opt(1, "Seed for data order, dropout and initialisation.")
+    seed: int = opt(1, "Seed for data order, dropout and initialisation.", min=0, max=2**32 - 1)
     threads: int = opt(0, "CPU threads for torch (0 = all cores).", min=0)
     device: str = opt("auto", "auto (CUDA when present), cpu or cuda.", choices=("auto", "cpu", "cuda"))
     bf16: bool = opt(False, "bf16 autocast for training steps (CUDA, or CPUs with AVX512-BF16/AMX: "

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from . import distributed as dist
 from .data.sources import load_splits
 from .errors import Interrupted, SeqtextError, warn
-from .hardware import bf16_setting, freed_memory_kept, matmul_peak_flops
+from .hardware import bf16_setting, freed_memory_kept, libc_handle, matmul_peak_flops
 from .io import append_line, atomic_write, read_json, write_json, write_text
 from .model import (
     CHECKPOINT_FILE,
@@ -225,7 +225,8 @@ class Trainer:
         self.quiet = quiet or not dist.is_main()
         self.rank, self.world = dist.rank(), dist.world_size()
         self.steps_per_epoch = max(1, task.steps_per_epoch(data["train"], self.world))
-        self.total_steps = self.cfg.max_steps or self.cfg.epochs * self.steps_per_epoch
+        # the schedule ends where training does: at max_steps or after the last epoch, the earlier
+        self.total_steps = min(self.cfg.max_steps or math.inf, self.cfg.epochs * self.steps_per_epoch)
         if self.cfg.sparse_embeddings:
             self._sparse_word_gradients()
         self.row_gradients = list(dist.row_gradient_params(net).values())
@@ -560,6 +561,13 @@ def discard_outputs(run_dir: Path) -> None:
         (run_dir / name).unlink(missing_ok=True)
 
 
+# Recipe keys that a resumed run may change: where it is written and on what hardware, how many
+# threads or processes, not the model, data or schedule (other threads or another device can
+# change the last bits of the arithmetic, so such a resume is no longer bit-identical).
+RUN_SETTINGS = (("output", "dir"), ("train", "device"), ("train", "threads"), ("data", "num_proc"),
+                ("train", "parallel_members"))
+
+
 def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, force: bool) -> bool:
     """Decide whether to start fresh or resume; refuse to clobber another run. Returns resume."""
     saved = run_dir / RECIPE_FILE
@@ -574,15 +582,18 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, force: bool) ->
         raise SeqtextError(f"{run_dir}: exists and is not a seqtext run; choose another --output or use --force")
     previous = load_recipe(saved).to_dict()
     current = recipe.to_dict()
-    for d in (previous, current):  # where the run was written does not matter: a moved run resumes
-        d.get("output", {}).pop("dir", None)
+    for d in (previous, current):
+        for section, key in RUN_SETTINGS:  # where and how fast a run goes does not change its results
+            d.get(section, {}).pop(key, None)
         if d.get("init_from"):  # saved absolute since 2026-12-07, relative to the working directory before
             d["init_from"] = str(Path(d["init_from"]).expanduser().resolve())
     if previous != current:
-        diff = sorted(f"{s}.{k}" for s in current if isinstance(current[s], dict)
-                      for k in current[s] if current[s].get(k) != previous.get(s, {}).get(k))
-        raise SeqtextError(f"{run_dir}: holds a run of a different recipe (differs in: "
-                           f"{', '.join(diff[:5]) or 'top-level keys'}); use --force to overwrite or another --output")
+        diff = [f"{s}.{k} {previous.get(s, {}).get(k)!r} → {current[s].get(k)!r}" for s in current
+                if isinstance(current[s], dict) for k in current[s] if current[s].get(k) != previous.get(s, {}).get(k)]
+        diff += [f"{k} {previous.get(k)!r} → {current[k]!r}" for k in current
+                 if not isinstance(current[k], dict) and current[k] != previous.get(k)]
+        raise SeqtextError(f"{run_dir}: holds a run of a different recipe ({'; '.join(diff[:5])}); use --force to "
+                           "start it over or another --output")
     if resume:
         return (run_dir / CHECKPOINT_FILE).is_file()
     raise SeqtextError(f"{run_dir}: already holds this run; use --resume to continue it or --force to retrain")
@@ -682,7 +693,9 @@ def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None
         recipe.train.device = device
     if recipe.init_from:
         _adopt_source(recipe, resume, quiet)
-    if resume and not force:
+    if resume and force:
+        raise SeqtextError("--resume and --force: give one (--resume continues the run, --force discards it)")
+    if resume:
         run_dir = recipe.output_dir
         if not holds_files(run_dir):
             raise SeqtextError(f"{run_dir}: no run to resume there; check --output (or the recipe's [output] dir), "
@@ -765,24 +778,42 @@ def _train(recipe: Recipe, data_dir: str | None, resume: bool, force: bool, quie
 
 
 # In a member's process (parallel_members > 1): set once the ensemble is stopping, so that a
-# process that frees up starts no further member.
+# process that frees up starts no further member; and the process that started the ensemble.
 _members_stopping = None
+_members_parent = 0
+_PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 
 
-def _member_process_init(stopping) -> None:
-    global _members_stopping
-    _members_stopping = stopping
+def _member_process_init(stopping, parent: int) -> None:
+    """A member process: remember the ensemble's stop flag and its parent, and (Linux) ask for a
+    SIGTERM when the parent dies, even by SIGKILL, so a running member saves a checkpoint and
+    stops instead of training on, orphaned, into a directory that a --resume may be using."""
+    global _members_stopping, _members_parent
+    _members_stopping, _members_parent = stopping, parent
+    libc = libc_handle()
+    if sys.platform.startswith("linux") and libc is not None and hasattr(libc, "prctl"):
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before the request was in place
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _train_member(member: Recipe, data_dir: str | None, resume: bool, quiet: bool) -> dict:
     """One ensemble member, start to finish (also the entry point of a member's own process)."""
-    if _members_stopping is not None and _members_stopping.is_set():
+    in_process = _members_stopping is not None
+    if in_process and os.getppid() != _members_parent:
+        os._exit(130)  # orphaned: nobody waits for this process, and its pool would keep it idle forever
+    if in_process and _members_stopping.is_set():
         raise Interrupted(f"{member.output_dir}: not started, the ensemble is stopping")
     directory = member.output_dir
     if resume and (directory / METRICS_FILE).is_file():
         return read_json(directory / METRICS_FILE)["train"]
     # a member that never started starts now (resuming where there is no run is refused)
-    train(member, data_dir=data_dir, resume=resume and holds_files(directory), quiet=quiet)
+    try:
+        train(member, data_dir=data_dir, resume=resume and holds_files(directory), quiet=quiet)
+    except Interrupted:
+        if in_process and os.getppid() != _members_parent:
+            os._exit(130)  # stopped by its parent's death (the checkpoint is saved): end the process
+        raise
     return read_json(directory / METRICS_FILE)["train"]
 
 
@@ -806,6 +837,7 @@ def train_ensemble(recipe: Recipe, data_dir: str | None, resume: bool, force: bo
         if dist.is_main():
             warn(f"[train] parallel_members = {parallel}: under torchrun the members train one after another")
         parallel = 1
+    created = dist.is_main() and not holds_files(run_dir)
     if dist.is_main():
         prepare_run_dir(run_dir, recipe, resume, force)
         if force:
@@ -842,6 +874,15 @@ def train_ensemble(recipe: Recipe, data_dir: str | None, resume: bool, force: bo
     except (Interrupted, KeyboardInterrupt):
         raise Interrupted(f"interrupted; finished members are kept and the others have checkpoints. Resume with: "
                           f"seqtext train {run_dir / RECIPE_FILE} --resume") from None
+    except SeqtextError:
+        if created and not any(holds_files(d) for d in member_dirs):
+            # failed before any member wrote a file (bad data, say): leave no run behind, as a
+            # single run does, so that the corrected command is not refused as "already holds this run"
+            (run_dir / RECIPE_FILE).unlink(missing_ok=True)
+            for empty in (run_dir / "members", run_dir):
+                with contextlib.suppress(OSError):
+                    empty.rmdir()
+        raise
     if dist.is_main():
         device = resolve_device(recipe.train.device)
         members = [load(d, "cpu") for d in member_dirs]
@@ -894,7 +935,7 @@ def _train_members_in_processes(members: list[Recipe], parallel: int, data_dir: 
     stopping = context.Event()
     with signals_handled(on_term, signal.SIGTERM), \
             ProcessPoolExecutor(parallel, mp_context=context, initializer=_member_process_init,
-                                initargs=(stopping,)) as pool:
+                                initargs=(stopping, os.getpid())) as pool:
         futures = [pool.submit(_train_member, m, data_dir, resume, quiet or i > 0) for i, m in enumerate(members)]
         summaries = []
         try:

@@ -57,6 +57,8 @@ CASES = {
                    r"e\.jsonl: file is empty"),
     "missing text column": (lambda t: ["train", recipe(t), "--set", "data.text_column=review", "-o", str(t / "out")],
                             r"train data has no column 'review' \(columns: text, label\); set \[data\] text_column$"),
+    "empty vocabulary": (lambda t: ["train", recipe(t), "--set", "vocab.min_freq=100000", "-o", str(t / "out")],
+                         r"no token occurs at least \[vocab\] min_freq = 100000 times"),
     "missing label column": (lambda t: ["train", recipe(t), "--set", "data.label_column=stars", "-o", str(t / "out")],
                              r"train data has no label column 'stars' \(columns: text, label\); set \[data\] "
                              r"label_column$"),

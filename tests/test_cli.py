@@ -36,6 +36,10 @@ def test_train_evaluate_predict_info(tiny, tmp_path):
     f.write_text("".join(f"line {i} great\n" for i in range(2500)))
     r = run("predict", out, "--file", f)
     assert r.exit_code == 0 and len(r.output.splitlines()) == 2500
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes("\ufeffline 0 great\n".encode())
+    r = run("predict", out, "--file", bom, "--json")
+    assert json.loads(r.output)["text"] == "line 0 great"  # a byte-order mark is not text
     r = run("predict", out)
     assert r.exit_code == 2 and r.output.startswith("error: no input"), r.output
     rows = [{"text": "a great wonderful film", "label": "pos"}, {"text": "an awful boring plot", "label": "neg"},

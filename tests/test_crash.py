@@ -84,11 +84,12 @@ def alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.parametrize("how", ["sigterm_to_parent", "ctrl_c_to_group"])
+@pytest.mark.parametrize("how", ["sigterm_to_parent", "ctrl_c_to_group", "sigkill_to_parent"])
 def test_stopping_a_parallel_ensemble_stops_its_member_processes(reference, tmp_path, how):
-    """SIGTERM reaches the parent alone: it passes it on; Ctrl-C reaches every process. Either way
-    each running member saves a checkpoint, no member process is left training on its own, and
-    the queued members are not started (4 members, 2 at a time)."""
+    """SIGTERM reaches the parent alone: it passes it on; Ctrl-C reaches every process; a SIGKILL
+    kills the parent alone, and the members get a SIGTERM from the kernel (Linux). Each way each
+    running member saves a checkpoint, no member process is left training on its own, and the
+    queued members are not started (4 members, 2 at a time)."""
     recipe, _ = reference
     out = tmp_path / "ens"
     proc = subprocess.Popen([sys.executable, "-m", "seqtext", "train", str(recipe), "-o", str(out), "-q",
@@ -101,13 +102,16 @@ def test_stopping_a_parallel_ensemble_stops_its_member_processes(reference, tmp_
         time.sleep(0.2)
     members = child_pids(proc.pid)
     assert len(members) >= 2
-    if how == "sigterm_to_parent":
-        proc.send_signal(signal.SIGTERM)
-    else:
+    if how == "ctrl_c_to_group":
         os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGTERM if how == "sigterm_to_parent" else signal.SIGKILL)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-800:]
-    assert "--resume" in err and "Traceback" not in err
+    if how == "sigkill_to_parent":
+        assert proc.returncode == -signal.SIGKILL
+    else:
+        assert proc.returncode == 130, err[-800:]
+        assert "--resume" in err and "Traceback" not in err
     deadline = time.time() + 60  # a member left training would outlive any wait
     while [pid for pid in members if alive(pid)] and time.time() < deadline:
         time.sleep(0.1)

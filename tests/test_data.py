@@ -35,6 +35,14 @@ def test_sentencepiece_train_save_load(tmp_path):
     again = SentencePieceTokenizer(tmp_path / "b" / "tokenizer.model")
     assert again.tokenize("the film was great") == pieces
     assert again.fingerprint() == tok.fingerprint()
+    # the same text and settings train the same bytes (no temporary paths inside), so a second
+    # run finds the first one's tokenization cache
+    other = SentencePieceTokenizer.train(texts, tmp_path / "c", vocab_size=100, model_type="unigram")
+    assert other.fingerprint() == tok.fingerprint() and str(tmp_path).encode() not in (tmp_path / "c" /
+                                                                                   "tokenizer.model").read_bytes()
+    (tmp_path / "bad.model").write_text("not a model")
+    with pytest.raises(SeqtextError, match=r"bad\.model: not a sentencepiece model"):
+        SentencePieceTokenizer(tmp_path / "bad.model")
 
 
 def test_vocab_round_trip(tmp_path):
@@ -101,6 +109,36 @@ def test_local_formats_and_columns(tmp_path):
     assert splits["test"][0]["review"] == rows[0]["text"]
 
 
+def test_data_dir_files_are_read_by_extension_and_tsv_quotes_are_text(tmp_path):
+    """An LM recipe's format = "text" must not read a --data-dir JSON file as lines of raw JSON;
+    a TSV field that starts with a quote must not swallow the rows after it; a text file's
+    byte-order mark is not part of its first line."""
+    write_jsonl(tmp_path / "train.jsonl", [{"text": "the cat sat"}, {"text": "a dog ran"}])
+    (tmp_path / "valid.txt").write_bytes("\ufeffthe dog sat\n".encode())
+    (tmp_path / "test.tsv").write_text('text\n"quoted start\nplain\nlast\n')
+    lm = load_recipe({"task": "lm", "data": {"format": "text"}})
+    splits = sources.load_splits(lm, data_dir=tmp_path)
+    assert splits["train"]["text"] == ["the cat sat", "a dog ran"]
+    assert splits["dev"]["text"] == ["the dog sat"]
+    classify = load_recipe({"task": "classify"})
+    assert sources.load_file(tmp_path / "test.tsv", "auto", classify)["text"] == ['"quoted start', "plain", "last"]
+    # the recipe's own files keep its format; "jsonl" is a name for the JSON reader
+    assert sources.file_format(tmp_path / "train.jsonl", "text", "lm") == "text"
+    assert sources.file_format(tmp_path / "x.dat", "jsonl", "classify") == "json"
+
+
+def test_two_files_for_one_split_are_an_error_and_test_alone_can_be_scored(tmp_path):
+    write_jsonl(tmp_path / "test.jsonl", make_reviews(4))
+    r = load_recipe({"task": "classify"})
+    assert len(sources.load_splits(r, data_dir=tmp_path, only=("test",))["test"]) == 4
+    with pytest.raises(SeqtextError, match="no train file"):
+        sources.load_splits(r, data_dir=tmp_path)
+    write_jsonl(tmp_path / "train.jsonl", make_reviews(4))
+    write_jsonl(tmp_path / "train.csv", make_reviews(4))
+    with pytest.raises(SeqtextError, match=r"2 files for the train split \(train\.jsonl, train\.csv\); keep one"):
+        sources.load_splits(r, data_dir=tmp_path)
+
+
 def test_dev_split_is_carved_deterministically(tiny):
     r = load_recipe(tiny)
     a = sources.load_splits(r)
@@ -157,6 +195,11 @@ def test_missing_data_dir_and_file(tmp_path):
         sources.load_splits(r)
     with pytest.raises(SeqtextError, match="no such directory"):
         sources.load_splits(r, data_dir=tmp_path / "missing")
+    (tmp_path / "a.jsonl").write_text("{}\n")
+    with pytest.raises(SeqtextError, match=r"a\.jsonl: is a file; expected the directory"):
+        sources.load_splits(r, data_dir=tmp_path / "a.jsonl")
+    with pytest.raises(SeqtextError, match=r": is a directory; expected a data file"):
+        sources.load_file(tmp_path, "auto", r)
     with pytest.raises(SeqtextError, match="no train file"):
         sources.load_splits(r, data_dir=tmp_path)
 

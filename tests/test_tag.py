@@ -166,7 +166,10 @@ def test_bad_data_gives_one_line_errors(tmp_path):
     with pytest.raises(SeqtextError, match=r"train data has no column 'tokens'.*tokens_column"):
         task.setup({"train": ds, "dev": ds}, tmp_path)
     ds = datasets.Dataset.from_dict({"tokens": [["a", "b"], ["c"]], "ner_tags": [["O", "O"], ["O", "B-PER"]]})
-    with pytest.raises(SeqtextError, match=r"train data, row 1: 1 tokens but 2 tags"):
+    with pytest.raises(SeqtextError, match=r"train data, row 2: 1 tokens but 2 tags"):  # rows count from 1
+        TagTask(recipe).setup({"train": ds, "dev": ds}, tmp_path)
+    ds = datasets.Dataset.from_dict({"tokens": [["a", "b"]], "ner_tags": [[1, 0]]})  # numbers without names
+    with pytest.raises(SeqtextError, match=r"train data, row 1: tag 1 is a number, and the data names no tags"):
         TagTask(recipe).setup({"train": ds, "dev": ds}, tmp_path)
     ds = datasets.Dataset.from_dict({"tokens": [["a", "b"]], "ner_tags": [["O", "O"]]})
     with pytest.raises(SeqtextError, match=r"no entities found"):

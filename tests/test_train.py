@@ -73,12 +73,34 @@ def test_resume_matches_uninterrupted_run(tiny, tmp_path, monkeypatch, kill_at, 
     assert steps[1] == steps[0]  # the history of the killed run's last steps was dropped, not duplicated
 
 
+def test_the_schedule_ends_where_training_does_when_max_steps_is_beyond_the_epochs(tiny, tmp_path):
+    capped = seqtext.train(tiny, ["train.epochs=1", "train.max_steps=1000", "train.eval_every=1"],
+                           output=tmp_path / "m", quiet=True)
+    plain = seqtext.train(tiny, ["train.epochs=1", "train.eval_every=1"], output=tmp_path / "p", quiet=True)
+    history = [[json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (capped, plain)]
+    assert [r["lr"] for r in history[0]] == [r["lr"] for r in history[1]]
+
+
+def test_more_processes_than_batches_is_an_error_not_an_untrained_model(trained_demo):
+    model = seqtext.load(trained_demo)
+    train = model._encoded("train", None, None)
+    assert model.task.steps_per_epoch(train, world=2) >= 1
+    with pytest.raises(SeqtextError, match=r"^train data: \d+ batches per epoch, fewer than the 10000 processes"):
+        model.task.steps_per_epoch(train, world=10_000)
+
+
 def test_refuses_to_overwrite_a_different_run(tiny, tmp_path):
     out = seqtext.train(tiny, output=tmp_path / "r", quiet=True)
-    with pytest.raises(SeqtextError, match=r"different recipe.*model\.hidden_size"):
+    with pytest.raises(SeqtextError, match=r"different recipe \(model\.hidden_size 16 → 8\); use --force"):
         seqtext.train(tiny, ["model.hidden_size=8"], output=out, quiet=True)
     with pytest.raises(SeqtextError, match="already holds this run"):
         seqtext.train(tiny, output=out, quiet=True)
+    # where and how fast it runs is not a different recipe
+    with pytest.raises(SeqtextError, match="already holds this run"):
+        seqtext.train(tiny, ["train.threads=2", "data.num_proc=2"], output=out, device="cpu", quiet=True)
+    with pytest.raises(SeqtextError, match=r"^--resume and --force: give one"):
+        seqtext.train(tiny, output=out, resume=True, force=True, quiet=True)
+    assert (out / "checkpoint.safetensors").is_file()  # nothing was discarded
     seqtext.train(tiny, ["model.hidden_size=8"], output=out, force=True, quiet=True)
     assert seqtext.load(out).recipe.model.hidden_size == 8
 
@@ -476,6 +498,15 @@ def test_sparse_embeddings_train_and_refuse_a_tied_lm(tiny, tmp_path):
 
     with pytest.raises(SeqtextError, match="sparse_embeddings"):
         seqtext.train(load_recipe(lm_recipe(tmp_path), ["train.sparse_embeddings=true"]), quiet=True)
+
+
+def test_an_ensemble_that_fails_on_its_data_leaves_no_run_behind(tiny, tmp_path):
+    """Like a single run: the corrected command must not be refused as 'already holds a run'."""
+    with pytest.raises(SeqtextError, match="no label column 'stars'"):
+        seqtext.train(tiny, ["model.ensemble=2", "data.label_column=stars"], output=tmp_path / "ens", quiet=True)
+    assert not (tmp_path / "ens").exists()
+    out = seqtext.train(tiny, ["model.ensemble=2", "train.max_steps=1"], output=tmp_path / "ens", quiet=True)
+    assert (out / "weights.safetensors").is_file()
 
 
 def test_classifier_ensemble_averages_member_probabilities(tiny, tmp_path):

@@ -23,29 +23,44 @@ TEXT_CHUNK_BYTES = 1 << 20  # text per Arrow table in the text loader (its 10 MB
 WRITER_BATCH_ROWS = 100_000  # rows per record batch of a loaded file's Arrow cache (at most)
 
 
-def find_split_files(directory: Path) -> dict[str, Path]:
-    """Files named like train.jsonl.gz / valid.txt / test.csv in ``directory``."""
+def find_split_files(directory: Path, require_train: bool = True) -> dict[str, Path]:
+    """Files named like train.jsonl.gz / valid.txt / test.csv in ``directory``, one per split."""
+    if directory.is_file():
+        raise SeqtextError(f"--data-dir {directory}: is a file; expected the directory that holds train.*, "
+                           "dev.* and test.*")
     if not directory.is_dir():
         raise SeqtextError(f"--data-dir {directory}: no such directory")
     found: dict[str, Path] = {}
     for split, aliases in SPLIT_ALIASES.items():
-        for alias in aliases:
-            for ext in EXTENSIONS:
-                p = directory / f"{alias}{ext}"
-                if p.is_file() and split not in found:
-                    found[split] = p
-    if "train" not in found:
+        candidates = [directory / f"{alias}{ext}" for alias in aliases for ext in EXTENSIONS]
+        candidates = [p for p in candidates if p.is_file()]
+        if len(candidates) > 1:
+            raise SeqtextError(f"--data-dir {directory}: {len(candidates)} files for the {split} split "
+                               f"({', '.join(p.name for p in candidates)}); keep one")
+        if candidates:
+            found[split] = candidates[0]
+    if require_train and "train" not in found:
         raise SeqtextError(f"--data-dir {directory}: no train file (expected e.g. train.jsonl.gz, "
                            f"train.txt, train.csv)")
     return found
 
 
-def file_format(path: Path, fmt: str, task: str) -> str:
-    if fmt != "auto":
-        return fmt
+STRUCTURED = ((".jsonl.gz", "json"), (".jsonl", "json"), (".json", "json"), (".csv", "csv"), (".parquet", "parquet"))
+
+
+def file_format(path: Path, fmt: str, task: str, extension_first: bool = False) -> str:
+    """The format to read ``path`` in: the recipe's ``fmt``, or with ``auto`` the file's extension.
+    ``extension_first`` (files from --data-dir or --data, which the recipe did not name): a JSON,
+    CSV or Parquet extension wins over ``fmt`` (an LM recipe's ``text`` must not read a JSON file
+    as lines of text); .txt, .tsv and .conll files, which may hold text, table or CoNLL columns,
+    still follow ``fmt``."""
     name = path.name.lower()
-    for ext, kind in ((".jsonl.gz", "json"), (".jsonl", "json"), (".json", "json"), (".csv", "csv"),
-                      (".tsv", "tsv"), (".parquet", "parquet"), (".conll", "conll")):
+    fmt = "json" if fmt == "jsonl" else fmt  # one reader for both
+    if fmt != "auto":
+        if extension_first:
+            return next((kind for ext, kind in STRUCTURED if name.endswith(ext)), fmt)
+        return fmt
+    for ext, kind in (*STRUCTURED, (".tsv", "tsv"), (".conll", "conll")):
         if name.endswith(ext):
             return kind
     if name.endswith((".txt", ".txt.gz")):
@@ -59,7 +74,7 @@ def load_splits(recipe: Recipe, data_dir: str | Path | None = None,
     data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
     d = recipe.data
     if data_dir:
-        files = find_split_files(Path(data_dir))
+        files = find_split_files(Path(data_dir), require_train=not only or bool({"train", "dev"} & set(only)))
     elif d.files:
         files = {k: Path(v) for k, v in d.files.items()}
     elif d.hub:
@@ -69,24 +84,31 @@ def load_splits(recipe: Recipe, data_dir: str | Path | None = None,
                            f"or pass --data-dir")
     if only:
         files = {k: v for k, v in files.items() if k in only or (k == "train" and "dev" in only)}
-    splits = {split: load_file(path, d.format, recipe) for split, path in files.items()}
+    splits = {split: load_file(path, d.format, recipe, extension_first=bool(data_dir))
+              for split, path in files.items()}
     return _finish(recipe, splits, only)
 
 
-def load_file(path: Path, fmt: str, recipe: Recipe):
-    """Load one local file as a Dataset with clear errors for missing/empty/undecodable files."""
+def load_file(path: Path, fmt: str, recipe: Recipe, extension_first: bool = False):
+    """Load one local file as a Dataset with clear errors for missing/empty/undecodable files
+    (``extension_first``: see :func:`file_format`)."""
     import datasets
 
     path = Path(path)
+    if path.is_dir():
+        raise SeqtextError(f"{path}: is a directory; expected a data file")
     if not path.is_file():
         raise SeqtextError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise SeqtextError(f"{path}: file is empty")
-    kind = file_format(path, fmt, recipe.task)
+    kind = file_format(path, fmt, recipe.task, extension_first)
     if kind == "conll":
         return _load_conll(path, recipe)
-    builder, kwargs = {"json": ("json", {}), "csv": ("csv", {}), "tsv": ("csv", {"delimiter": "\t"}),
-                       "parquet": ("parquet", {}), "text": ("text", {"chunksize": TEXT_CHUNK_BYTES})}[kind]
+    # TSV fields are taken as they are: a stray quote must not swallow the rows after it (no
+    # quoting, as in CoNLL-style tab files); text files may start with a byte-order mark
+    builder, kwargs = {"json": ("json", {}), "csv": ("csv", {}), "tsv": ("csv", {"delimiter": "\t", "quoting": 3}),
+                       "parquet": ("parquet", {}),
+                       "text": ("text", {"chunksize": TEXT_CHUNK_BYTES, "encoding": "utf-8-sig"})}[kind]
     # Record batches as large as the loader's chunks: opening the Arrow cache file reads each batch's
     # header, and the kernel maps ~64 KB of file around every read, so with the default 1000-row
     # batches most of the file would be resident right after loading.

@@ -9,13 +9,13 @@ on the train split or loaded from a ``.model`` file.
 from __future__ import annotations
 
 import hashlib
+import io
 import re
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from ..errors import SeqtextError
+from ..io import write_bytes
 from ..recipe import TokenizerConfig
 
 _HTML = re.compile(r"<[^>]{0,100}>")
@@ -103,7 +103,10 @@ class SentencePieceTokenizer(Tokenizer):
         self.model_file = Path(model_file)
         if not self.model_file.is_file():
             raise SeqtextError(f"{model_file}: sentencepiece model file not found")
-        self.sp = spm.SentencePieceProcessor(model_file=str(self.model_file))
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=str(self.model_file))
+        except (RuntimeError, OSError) as e:
+            raise SeqtextError(f"{model_file}: not a sentencepiece model ({str(e).strip().splitlines()[-1]})") from None
         self.strip_html, self.lowercase = strip_html, lowercase
 
     @classmethod
@@ -114,17 +117,17 @@ class SentencePieceTokenizer(Tokenizer):
         helper = cls.__new__(cls)
         helper.strip_html, helper.lowercase = strip_html, lowercase
         directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            corpus = Path(tmp) / "corpus.txt"
-            with open(corpus, "w", encoding="utf-8") as f:
-                f.writelines(helper.normalize(t).replace("\n", " ") + "\n" for t in texts)
-            spm.SentencePieceTrainer.train(
-                input=str(corpus), model_prefix=str(Path(tmp) / "spm"), vocab_size=vocab_size,
-                model_type=model_type, input_sentence_size=200_000, shuffle_input_sentence=True,
-                character_coverage=0.9995, hard_vocab_limit=False, minloglevel=2,
-                num_threads=1,  # deterministic output
-            )
-            shutil.copy(Path(tmp) / "spm.model", directory / SPM_FILE)
+        model = io.BytesIO()
+        # sentences streamed in and the model written to memory: no corpus file on disk, and no
+        # temporary paths recorded in the model, whose bytes then depend only on the text and the
+        # settings (its hash keys the tokenization cache)
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=(helper.normalize(t).replace("\n", " ") for t in texts), model_writer=model,
+            vocab_size=vocab_size, model_type=model_type, input_sentence_size=200_000,
+            shuffle_input_sentence=True, character_coverage=0.9995, hard_vocab_limit=False, minloglevel=2,
+            num_threads=1,  # deterministic output
+        )
+        write_bytes(directory / SPM_FILE, model.getvalue())
         return cls(directory / SPM_FILE, strip_html=strip_html, lowercase=lowercase)
 
     def tokenize_batch(self, texts):
@@ -140,10 +143,7 @@ class SentencePieceTokenizer(Tokenizer):
     def save(self, directory):
         target = Path(directory) / SPM_FILE
         if self.model_file.resolve() != target.resolve():
-            from ..io import atomic_write
-
-            with atomic_write(target, "wb") as f:
-                f.write(self.model_file.read_bytes())
+            write_bytes(target, self.model_file.read_bytes())
 
 
 def build_tokenizer(cfg: TokenizerConfig, directory: Path | None = None,

@@ -166,7 +166,11 @@ class Task:
 
     def build_vocab(self, train) -> Vocab:
         v = self.recipe.vocab
-        return Vocab.build(count_tokens(train, "tokens"), v.min_freq, v.max_size)
+        vocab = Vocab.build(count_tokens(train, "tokens"), v.min_freq, v.max_size)
+        if len(vocab) == len(Vocab(()).itos):  # nothing but the specials: every input would look alike
+            raise SeqtextError(f"train data: no token occurs at least [vocab] min_freq = {v.min_freq} times, so the "
+                               "vocabulary would hold only the special tokens; lower min_freq")
+        return vocab
 
     def fit_labels(self, train) -> None:
         """Learn label names from the training data (classify/tag)."""
@@ -240,6 +244,10 @@ class Task:
     def steps_per_epoch(self, data, world: int = 1) -> int:
         t = self.recipe.train
         n = len(bucket_batches(data.lengths, t.batch_size, t.batch_tokens, shuffle=True, seed=0))
+        if n < world:
+            raise SeqtextError(f"train data: {n} batch{'es' if n != 1 else ''} per epoch, fewer than the {world} "
+                               "processes that each need one; lower [train] batch_size (or batch_tokens) or run "
+                               "fewer processes")
         return n // world
 
     def collate(self, data, idx: np.ndarray) -> Batch:

@@ -127,7 +127,7 @@ class TagTask(Task):
             for row, i in enumerate(indices):
                 words = batch[tok_col][row]
                 if not isinstance(words, list):
-                    raise SeqtextError(f"{split} data, row {i}: column {tok_col!r} must hold a list of tokens, "
+                    raise SeqtextError(f"{split} data, row {i + 1}: column {tok_col!r} must hold a list of tokens, "
                                        f"got {type(words).__name__}")
                 words = ["" if w is None else str(w) for w in words]
                 # Hub copies of CoNLL files keep document breaks as one-token rows; like the CoNLL
@@ -141,9 +141,9 @@ class TagTask(Task):
                 if has_tags:
                     tags = [] if docstart else batch[tag_col][row] or []
                     if len(tags) != len(words):
-                        raise SeqtextError(f"{split} data, row {i}: {len(words)} tokens but {len(tags)} tags "
+                        raise SeqtextError(f"{split} data, row {i + 1}: {len(words)} tokens but {len(tags)} tags "
                                            f"(columns {tok_col!r}, {tag_col!r})")
-                    out["gold"].append([_tag_name(t, names, split, i) for t in tags])
+                    out["gold"].append([_tag_name(t, names, split, i + 1) for t in tags])
             return out
 
         new_fp = fingerprint(getattr(ds, "_fingerprint", ""), "tokenize-tag-docs", *key)
@@ -553,6 +553,9 @@ def _tag_name(value, names: list[str] | None, split: str, row: int) -> str:
         raise SeqtextError(f"{split} data, row {row}: missing tag")
     if names is not None:
         raise SeqtextError(f"{split} data, row {row}: tag id {value} out of range (0..{len(names) - 1})")
+    if isinstance(value, (int, float)):  # an export of a hub dataset without its tag names
+        raise SeqtextError(f"{split} data, row {row}: tag {value!r} is a number, and the data names no tags for "
+                           "the numbers (a ClassLabel feature); write the tags as strings (B-PER, I-PER, O, ...)")
     return str(value)
 
 
