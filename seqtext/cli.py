@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -24,6 +25,9 @@ class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:  # a bad option or argument: one line, as for bad input
+            command = f"seqtext {e.ctx.info_name}" if e.ctx is not None and e.ctx.parent is not None else "seqtext"
+            self._fail(ctx, f"{e.format_message()} (see '{command} --help')")
         except Interrupted as e:
             if str(e):  # under torchrun only rank 0 explains
                 click.echo(str(e), err=True)
@@ -93,7 +97,8 @@ def train(recipe, overrides, output, data_dir, resume, force, device, quiet):
 
     out = run(recipe, list(overrides), output=output, data_dir=data_dir, resume=resume, force=force,
               device=device, quiet=quiet)
-    click.echo(str(out))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, once
+        click.echo(str(out))
 
 
 device_option = click.option(
@@ -258,10 +263,21 @@ def predict(model_dir, texts, file, fmt, output, as_json, batch_size, device, bf
     if file is not None and not file.is_file():
         raise SeqtextError(f"{file}: no such file")
     with contextlib.ExitStack() as stack:
-        source = _chunks(stack.enter_context(open(file, "rb")), file) if file is not None else [inputs]
+        if file is not None:
+            from tqdm import tqdm
+
+            handle = stack.enter_context(open(file, "rb"))
+            # bytes read, on stderr when it is a terminal (disable=None), so stdout stays the results
+            bar = stack.enter_context(tqdm(total=file.stat().st_size, unit="B", unit_scale=True, desc="predict",
+                                           disable=None, leave=False))
+            source = _chunks(handle, file)
+        else:
+            bar, source = None, [inputs]
         for chunk in source:
             for text, result in zip(chunk, model.predict(chunk, batch_size=batch_size)):
                 click.echo(json.dumps({"text": text, **result}) if as_json else _format_result(text, result))
+            if bar is not None:
+                bar.update(handle.tell() - bar.n)
 
 
 def _format_result(text: str, result: dict) -> str:

@@ -43,12 +43,16 @@ class DataConfig:
     hub_config: str | None = opt(None, "Hub dataset configuration name, e.g. 'wikitext-2-v1'.")
     files: dict = opt({}, "Local files per split, e.g. {train = 'a.jsonl', test = 'b.jsonl'}; "
                       "relative paths are relative to the recipe file.")
-    format: str = opt("auto", "Local file format; 'auto' decides from the extension.",
+    format: str = opt("auto", "Local file format; 'auto' decides from the extension. A .json(l), .csv or "
+                      ".parquet extension always says the format; this decides for .txt, .tsv, .conll and others.",
                       choices=("auto", "jsonl", "json", "csv", "tsv", "parquet", "text", "conll"))
     splits: dict = opt({"train": "train", "test": "test"},
                        "Map seqtext split (train/dev/test) to the source's split name.")
     text_column: str = opt("text", "Column holding the input text (classify, lm).")
     label_column: str = opt("label", "Column holding the class label (classify).")
+    label_names: list = opt([], "classify: names of the integer labels 0, 1, ... (e.g. ['neg', 'pos'] for IMDB's "
+                            "0/1), so that files with numbers and a hub dataset with names train and score one "
+                            "model alike; [] = the labels as the data writes them.")
     tokens_column: str = opt("tokens", "Column holding token lists (tag, hub/jsonl sources).")
     tags_column: str = opt("tags", "Column holding tag lists (tag, hub/jsonl sources).")
     token_index: int = opt(0, "CoNLL files: column index of the token.")

@@ -31,7 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import distributed as dist
-from .data.sources import load_splits
+from .data.sources import DATA_DIR_ENV, find_split_files, load_splits
 from .errors import Interrupted, SeqtextError, warn
 from .hardware import bf16_setting, freed_memory_kept, libc_handle, matmul_peak_flops
 from .io import append_line, atomic_write, read_json, write_json, write_text
@@ -403,7 +403,7 @@ class Trainer:
 
     def fit(self) -> dict:
         s, c = self.state, self.cfg
-        start_time = time.perf_counter() - s.seconds
+        start_time = self._start_time = time.perf_counter() - s.seconds
         requested = False  # set by the signal handler, at any moment
         stopping = False  # acted on: under DDP only at a step where the ranks agreed on it
 
@@ -530,6 +530,8 @@ class Trainer:
             s.best, s.best_step, s.bad_evals = value, s.global_step, 0
         else:
             s.bad_evals += 1
+        if self.world > 1:  # every rank evaluates at this step; between agreements the clock lags
+            s.seconds, _ = dist.agree(time.perf_counter() - self._start_time, False)
         tps = s.tokens / max(1e-9, s.seconds)
         self._measure_peak(refresh=True)
         record = {"step": s.global_step, "epoch": s.epoch, "seconds": round(s.seconds, 1),
@@ -668,6 +670,17 @@ def _adopt_source(recipe: Recipe, resume: bool, quiet: bool) -> None:
     recipe.tokenizer, recipe.vocab = copy.deepcopy(own.tokenizer), copy.deepcopy(own.vocab)
 
 
+def resume_command(run_dir: Path) -> str:
+    """The command that resumes ``run_dir``, with the same torchrun layout when it is one."""
+    command = f"seqtext train {run_dir / RECIPE_FILE} --resume"
+    world = dist.world_size()
+    if world == 1:
+        return command
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    nodes = f" --nnodes {world // local} (and your rendezvous options)" if local != world else ""
+    return f"torchrun --nproc_per_node {local}{nodes} -m {command}"
+
+
 def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None = None,
           output: str | Path | None = None, data_dir: str | None = None, resume: bool = False,
           force: bool = False, device: str | None = None, quiet: bool = False) -> Path:
@@ -677,6 +690,7 @@ def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None
     resumes that directory wherever it now is and from any working directory; otherwise the
     run is the recipe's ``[output] dir`` (relative to the working directory). Resuming a
     directory that holds no run is an error (a mistyped ``--output`` must not start afresh)."""
+    quiet = quiet or os.environ.get("RANK", "0") != "0"  # under torchrun, rank 0 speaks for all
     own_run = None
     if isinstance(recipe, (str, Path)):
         path = Path(recipe)
@@ -691,6 +705,14 @@ def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None
         recipe.output.dir = str(own_run)
     if device:
         recipe.train.device = device
+    data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
+    if data_dir:
+        # the files found become the recipe's [data] files, so the saved recipe names the data the
+        # run used: a resume, `seqtext evaluate` and a retrain from it read the same files
+        found = find_split_files(Path(data_dir))
+        recipe.data.files = {split: str(path.resolve()) for split, path in found.items()}
+        if not quiet:
+            print(f"data: {', '.join(f'{k} {v}' for k, v in recipe.data.files.items())}", file=sys.stderr)
     if recipe.init_from:
         _adopt_source(recipe, resume, quiet)
     if resume and force:
@@ -701,16 +723,16 @@ def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None
             raise SeqtextError(f"{run_dir}: no run to resume there; check --output (or the recipe's [output] dir), "
                                "or leave out --resume to start a new run")
     with dist.process_group(resolve_device(recipe.train.device)):
-        return _train(recipe, data_dir, resume, force, quiet)
+        return _train(recipe, resume, force, quiet)
 
 
-def _train(recipe: Recipe, data_dir: str | None, resume: bool, force: bool, quiet: bool) -> Path:
+def _train(recipe: Recipe, resume: bool, force: bool, quiet: bool) -> Path:
     if quiet:
         import datasets
 
         datasets.disable_progress_bars()
     if recipe.model.ensemble > 1:
-        return train_ensemble(recipe, data_dir, resume, force, quiet)
+        return train_ensemble(recipe, resume, force, quiet)
     run_dir = recipe.output_dir
     dev = dist.device_for_rank(resolve_device(recipe.train.device))
     set_threads(recipe.train.threads)
@@ -723,7 +745,7 @@ def _train(recipe: Recipe, data_dir: str | None, resume: bool, force: bool, quie
             if not quiet:
                 print(f"{run_dir}: no checkpoint yet (the run stopped before its first): training from the start",
                       file=sys.stderr)
-        splits = load_splits(recipe, data_dir)
+        splits = load_splits(recipe)
         task = _make_task(recipe, run_dir, resume, resuming)
         staging = Path(tempfile.mkdtemp(prefix="seqtext-"))  # a trained tokenizer waits here until saved
         try:
@@ -764,13 +786,14 @@ def _train(recipe: Recipe, data_dir: str | None, resume: bool, force: bool, quie
     if not quiet:
         n = sum(p.numel() for p in net.parameters())
         print(f"training {recipe.name}: {recipe.task}, {n / 1e6:.2f}M parameters, {len(task.vocab)} vocab, "
-              f"{trainer.steps_per_epoch} steps/epoch, device {dev}, {torch.get_num_threads()} threads",
+              f"{trainer.steps_per_epoch} step{'s' if trainer.steps_per_epoch != 1 else ''}/epoch, device {dev}, "
+              f"{torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''}",
               file=sys.stderr)
     try:
         summary = trainer.fit()
     except KeyboardInterrupt:
-        raise Interrupted(f"interrupted; checkpoint saved. Resume with: seqtext train "
-                          f"{run_dir / RECIPE_FILE} --resume" if dist.is_main() else "") from None
+        raise Interrupted(f"interrupted; checkpoint saved. Resume with: {resume_command(run_dir)}"
+                          if dist.is_main() else "") from None
     if dist.is_main():
         finish(run_dir, task, net, data, dev, summary, quiet)
     dist.barrier()
@@ -797,7 +820,7 @@ def _member_process_init(stopping, parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _train_member(member: Recipe, data_dir: str | None, resume: bool, quiet: bool) -> dict:
+def _train_member(member: Recipe, resume: bool, quiet: bool) -> dict:
     """One ensemble member, start to finish (also the entry point of a member's own process)."""
     in_process = _members_stopping is not None
     if in_process and os.getppid() != _members_parent:
@@ -809,7 +832,7 @@ def _train_member(member: Recipe, data_dir: str | None, resume: bool, quiet: boo
         return read_json(directory / METRICS_FILE)["train"]
     # a member that never started starts now (resuming where there is no run is refused)
     try:
-        train(member, data_dir=data_dir, resume=resume and holds_files(directory), quiet=quiet)
+        train(member, resume=resume and holds_files(directory), quiet=quiet)
     except Interrupted:
         if in_process and os.getppid() != _members_parent:
             os._exit(130)  # stopped by its parent's death (the checkpoint is saved): end the process
@@ -817,7 +840,7 @@ def _train_member(member: Recipe, data_dir: str | None, resume: bool, quiet: boo
     return read_json(directory / METRICS_FILE)["train"]
 
 
-def train_ensemble(recipe: Recipe, data_dir: str | None, resume: bool, force: bool, quiet: bool) -> Path:
+def train_ensemble(recipe: Recipe, resume: bool, force: bool, quiet: bool) -> Path:
     """Train ``[model] ensemble`` classifiers or taggers, each an ordinary run with its own seed (seed, seed + 1,
     ...) in ``<run>/members/<i>``, then write the run directory as one model holding all of them
     (``members.<i>.*`` weights) and score it on dev and test.
@@ -863,17 +886,17 @@ def train_ensemble(recipe: Recipe, data_dir: str | None, resume: bool, force: bo
     start = time.perf_counter()
     try:
         if parallel > 1:
-            summaries = _train_members_in_processes(members, parallel, data_dir, resume, quiet)
+            summaries = _train_members_in_processes(members, parallel, resume, quiet)
         else:
             summaries = []
             for i, member in enumerate(members):
                 if not quiet:
                     print(f"ensemble member {i + 1}/{n} (seed {member.train.seed}) → {member.output_dir}",
                           file=sys.stderr)
-                summaries.append(_train_member(member, data_dir, resume, quiet))
+                summaries.append(_train_member(member, resume, quiet))
     except (Interrupted, KeyboardInterrupt):
         raise Interrupted(f"interrupted; finished members are kept and the others have checkpoints. Resume with: "
-                          f"seqtext train {run_dir / RECIPE_FILE} --resume") from None
+                          f"{resume_command(run_dir)}" if dist.is_main() else "") from None
     except SeqtextError:
         if created and not any(holds_files(d) for d in member_dirs):
             # failed before any member wrote a file (bad data, say): leave no run behind, as a
@@ -904,15 +927,14 @@ def train_ensemble(recipe: Recipe, data_dir: str | None, resume: bool, force: bo
                    "steps": sum(x["steps"] for x in summaries), "tokens": sum(x["tokens"] for x in summaries),
                    "member_best_dev": [x["best_dev"] for x in summaries]}
         summary["tokens_per_second"] = summary["tokens"] / max(1e-9, summary["seconds"])
-        splits = load_splits(recipe, data_dir, only=("dev", "test"))
+        splits = load_splits(recipe, only=("dev", "test"))
         data = {s: task.encode_split(task.tokenize_split(splits[s], s), s) for s in ("dev", "test") if s in splits}
         finish(run_dir, task, net.to(device), data, device, summary, quiet)
     dist.barrier()
     return run_dir
 
 
-def _train_members_in_processes(members: list[Recipe], parallel: int, data_dir: str | None, resume: bool,
-                                quiet: bool) -> list[dict]:
+def _train_members_in_processes(members: list[Recipe], parallel: int, resume: bool, quiet: bool) -> list[dict]:
     """Train members ``parallel`` at a time in spawned processes; the first shows its progress."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -921,7 +943,7 @@ def _train_members_in_processes(members: list[Recipe], parallel: int, data_dir: 
     first = members[0]
     staging = Path(tempfile.mkdtemp(prefix="seqtext-"))
     try:
-        task_class(first.task)(first).setup(load_splits(first, data_dir), staging)
+        task_class(first.task)(first).setup(load_splits(first), staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if not quiet:
@@ -936,7 +958,7 @@ def _train_members_in_processes(members: list[Recipe], parallel: int, data_dir: 
     with signals_handled(on_term, signal.SIGTERM), \
             ProcessPoolExecutor(parallel, mp_context=context, initializer=_member_process_init,
                                 initargs=(stopping, os.getpid())) as pool:
-        futures = [pool.submit(_train_member, m, data_dir, resume, quiet or i > 0) for i, m in enumerate(members)]
+        futures = [pool.submit(_train_member, m, resume, quiet or i > 0) for i, m in enumerate(members)]
         summaries = []
         try:
             for i, future in enumerate(futures):

@@ -128,3 +128,16 @@ def test_long_and_empty_texts_are_fine(tmp_path):
     assert r.exit_code == 0, r.output[-1000:]
     r = CliRunner().invoke(main, ["predict", str(tmp_path / "out"), "", "--json"])
     assert json.loads(r.output)["label"] in {"neg", "pos"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "r.toml", "--devic", "cpu"], "error: No such option '--devic'. Did you mean '--device'? "
+                                            "(see 'seqtext train --help')"),
+    (["trian"], "error: No such command 'trian'. Did you mean 'train'? (see 'seqtext --help')"),
+    (["evaluate"], "error: Missing argument 'MODEL_DIR'. (see 'seqtext evaluate --help')"),
+    (["predict", "m", "--format", "xml"], "error: Invalid value for '--format': 'xml' is not one of 'text', 'conll'."),
+])
+def test_usage_errors_are_one_line_too(args, message):
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2 and r.output.strip().splitlines() == [r.output.strip()]
+    assert r.output.startswith(message), r.output

@@ -19,6 +19,9 @@ def test_regex_tokenizer():
     assert tok.tokenize("Don't stop!<br /><br />It's 3.5 stars, e.g. GREAT") == \
         ["don't", "stop", "!", "it's", "3.5", "stars", ",", "e", ".", "g", ".", "great"]
     assert tok.tokenize("") == []
+    # only tags are HTML: a "<" before a space or digit is text, and what follows it is kept
+    assert tok.tokenize("runs < than 30 minutes <br /> <3 <i>good</i>") == \
+        ["runs", "<", "than", "30", "minutes", "<", "3", "good"]
 
 
 def test_whitespace_and_spacy_tokenizers():
@@ -109,7 +112,7 @@ def test_local_formats_and_columns(tmp_path):
     assert splits["test"][0]["review"] == rows[0]["text"]
 
 
-def test_data_dir_files_are_read_by_extension_and_tsv_quotes_are_text(tmp_path):
+def test_json_files_are_read_as_json_whatever_the_format_and_tsv_quotes_are_text(tmp_path):
     """An LM recipe's format = "text" must not read a --data-dir JSON file as lines of raw JSON;
     a TSV field that starts with a quote must not swallow the rows after it; a text file's
     byte-order mark is not part of its first line."""
@@ -122,8 +125,9 @@ def test_data_dir_files_are_read_by_extension_and_tsv_quotes_are_text(tmp_path):
     assert splits["dev"]["text"] == ["the dog sat"]
     classify = load_recipe({"task": "classify"})
     assert sources.load_file(tmp_path / "test.tsv", "auto", classify)["text"] == ['"quoted start', "plain", "last"]
-    # the recipe's own files keep its format; "jsonl" is a name for the JSON reader
-    assert sources.file_format(tmp_path / "train.jsonl", "text", "lm") == "text"
+    # the recipe's format decides where the extension cannot; "jsonl" is a name for the JSON reader
+    assert sources.file_format(tmp_path / "train.txt", "text", "tag") == "text"
+    assert sources.file_format(tmp_path / "train.tsv", "conll", "tag") == "conll"
     assert sources.file_format(tmp_path / "x.dat", "jsonl", "classify") == "json"
 
 
@@ -145,6 +149,7 @@ def test_dev_split_is_carved_deterministically(tiny):
     b = sources.load_splits(r)
     assert len(a["dev"]) == 32 and len(a["train"]) == 128
     assert a["dev"]["text"] == b["dev"]["text"]
+    assert sources.load_splits(r, only=("train",))["train"]["text"] == a["train"]["text"]  # evaluate --split train
 
 
 def test_dev_split_in_blocks_keeps_neighbouring_rows_together():
@@ -180,13 +185,30 @@ def test_recipe_dev_block_size_reaches_the_split(tiny):
 @pytest.mark.parametrize("content, msg", [
     (b"", "file is empty"),
     (b'{"text": "ok", "label": 1}\n{"text": "bad \xff byte", "label": 0}\n', r"train.jsonl:2: not valid UTF-8"),
-    (b"not json at all\n", "could not read as json"),
+    (b"not json at all\n", r"could not read as json \(JSON parse error"),  # the parser's words, not datasets'
 ])
 def test_bad_files(tmp_path, content, msg):
     (tmp_path / "train.jsonl").write_bytes(content)
     r = load_recipe({"task": "classify"})
     with pytest.raises(SeqtextError, match=msg):
         sources.load_splits(r, data_dir=tmp_path)
+
+
+def test_a_header_without_rows_and_a_null_label_are_named(tmp_path):
+    import datasets
+
+    from seqtext.tasks.classify import ClassifyTask
+
+    (tmp_path / "train.csv").write_text("text,label\n")
+    r = load_recipe({"task": "classify", "vocab": {"min_freq": 1}})
+    with pytest.raises(SeqtextError, match=r"train\.csv: no examples$"):
+        sources.load_splits(r, data_dir=tmp_path)
+    task = ClassifyTask(r)
+    task.setup({"train": datasets.Dataset.from_list(make_reviews(20)), "dev": datasets.Dataset.from_list(
+        make_reviews(4))}, tmp_path)
+    nulls = datasets.Dataset.from_list([{"text": "a", "label": "pos"}, {"text": "b", "label": None}])
+    with pytest.raises(SeqtextError, match=r"^test data: a row has no label \(null in column 'label'\)"):
+        task.encode_split(task.tokenize_split(nulls, "test"), "test")
 
 
 def test_missing_data_dir_and_file(tmp_path):
@@ -261,6 +283,25 @@ def test_multiclass_string_labels(tmp_path):
         task.setup(splits, tmp_path)
     assert task.labels == ["blue", "green", "red"]
     json.dumps(task.meta)
+
+
+def test_label_names_make_number_labels_and_named_labels_one_model(tmp_path):
+    """IMDB's local files say 0/1 where the hub dataset says neg/pos: with [data] label_names the
+    two train and score the same labels."""
+    import datasets
+
+    from seqtext.tasks.classify import ClassifyTask
+
+    rows = make_reviews(30, labels=(0, 1))
+    r = load_recipe({"task": "classify", "vocab": {"min_freq": 1}, "data": {"label_names": ["neg", "pos"]}})
+    numbers = datasets.Dataset.from_list(rows)
+    named = datasets.Dataset.from_list([{**x, "label": ["neg", "pos"][x["label"]]} for x in rows])
+    task = ClassifyTask(r)
+    data = task.setup({"train": numbers, "dev": named}, tmp_path)
+    assert task.labels == ["neg", "pos"]
+    assert list(data["train"].flat["target"]) == list(data["dev"].flat["target"]) == [x["label"] for x in rows]
+    with pytest.raises(SeqtextError, match=r"label 2 has no name in \[data\] label_names \(2 names\)"):
+        task.encode_split(task.tokenize_split(datasets.Dataset.from_list([{"text": "x", "label": 2}]), "test"), "test")
 
 
 def test_lm_stream_windows_match_contiguous_columns():

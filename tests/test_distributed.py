@@ -267,7 +267,7 @@ def test_resume_with_another_number_of_processes_is_refused(ddp_recipes, tmp_pat
 
 
 def test_stopping_torchrun_stops_every_rank_at_one_step_with_a_checkpoint(ddp_recipes, tmp_path):
-    """Ctrl-C on torchrun (it sends the workers SIGTERM): the ranks agree on the step to stop at,
+    """Ctrl-C on torchrun (it passes SIGINT or SIGTERM on to the workers): the ranks agree on the step to stop at,
     save one checkpoint holding each rank's state, and exit without waiting to be killed."""
     recipe, _ = ddp_recipes["classify"]
     out = tmp_path / "run"
@@ -281,6 +281,7 @@ def test_stopping_torchrun_stops_every_rank_at_one_step_with_a_checkpoint(ddp_re
     _, err = proc.communicate(timeout=120)
     # (workers that ignored SIGTERM would be killed by torchrun after 30 s and write no checkpoint)
     assert err.count("checkpoint saved. Resume with") == 1, err[-2000:]  # rank 0 alone explains
+    assert f"Resume with: torchrun --nproc_per_node 2 -m seqtext train {out / 'recipe.toml'} --resume" in err
     with safe_open(str(out / "checkpoint.safetensors"), "pt") as f:
         keys, meta = set(f.keys()), f.metadata()
     assert {"rank0.rng.cpu", "rank1.rng.cpu"} <= keys and meta["world"] == "2"

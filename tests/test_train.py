@@ -89,6 +89,40 @@ def test_more_processes_than_batches_is_an_error_not_an_untrained_model(trained_
         model.task.steps_per_epoch(train, world=10_000)
 
 
+def test_a_data_dir_is_recorded_so_resume_and_evaluate_use_the_same_files(tiny, tmp_path, monkeypatch):
+    """--data-dir becomes the saved recipe's [data] files: a resume on other data is refused (it
+    used to continue on them silently), and evaluate scores the run's own test file."""
+    from conftest import make_reviews, write_jsonl
+
+    first, other = tmp_path / "first", tmp_path / "other"
+    for d, n in ((first, 40), (other, 20)):
+        write_jsonl(d / "train.jsonl", make_reviews(100, 5))
+        write_jsonl(d / "test.jsonl", make_reviews(n, 6))
+    out = seqtext.train(tiny, ["train.max_steps=2"], output=tmp_path / "run", data_dir=str(first), quiet=True)
+    saved = seqtext.load(out).recipe.data.files
+    assert saved == {"train": str(first / "train.jsonl"), "test": str(first / "test.jsonl")}
+    with pytest.raises(SeqtextError, match=r"different recipe \(data\.files .*other/train\.jsonl"):
+        seqtext.train(out / "recipe.toml", data_dir=str(other), resume=True, quiet=True)
+    model = seqtext.load(out)
+    assert sum(map(sum, model.evaluate()["confusion_matrix"])) == 40
+    monkeypatch.setenv("SEQTEXT_DATA_DIR", str(other))  # the variable still points evaluate elsewhere
+    assert sum(map(sum, model.evaluate()["confusion_matrix"])) == 20
+
+
+def test_an_unlabelled_test_file_is_an_error_before_training(tmp_path, monkeypatch):
+    import importlib
+
+    from conftest import make_reviews, tiny_recipe, write_jsonl
+
+    write_jsonl(tmp_path / "d" / "train.jsonl", make_reviews(60, 1))
+    write_jsonl(tmp_path / "d" / "test.jsonl", [{"text": r["text"]} for r in make_reviews(10, 2)])
+    monkeypatch.setattr(importlib.import_module("seqtext.train").Trainer, "fit",
+                        lambda self: pytest.fail("training started"))
+    with pytest.raises(SeqtextError, match=r"d/test\.jsonl: has no label column 'label' \(\[data\] label_column\); "
+                                           r"training scores every split"):
+        seqtext.train(tiny_recipe(tmp_path), data_dir=str(tmp_path / "d"), output=tmp_path / "out", quiet=True)
+
+
 def test_refuses_to_overwrite_a_different_run(tiny, tmp_path):
     out = seqtext.train(tiny, output=tmp_path / "r", quiet=True)
     with pytest.raises(SeqtextError, match=r"different recipe \(model\.hidden_size 16 → 8\); use --force"):

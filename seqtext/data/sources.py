@@ -48,21 +48,19 @@ def find_split_files(directory: Path, require_train: bool = True) -> dict[str, P
 STRUCTURED = ((".jsonl.gz", "json"), (".jsonl", "json"), (".json", "json"), (".csv", "csv"), (".parquet", "parquet"))
 
 
-def file_format(path: Path, fmt: str, task: str, extension_first: bool = False) -> str:
-    """The format to read ``path`` in: the recipe's ``fmt``, or with ``auto`` the file's extension.
-    ``extension_first`` (files from --data-dir or --data, which the recipe did not name): a JSON,
-    CSV or Parquet extension wins over ``fmt`` (an LM recipe's ``text`` must not read a JSON file
-    as lines of text); .txt, .tsv and .conll files, which may hold text, table or CoNLL columns,
-    still follow ``fmt``."""
+def file_format(path: Path, fmt: str, task: str) -> str:
+    """The format to read ``path`` in. A JSON, CSV or Parquet extension says it (an LM recipe's
+    ``format = "text"`` must not read a JSON file as lines of text); the recipe's ``fmt`` decides
+    for other files (.txt, .tsv and .conll may hold text, table or CoNLL columns), and with
+    ``auto`` their extension does."""
     name = path.name.lower()
-    fmt = "json" if fmt == "jsonl" else fmt  # one reader for both
-    if fmt != "auto":
-        if extension_first:
-            return next((kind for ext, kind in STRUCTURED if name.endswith(ext)), fmt)
-        return fmt
-    for ext, kind in (*STRUCTURED, (".tsv", "tsv"), (".conll", "conll")):
-        if name.endswith(ext):
-            return kind
+    structured = next((kind for ext, kind in STRUCTURED if name.endswith(ext)), None)
+    if structured or fmt != "auto":
+        return structured or ("json" if fmt == "jsonl" else fmt)
+    if name.endswith(".tsv"):
+        return "tsv"
+    if name.endswith(".conll"):
+        return "conll"
     if name.endswith((".txt", ".txt.gz")):
         return "conll" if task == "tag" else "text"
     raise SeqtextError(f"{path}: cannot tell the file format from the extension; set [data] format")
@@ -70,8 +68,8 @@ def file_format(path: Path, fmt: str, task: str, extension_first: bool = False) 
 
 def load_splits(recipe: Recipe, data_dir: str | Path | None = None,
                 only: tuple[str, ...] | None = None) -> dict:
-    """Load train/dev/test as datasets.Dataset objects (``only`` limits which are loaded)."""
-    data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
+    """Load train/dev/test as datasets.Dataset objects (``only`` limits which are loaded): from
+    ``data_dir`` when given, else the recipe's [data] files, else its hub dataset."""
     d = recipe.data
     if data_dir:
         files = find_split_files(Path(data_dir), require_train=not only or bool({"train", "dev"} & set(only)))
@@ -84,14 +82,12 @@ def load_splits(recipe: Recipe, data_dir: str | Path | None = None,
                            f"or pass --data-dir")
     if only:
         files = {k: v for k, v in files.items() if k in only or (k == "train" and "dev" in only)}
-    splits = {split: load_file(path, d.format, recipe, extension_first=bool(data_dir))
-              for split, path in files.items()}
+    splits = {split: load_file(path, d.format, recipe) for split, path in files.items()}
     return _finish(recipe, splits, only)
 
 
-def load_file(path: Path, fmt: str, recipe: Recipe, extension_first: bool = False):
-    """Load one local file as a Dataset with clear errors for missing/empty/undecodable files
-    (``extension_first``: see :func:`file_format`)."""
+def load_file(path: Path, fmt: str, recipe: Recipe):
+    """Load one local file as a Dataset with clear errors for missing/empty/undecodable files."""
     import datasets
 
     path = Path(path)
@@ -101,7 +97,7 @@ def load_file(path: Path, fmt: str, recipe: Recipe, extension_first: bool = Fals
         raise SeqtextError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise SeqtextError(f"{path}: file is empty")
-    kind = file_format(path, fmt, recipe.task, extension_first)
+    kind = file_format(path, fmt, recipe.task)
     if kind == "conll":
         return _load_conll(path, recipe)
     # TSV fields are taken as they are: a stray quote must not swallow the rows after it (no
@@ -114,11 +110,18 @@ def load_file(path: Path, fmt: str, recipe: Recipe, extension_first: bool = Fals
     # batches most of the file would be resident right after loading.
     kwargs["writer_batch_size"] = WRITER_BATCH_ROWS
     _check_utf8(path, kind)
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its parser-failure log repeats our error
     try:
         ds = datasets.load_dataset(builder, data_files={"data": str(path)}, split="data", **kwargs)
     except Exception as e:  # noqa: BLE001 — datasets/pyarrow raise many types; summarise as one line
-        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        if "corresponds to no data" in str(e):  # datasets' words for a file with a header and no rows
+            raise SeqtextError(f"{path}: no examples") from None
+        cause = e.__cause__ or e  # datasets wraps the parser's error in "An error occurred while generating"
+        msg = str(cause).strip().splitlines()[0][:200] if str(cause).strip() else type(cause).__name__
         raise SeqtextError(f"{path}: could not read as {kind} ({msg})") from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
     if len(ds) == 0:
         raise SeqtextError(f"{path}: no examples")
     return ds
@@ -245,7 +248,8 @@ def _finish(recipe: Recipe, splits: dict, only) -> dict:
     """Carve a dev split from train if needed and apply max_examples."""
     d = recipe.data
     seed = d.split_seed or recipe.train.seed
-    if "dev" not in splits and "train" in splits and (not only or "dev" in only):
+    # carved for train too: `evaluate --split train` must score the rows training used, not dev's
+    if "dev" not in splits and "train" in splits and (not only or "dev" in only or "train" in only):
         if recipe.task == "lm":
             raise SeqtextError(f"{recipe.source}: the language model needs a dev/valid file or split")
         splits["train"], splits["dev"] = carve_dev(splits["train"], d.dev_fraction, seed, d.dev_block_size)

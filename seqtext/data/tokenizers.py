@@ -18,7 +18,8 @@ from ..errors import SeqtextError
 from ..io import write_bytes
 from ..recipe import TokenizerConfig
 
-_HTML = re.compile(r"<[^>]{0,100}>")
+# a tag: "<" then a letter (or "/" and a letter), so "< than 30 minutes" or "<3" stay text
+_HTML = re.compile(r"</?[A-Za-z][^<>]{0,100}>")
 _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*|\d+(?:[.,]\d+)*|\S")
 SPM_FILE = "tokenizer.model"
 
@@ -46,7 +47,7 @@ class Tokenizer:
 
     def fingerprint(self) -> str:
         """Changes whenever tokenization output could change (keys the datasets cache)."""
-        return f"{type(self).__name__}:{self.lowercase}:{self.strip_html}"
+        return f"{type(self).__name__}:{self.lowercase}:{self.strip_html}" + (":html2" if self.strip_html else "")
 
     def save(self, directory: Path) -> None:
         """Write whatever files the tokenizer needs into a model directory."""

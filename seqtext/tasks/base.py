@@ -151,7 +151,15 @@ class Task:
         if self.vocab is None:
             self.vocab = self.build_vocab(tokenized["train"])
         self.fit_labels(tokenized["train"])
+        for k, ds in tokenized.items():  # found now, not when test is scored after the whole run
+            if missing := self.missing_targets(ds):
+                where = self.recipe.data.files.get(k) or f"{k} data"
+                raise SeqtextError(f"{where}: has no {missing}; training scores every split against its labels")
         return {k: self.encode_split(ds, k) for k, ds in tokenized.items()}
+
+    def missing_targets(self, ds) -> str | None:
+        """What a tokenized split lacks to be scored, e.g. "label column 'label' ([data] label_column)"."""
+        return None
 
     def tokenize_split(self, ds, split: str):
         """Add a ``tokens`` column (cached datasets.map)."""

@@ -34,7 +34,9 @@ class ClassifyTask(Task):
         col = self.recipe.data.label_column
         require_column(train, col, "train data", "set [data] label_column", kind="label", hide=("tokens",))
         feature = train.features[col]
-        if hasattr(feature, "names"):  # datasets.ClassLabel
+        if self.recipe.data.label_names:
+            self.meta["labels"] = [str(name) for name in self.recipe.data.label_names]
+        elif hasattr(feature, "names"):  # datasets.ClassLabel
             self.meta["labels"] = list(feature.names)
         else:
             values = set(train.unique(col))
@@ -43,15 +45,26 @@ class ClassifyTask(Task):
         if len(self.labels) < 2:
             raise SeqtextError(f"train data: label column {col!r} has fewer than 2 distinct labels")
 
+    def missing_targets(self, ds) -> str | None:
+        col = self.recipe.data.label_column
+        return None if col in ds.column_names else f"label column {col!r} ([data] label_column)"
+
     def encode_split(self, ds, split: str) -> Split:
         col, vocab = self.recipe.data.label_column, self.vocab
         index = {name: i for i, name in enumerate(self.labels)}
         max_length = self.recipe.data.max_length
         has_labels = col in ds.column_names
         class_names = getattr(ds.features.get(col), "names", None) if has_labels else None
+        class_names = class_names or self.recipe.data.label_names or None  # what an integer label means
 
         def label_id(value):
-            name = class_names[value] if class_names is not None and isinstance(value, int) else str(value)
+            if value is None:
+                raise SeqtextError(f"{split} data: a row has no label (null in column {col!r}); every row needs one")
+            number = isinstance(value, int) and not isinstance(value, bool)
+            if number and class_names is not None and not 0 <= value < len(class_names):
+                raise SeqtextError(f"{split} data: label {value} has no name in [data] label_names "
+                                   f"({len(class_names)} names)")
+            name = class_names[value] if number and class_names is not None else str(value)
             if name not in index:
                 raise SeqtextError(f"{split} data: label {name!r} was not seen in training "
                                    f"(known: {', '.join(self.labels)})")

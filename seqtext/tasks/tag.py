@@ -150,6 +150,10 @@ class TagTask(Task):
         return ds.map(fn, batched=True, batch_size=1000, with_indices=True, num_proc=self._num_proc(ds),
                       desc=f"tokenize {split}", new_fingerprint=new_fp, remove_columns=ds.column_names)
 
+    def missing_targets(self, ds) -> str | None:
+        col = self.recipe.data.tags_column
+        return None if "gold" in ds.column_names else f"tag column {col!r} ([data] tags_column)"
+
     def fit_labels(self, train) -> None:
         """Source scheme, BIOES label set and character vocabulary from train (unless loaded)."""
         if "labels" in self.meta:
