@@ -267,9 +267,10 @@ def predict(model_dir, texts, file, fmt, output, as_json, batch_size, device, bf
             from tqdm import tqdm
 
             handle = stack.enter_context(open(file, "rb"))
-            # bytes read, on stderr when it is a terminal (disable=None), so stdout stays the results
+            # bytes read, on stderr when it is a terminal (disable=None) and the results go elsewhere
+            # (on the same terminal, bar and results would garble each other)
             bar = stack.enter_context(tqdm(total=file.stat().st_size, unit="B", unit_scale=True, desc="predict",
-                                           disable=None, leave=False))
+                                           disable=True if sys.stdout.isatty() else None, leave=False))
             source = _chunks(handle, file)
         else:
             bar, source = None, [inputs]

@@ -199,9 +199,12 @@ class StreamDetokenizer:
         self.sentencepiece = hasattr(tokenizer, "sp")
         self.glue_hyphens = getattr(tokenizer, "splits_hyphens", False)
         self.line_start = line_start
-        self.glue_next = False
         self.prev = prev
         self.quote_open = quote_open
+        # what the prompt's last token asks of the first piece: nothing after an opening quote,
+        # a WikiText split or a split hyphen
+        self.glue_next = prev in _GLUE or (prev == '"' and quote_open) or (
+            prev == "-" and self.glue_hyphens)
 
     def piece(self, token: str) -> str:
         if token == EOS:

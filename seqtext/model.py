@@ -203,12 +203,12 @@ class Model:
 
     def _encoded(self, split: str, data: str | None, data_dir: str | None, missing: str = ""):
         """A split of the recipe's data (or the file ``data``), tokenized and numericalized."""
-        from .data.sources import DATA_DIR_ENV, load_file, load_splits
+        from .data.sources import load_file, load_splits
 
         if data:
             raw = load_file(Path(data), self.recipe.data.format, self.recipe)
         else:
-            splits = load_splits(self.recipe, data_dir or os.environ.get(DATA_DIR_ENV), only=(split,))
+            splits = load_splits(self.recipe, data_dir, only=(split,))
             if split not in splits:
                 raise SeqtextError(missing or f"the recipe's data has no {split!r} split; pass --data FILE")
             raw = splits[split]

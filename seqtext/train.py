@@ -31,10 +31,10 @@ from torch import nn
 from tqdm import tqdm
 
 from . import distributed as dist
-from .data.sources import DATA_DIR_ENV, find_split_files, load_splits
+from .data.sources import find_split_files, load_splits
 from .errors import Interrupted, SeqtextError, warn
-from .hardware import bf16_setting, freed_memory_kept, libc_handle, matmul_peak_flops
-from .io import append_line, atomic_write, read_json, write_json, write_text
+from .hardware import bf16_setting, freed_memory_kept, matmul_peak_flops
+from .io import append_line, atomic_write, read_json, write_json
 from .model import (
     CHECKPOINT_FILE,
     CURVES_FILE,
@@ -584,16 +584,26 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, force: bool) ->
         raise SeqtextError(f"{run_dir}: exists and is not a seqtext run; choose another --output or use --force")
     previous = load_recipe(saved).to_dict()
     current = recipe.to_dict()
+    if not previous.get("data", {}).get("files"):
+        # a run saved before --data-dir was recorded as [data] files (2026-12-07), or a hub run:
+        # it names no files to compare with, so the data given now is taken, as it was then
+        for d in (previous, current):
+            d.get("data", {}).pop("files", None)
     for d in (previous, current):
         for section, key in RUN_SETTINGS:  # where and how fast a run goes does not change its results
             d.get(section, {}).pop(key, None)
         if d.get("init_from"):  # saved absolute since 2026-12-07, relative to the working directory before
             d["init_from"] = str(Path(d["init_from"]).expanduser().resolve())
     if previous != current:
-        diff = [f"{s}.{k} {previous.get(s, {}).get(k)!r} → {current[s].get(k)!r}" for s in current
-                if isinstance(current[s], dict) for k in current[s] if current[s].get(k) != previous.get(s, {}).get(k)]
-        diff += [f"{k} {previous.get(k)!r} → {current[k]!r}" for k in current
-                 if not isinstance(current[k], dict) and current[k] != previous.get(k)]
+        diff = []
+        for key in sorted(previous.keys() | current.keys()):
+            old, new = previous.get(key), current.get(key)
+            if isinstance(old, dict) or isinstance(new, dict):
+                old, new = old or {}, new or {}
+                diff += [f"{key}.{k} {old.get(k)!r} → {new.get(k)!r}" for k in sorted(old.keys() | new.keys())
+                         if old.get(k) != new.get(k)]
+            elif old != new:
+                diff.append(f"{key} {old!r} → {new!r}")
         raise SeqtextError(f"{run_dir}: holds a run of a different recipe ({'; '.join(diff[:5])}); use --force to "
                            "start it over or another --output")
     if resume:
@@ -622,6 +632,8 @@ def init_from(net: nn.Module, source_dir: str, task: str) -> tuple[list[str], li
     for k, v in source.items():
         if not k.startswith(parts) or k not in own:
             continue
+        if own[k].shape != v.shape and k.startswith(LM_HEAD):
+            continue  # another output layer (other cutoffs or projection): it starts fresh, and is named
         if own[k].shape != v.shape:
             raise SeqtextError(f"init_from {source_dir}: {k} has shape {tuple(v.shape)}, this recipe's model "
                                f"needs {tuple(own[k].shape)}; match [model] sizes to the source run")
@@ -689,7 +701,9 @@ def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None
     With ``resume`` and no ``output``, a run directory's own recipe file (``RUN/recipe.toml``)
     resumes that directory wherever it now is and from any working directory; otherwise the
     run is the recipe's ``[output] dir`` (relative to the working directory). Resuming a
-    directory that holds no run is an error (a mistyped ``--output`` must not start afresh)."""
+    directory that holds no run is an error (a mistyped ``--output`` must not start afresh).
+    ``data_dir``: read train/dev/test files from this directory; they are saved in the run's
+    recipe as ``[data] files`` (the CLI's --data-dir, or SEQTEXT_DATA_DIR)."""
     quiet = quiet or os.environ.get("RANK", "0") != "0"  # under torchrun, rank 0 speaks for all
     own_run = None
     if isinstance(recipe, (str, Path)):
@@ -705,7 +719,6 @@ def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None
         recipe.output.dir = str(own_run)
     if device:
         recipe.train.device = device
-    data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
     if data_dir:
         # the files found become the recipe's [data] files, so the saved recipe names the data the
         # run used: a resume, `seqtext evaluate` and a retrain from it read the same files
@@ -732,6 +745,8 @@ def _train(recipe: Recipe, resume: bool, force: bool, quiet: bool) -> Path:
 
         datasets.disable_progress_bars()
     if recipe.model.ensemble > 1:
+        from .ensemble import train_ensemble
+
         return train_ensemble(recipe, resume, force, quiet)
     run_dir = recipe.output_dir
     dev = dist.device_for_rank(resolve_device(recipe.train.device))
@@ -781,8 +796,10 @@ def _train(recipe: Recipe, resume: bool, force: bool, quiet: bool) -> Path:
     if trainer.bf16_warning and not quiet:
         warn(trainer.bf16_warning)
     if resuming and trainer.load_checkpoint() and not quiet:
-        print(f"resumed {run_dir} at step {trainer.state.global_step} (epoch {trainer.state.epoch + 1})",
-              file=sys.stderr)
+        st = trainer.state
+        finished = st.done or st.epoch >= recipe.train.epochs
+        print(f"resumed {run_dir} at step {st.global_step} " + ("(training had finished; scoring it again)"
+              if finished else f"(epoch {st.epoch + 1})"), file=sys.stderr)
     if not quiet:
         n = sum(p.numel() for p in net.parameters())
         print(f"training {recipe.name}: {recipe.task}, {n / 1e6:.2f}M parameters, {len(task.vocab)} vocab, "
@@ -798,186 +815,6 @@ def _train(recipe: Recipe, resume: bool, force: bool, quiet: bool) -> Path:
         finish(run_dir, task, net, data, dev, summary, quiet)
     dist.barrier()
     return run_dir
-
-
-# In a member's process (parallel_members > 1): set once the ensemble is stopping, so that a
-# process that frees up starts no further member; and the process that started the ensemble.
-_members_stopping = None
-_members_parent = 0
-_PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
-
-
-def _member_process_init(stopping, parent: int) -> None:
-    """A member process: remember the ensemble's stop flag and its parent, and (Linux) ask for a
-    SIGTERM when the parent dies, even by SIGKILL, so a running member saves a checkpoint and
-    stops instead of training on, orphaned, into a directory that a --resume may be using."""
-    global _members_stopping, _members_parent
-    _members_stopping, _members_parent = stopping, parent
-    libc = libc_handle()
-    if sys.platform.startswith("linux") and libc is not None and hasattr(libc, "prctl"):
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # the parent died before the request was in place
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _train_member(member: Recipe, resume: bool, quiet: bool) -> dict:
-    """One ensemble member, start to finish (also the entry point of a member's own process)."""
-    in_process = _members_stopping is not None
-    if in_process and os.getppid() != _members_parent:
-        os._exit(130)  # orphaned: nobody waits for this process, and its pool would keep it idle forever
-    if in_process and _members_stopping.is_set():
-        raise Interrupted(f"{member.output_dir}: not started, the ensemble is stopping")
-    directory = member.output_dir
-    if resume and (directory / METRICS_FILE).is_file():
-        return read_json(directory / METRICS_FILE)["train"]
-    # a member that never started starts now (resuming where there is no run is refused)
-    try:
-        train(member, resume=resume and holds_files(directory), quiet=quiet)
-    except Interrupted:
-        if in_process and os.getppid() != _members_parent:
-            os._exit(130)  # stopped by its parent's death (the checkpoint is saved): end the process
-        raise
-    return read_json(directory / METRICS_FILE)["train"]
-
-
-def train_ensemble(recipe: Recipe, resume: bool, force: bool, quiet: bool) -> Path:
-    """Train ``[model] ensemble`` classifiers or taggers, each an ordinary run with its own seed (seed, seed + 1,
-    ...) in ``<run>/members/<i>``, then write the run directory as one model holding all of them
-    (``members.<i>.*`` weights) and score it on dev and test.
-
-    ``[train] parallel_members`` > 1 trains that many at once in separate processes that split
-    the threads.
-    Members share train/dev split (``[data] split_seed``), vocabulary, characters and labels, because
-    these come from the training data alone. ``--resume`` skips finished members and resumes interrupted ones."""
-    from .model import load
-
-    if recipe.task not in ("classify", "tag"):
-        raise SeqtextError(f"{recipe.source}: [model] ensemble: only classify and tag models can be ensembles "
-                           f"(this recipe's task is {recipe.task!r}); set ensemble = 1")
-    run_dir = recipe.output_dir
-    n, parallel = recipe.model.ensemble, min(recipe.train.parallel_members, recipe.model.ensemble)
-    if parallel > 1 and dist.world_size() > 1:  # the processes train each member together
-        if dist.is_main():
-            warn(f"[train] parallel_members = {parallel}: under torchrun the members train one after another")
-        parallel = 1
-    created = dist.is_main() and not holds_files(run_dir)
-    if dist.is_main():
-        prepare_run_dir(run_dir, recipe, resume, force)
-        if force:
-            shutil.rmtree(run_dir / "members", ignore_errors=True)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run_dir / RECIPE_FILE, recipe.to_toml())  # marks the directory as this run's
-    dist.barrier()
-    threads = recipe.train.threads or len(os.sched_getaffinity(0))
-    members = []
-    for i in range(n):
-        member = copy.deepcopy(recipe)
-        member.model.ensemble = 1
-        member.train.seed = recipe.train.seed + i
-        member.data.split_seed = recipe.data.split_seed or recipe.train.seed  # one dev split for all
-        member.name = f"{recipe.name}-{i + 1}"
-        member.output.dir = str(run_dir / "members" / str(i + 1))
-        if parallel > 1:
-            member.train.threads = max(1, threads // parallel)
-        members.append(member)
-    member_dirs = [m.output_dir for m in members]
-    done_before = [read_json(d / METRICS_FILE)["train"]["seconds"] for d in member_dirs
-                   if resume and (d / METRICS_FILE).is_file()]
-    start = time.perf_counter()
-    try:
-        if parallel > 1:
-            summaries = _train_members_in_processes(members, parallel, resume, quiet)
-        else:
-            summaries = []
-            for i, member in enumerate(members):
-                if not quiet:
-                    print(f"ensemble member {i + 1}/{n} (seed {member.train.seed}) → {member.output_dir}",
-                          file=sys.stderr)
-                summaries.append(_train_member(member, resume, quiet))
-    except (Interrupted, KeyboardInterrupt):
-        raise Interrupted(f"interrupted; finished members are kept and the others have checkpoints. Resume with: "
-                          f"{resume_command(run_dir)}" if dist.is_main() else "") from None
-    except SeqtextError:
-        if created and not any(holds_files(d) for d in member_dirs):
-            # failed before any member wrote a file (bad data, say): leave no run behind, as a
-            # single run does, so that the corrected command is not refused as "already holds this run"
-            (run_dir / RECIPE_FILE).unlink(missing_ok=True)
-            for empty in (run_dir / "members", run_dir):
-                with contextlib.suppress(OSError):
-                    empty.rmdir()
-        raise
-    if dist.is_main():
-        device = resolve_device(recipe.train.device)
-        members = [load(d, "cpu") for d in member_dirs]
-        task = members[0].task
-        for d, m in zip(member_dirs[1:], members[1:]):
-            if m.task.vocab.itos != task.vocab.itos or m.task.meta != task.meta:
-                raise SeqtextError(f"{d}: its vocabulary or labels differ from {member_dirs[0]}'s; the members "
-                                   "of an ensemble must be trained on the same data (retrain with --force)")
-        task.recipe = recipe
-        net = task.build_net()
-        for slot, m in zip(net.members, members):
-            slot.load_state_dict(m.net.state_dict())
-        write_model_files(run_dir, task)
-        save_state_dict(run_dir / WEIGHTS_FILE, net.state_dict())
-        # wall-clock training time (members in parallel overlap), plus members finished before a resume
-        summary = {"members": n, "parallel_members": parallel,
-                   "seconds": time.perf_counter() - start + sum(done_before),
-                   "member_seconds": [x["seconds"] for x in summaries],
-                   "steps": sum(x["steps"] for x in summaries), "tokens": sum(x["tokens"] for x in summaries),
-                   "member_best_dev": [x["best_dev"] for x in summaries]}
-        summary["tokens_per_second"] = summary["tokens"] / max(1e-9, summary["seconds"])
-        splits = load_splits(recipe, only=("dev", "test"))
-        data = {s: task.encode_split(task.tokenize_split(splits[s], s), s) for s in ("dev", "test") if s in splits}
-        finish(run_dir, task, net.to(device), data, device, summary, quiet)
-    dist.barrier()
-    return run_dir
-
-
-def _train_members_in_processes(members: list[Recipe], parallel: int, resume: bool, quiet: bool) -> list[dict]:
-    """Train members ``parallel`` at a time in spawned processes; the first shows its progress."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    # fill the datasets cache once, here, so the processes only read it
-    first = members[0]
-    staging = Path(tempfile.mkdtemp(prefix="seqtext-"))
-    try:
-        task_class(first.task)(first).setup(load_splits(first), staging)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    if not quiet:
-        print(f"training {len(members)} ensemble members, {parallel} at a time with {first.train.threads} "
-              f"thread(s) each; member 1 shows its progress", file=sys.stderr)
-
-    def on_term(signum, frame):
-        raise KeyboardInterrupt  # handled below, as Ctrl-C is
-
-    context = multiprocessing.get_context("spawn")
-    stopping = context.Event()
-    with signals_handled(on_term, signal.SIGTERM), \
-            ProcessPoolExecutor(parallel, mp_context=context, initializer=_member_process_init,
-                                initargs=(stopping, os.getpid())) as pool:
-        futures = [pool.submit(_train_member, m, resume, quiet or i > 0) for i, m in enumerate(members)]
-        summaries = []
-        try:
-            for i, future in enumerate(futures):
-                summaries.append(future.result())
-                if not quiet:
-                    print(f"ensemble member {i + 1}/{len(members)} done: dev {summaries[-1]['best_dev']:.4f}",
-                          file=sys.stderr)
-        except BaseException:
-            # Ctrl-C, a SIGTERM or a failed member: start no further member (the pool would otherwise
-            # hand the queued ones to the freed processes and wait for them to finish), and stop the
-            # running ones at their next step with a checkpoint. Ctrl-C has reached them already; a
-            # SIGTERM (job scheduler, `kill`) reaches this process only, so pass it on.
-            stopping.set()
-            for future in futures:
-                future.cancel()
-            for child in multiprocessing.active_children():
-                child.terminate()
-            raise
-    return summaries
 
 
 def finish(run_dir: Path, task, net, data: dict, device, summary: dict, quiet: bool) -> dict:

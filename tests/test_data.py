@@ -152,6 +152,19 @@ def test_dev_split_is_carved_deterministically(tiny):
     assert sources.load_splits(r, only=("train",))["train"]["text"] == a["train"]["text"]  # evaluate --split train
 
 
+def test_train_alone_is_all_of_train_when_there_is_a_dev_file(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", make_reviews(30))
+    write_jsonl(tmp_path / "dev.jsonl", make_reviews(5))
+    r = load_recipe({"task": "classify"})
+    assert len(sources.load_splits(r, data_dir=tmp_path, only=("train",))["train"]) == 30
+    (tmp_path / "train.txt").write_text("a b c\n" * 30)
+    (tmp_path / "valid.txt").write_text("a b\n" * 5)
+    for f in ("train.jsonl", "dev.jsonl"):
+        (tmp_path / f).unlink()
+    lm = load_recipe({"task": "lm"})
+    assert len(sources.load_splits(lm, data_dir=tmp_path, only=("train",))["train"]) == 30
+
+
 def test_dev_split_in_blocks_keeps_neighbouring_rows_together():
     import datasets
     ds = datasets.Dataset.from_dict({"i": list(range(1000))})
@@ -302,6 +315,12 @@ def test_label_names_make_number_labels_and_named_labels_one_model(tmp_path):
     assert list(data["train"].flat["target"]) == list(data["dev"].flat["target"]) == [x["label"] for x in rows]
     with pytest.raises(SeqtextError, match=r"label 2 has no name in \[data\] label_names \(2 names\)"):
         task.encode_split(task.tokenize_split(datasets.Dataset.from_list([{"text": "x", "label": 2}]), "test"), "test")
+    hub = numbers.cast_column("label", datasets.ClassLabel(names=["negative", "positive"]))
+    with pytest.raises(SeqtextError, match=r"label_names \['neg', 'pos'\] differ from the names the data gives"):
+        ClassifyTask(r).setup({"train": hub, "dev": hub}, tmp_path)
+    bad = load_recipe({"task": "classify", "data": {"label_names": ["a", "a"]}})
+    with pytest.raises(SeqtextError, match=r"label_names: expected 2 or more different names"):
+        ClassifyTask(bad).setup({"train": numbers, "dev": numbers}, tmp_path)
 
 
 def test_lm_stream_windows_match_contiguous_columns():

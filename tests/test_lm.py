@@ -423,6 +423,10 @@ def test_detokenizer_pairs_quotes_and_glues_split_hyphens():
     assert StreamDetokenizer(WhitespaceTokenizer()).text(tokens) == 'he said "no e - mail" - twice.\n"hi'
     # a quote the prompt opened is closed without a space (and its line counts, not earlier ones)
     assert StreamDetokenizer(object(), line_start=False, prev="yes", quote_open=True).text(['"', "ok"]) == '" ok'
+    # after a prompt that ends in an opening quote or a split hyphen, the first piece is glued on
+    assert StreamDetokenizer(RegexTokenizer(), line_start=False, prev='"', quote_open=True).text(
+        ["hello", '"', "."]) == 'hello".'
+    assert StreamDetokenizer(RegexTokenizer(), line_start=False, prev="-").text(["known"]) == "known"
     assert leaves_quote_open(["a", '"', "b"]) and not leaves_quote_open(['"', "a", '"'])
     assert not leaves_quote_open(['"', "a", "<eos>", "b"]) and leaves_quote_open(['"', "<eos>", '"', "b"])
 
@@ -495,6 +499,11 @@ def test_init_from_an_lm_into_an_lm_copies_the_output_layer_too(bilm, tmp_path, 
     copied, fresh = init_from(net, str(bilm), "lm")
     assert set(head) <= set(copied) and fresh == []
     assert all(torch.equal(v, source[k]) for k, v in net.state_dict().items())
+    # another output layer (one cluster instead of two) starts fresh instead of refusing the source
+    task = load_task(bilm)
+    task.recipe.model.softmax_cutoffs = [20]
+    copied, fresh = init_from(task.build_net(), str(bilm), "lm")
+    assert "head.cluster.weight" in fresh and "head.weight" in copied
     # through train: every tensor of the source is copied (the output layer included)
     target = lm_recipe(tmp_path, "tuned", lines=40, embedding_dim=16, hidden_size=24, bidirectional=True, layers=2,
                        softmax="adaptive", softmax_cutoffs=[20, 60])

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from conftest import cpu_runs_bf16, make_tagged_sentences, tiny_recipe
 from spacy.tokens import Doc, DocBin
 from spacy.training import Example, biluo_tags_to_spans, iob_to_biluo
+from test_tag import write_conll
 
 import seqtext
 from seqtext.cli import main
@@ -43,13 +44,6 @@ CLS_TEXTS = ["A wonderful, moving film.", "Dull and far too long.", "", "the plo
 
 def make_sentences(n: int, seed: int) -> list[tuple[list[str], list[str]]]:
     return make_tagged_sentences(n, seed, TEMPLATES, NAMES)
-
-
-def write_conll(path: Path, sentences) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    blocks = ["\n".join(f"{w} NNP I-NP {t}" for w, t in zip(*s)) for s in sentences]
-    path.write_text("-DOCSTART- -X- -X- O\n\n" + "\n\n".join(blocks) + "\n", encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")

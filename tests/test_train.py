@@ -1,4 +1,6 @@
 import json
+import re
+import shutil
 
 import pytest
 import torch
@@ -103,10 +105,21 @@ def test_a_data_dir_is_recorded_so_resume_and_evaluate_use_the_same_files(tiny, 
     assert saved == {"train": str(first / "train.jsonl"), "test": str(first / "test.jsonl")}
     with pytest.raises(SeqtextError, match=r"different recipe \(data\.files .*other/train\.jsonl"):
         seqtext.train(out / "recipe.toml", data_dir=str(other), resume=True, quiet=True)
+    # a run saved before --data-dir was recorded names no files: the data given on resume is taken
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    text = (old / "recipe.toml").read_text()
+    (old / "recipe.toml").write_text(re.sub(r"(?m)^files = .*\n", "", text))
+    assert seqtext.train(tiny, ["train.max_steps=2"], output=old, data_dir=str(first), resume=True, quiet=True)
     model = seqtext.load(out)
     assert sum(map(sum, model.evaluate()["confusion_matrix"])) == 40
-    monkeypatch.setenv("SEQTEXT_DATA_DIR", str(other))  # the variable still points evaluate elsewhere
-    assert sum(map(sum, model.evaluate()["confusion_matrix"])) == 20
+    assert sum(map(sum, model.evaluate(data_dir=str(other))["confusion_matrix"])) == 20  # other data, on request
+    from click.testing import CliRunner
+
+    from seqtext.cli import main
+
+    r = CliRunner().invoke(main, ["evaluate", str(out), "--json"], env={"SEQTEXT_DATA_DIR": str(other)})
+    assert sum(map(sum, json.loads(r.output)["confusion_matrix"])) == 20  # the variable is --data-dir's
 
 
 def test_an_unlabelled_test_file_is_an_error_before_training(tmp_path, monkeypatch):
@@ -123,10 +136,19 @@ def test_an_unlabelled_test_file_is_an_error_before_training(tmp_path, monkeypat
         seqtext.train(tiny_recipe(tmp_path), data_dir=str(tmp_path / "d"), output=tmp_path / "out", quiet=True)
 
 
+def test_resuming_a_finished_run_says_so(tiny, tmp_path, capsys):
+    out = seqtext.train(tiny, ["train.epochs=1"], output=tmp_path / "r", quiet=True)
+    seqtext.train(out / "recipe.toml", resume=True)
+    assert "(training had finished; scoring it again)" in capsys.readouterr().err
+
+
 def test_refuses_to_overwrite_a_different_run(tiny, tmp_path):
     out = seqtext.train(tiny, output=tmp_path / "r", quiet=True)
     with pytest.raises(SeqtextError, match=r"different recipe \(model\.hidden_size 16 → 8\); use --force"):
         seqtext.train(tiny, ["model.hidden_size=8"], output=out, quiet=True)
+    hub = seqtext.train(tiny, ["data.hub_config=x", "train.max_steps=1"], output=tmp_path / "h", quiet=True)
+    with pytest.raises(SeqtextError, match=r"different recipe \(data\.hub_config 'x' → None\)"):  # a key left out
+        seqtext.train(tiny, ["train.max_steps=1"], output=hub, quiet=True)
     with pytest.raises(SeqtextError, match="already holds this run"):
         seqtext.train(tiny, output=out, quiet=True)
     # where and how fast it runs is not a different recipe

@@ -81,9 +81,15 @@ def load_splits(recipe: Recipe, data_dir: str | Path | None = None,
         raise SeqtextError(f"{recipe.source}: [data] names no source: set hub = '...' or files = {{...}}, "
                            f"or pass --data-dir")
     if only:
-        files = {k: v for k, v in files.items() if k in only or (k == "train" and "dev" in only)}
+        files = {k: v for k, v in files.items() if _needed(k, only)}
     splits = {split: load_file(path, d.format, recipe) for split, path in files.items()}
     return _finish(recipe, splits, only)
+
+
+def _needed(split: str, only: tuple[str, ...]) -> bool:
+    """Whether ``split`` must be loaded to give the splits ``only``: dev may be carved from train,
+    and train is what is left after carving unless there is a dev split."""
+    return split in only or (split == "train" and "dev" in only) or (split == "dev" and "train" in only)
 
 
 def load_file(path: Path, fmt: str, recipe: Recipe):
@@ -208,7 +214,7 @@ def _load_hub(recipe: Recipe, only) -> dict:
         raise SeqtextError(
             f"cannot reach the Hugging Face hub to load {d.hub!r}: pass --data-dir DIR (or set "
             f"{DATA_DIR_ENV}) with local train/test files, or set [data] files in the recipe")
-    wanted = {k: v for k, v in d.splits.items() if not only or k in only or (k == "train" and "dev" in only)}
+    wanted = {k: v for k, v in d.splits.items() if not only or _needed(k, only)}
     try:
         splits = {k: datasets.load_dataset(d.hub, d.hub_config, split=v) for k, v in wanted.items()}
     except Exception as e:  # noqa: BLE001 — any hub failure becomes one actionable line

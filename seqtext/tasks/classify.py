@@ -34,8 +34,14 @@ class ClassifyTask(Task):
         col = self.recipe.data.label_column
         require_column(train, col, "train data", "set [data] label_column", kind="label", hide=("tokens",))
         feature = train.features[col]
-        if self.recipe.data.label_names:
-            self.meta["labels"] = [str(name) for name in self.recipe.data.label_names]
+        names = self.recipe.data.label_names
+        if names:
+            if len(set(map(str, names))) != len(names) or len(names) < 2:
+                raise SeqtextError(f"[data] label_names: expected 2 or more different names, got {names!r}")
+            if hasattr(feature, "names") and list(feature.names) != [str(n) for n in names]:
+                raise SeqtextError(f"[data] label_names {names!r} differ from the names the data gives its labels "
+                                   f"({list(feature.names)!r}); leave label_names out or make them the same")
+            self.meta["labels"] = [str(name) for name in names]
         elif hasattr(feature, "names"):  # datasets.ClassLabel
             self.meta["labels"] = list(feature.names)
         else:
@@ -54,16 +60,18 @@ class ClassifyTask(Task):
         index = {name: i for i, name in enumerate(self.labels)}
         max_length = self.recipe.data.max_length
         has_labels = col in ds.column_names
-        class_names = getattr(ds.features.get(col), "names", None) if has_labels else None
-        class_names = class_names or self.recipe.data.label_names or None  # what an integer label means
+        # what an integer label means: the recipe's names, else the data's own (a ClassLabel)
+        own_names = getattr(ds.features.get(col), "names", None) if has_labels else None
+        class_names = self.recipe.data.label_names or own_names or None
+        source = "[data] label_names" if self.recipe.data.label_names else "the data's label names"
 
         def label_id(value):
             if value is None:
                 raise SeqtextError(f"{split} data: a row has no label (null in column {col!r}); every row needs one")
             number = isinstance(value, int) and not isinstance(value, bool)
             if number and class_names is not None and not 0 <= value < len(class_names):
-                raise SeqtextError(f"{split} data: label {value} has no name in [data] label_names "
-                                   f"({len(class_names)} names)")
+                raise SeqtextError(f"{split} data: label {value} has no name in {source} ({len(class_names)} "
+                                   "names); is this split unlabelled?")
             name = class_names[value] if number and class_names is not None else str(value)
             if name not in index:
                 raise SeqtextError(f"{split} data: label {name!r} was not seen in training "

@@ -17,6 +17,7 @@ encoder initialises classifiers/taggers (``init_from``) that use the same separa
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -161,13 +162,18 @@ class LMTask(Task):
             self._cluster_share = self._cluster_shares(data.stream)
         return data
 
+    def setup(self, splits: dict, run_dir) -> dict:
+        data = super().setup(splits, run_dir)
+        if self.recipe.model.softmax == "adaptive" and not self._cutoffs() and os.environ.get("RANK", "0") == "0":
+            print(f"note: [model] softmax_cutoffs {self.recipe.model.softmax_cutoffs} are all at or above the "
+                  f"vocabulary size {len(self.vocab)}; the LM uses a full softmax", file=sys.stderr)
+        return data
+
     def _cluster_shares(self, stream: np.ndarray) -> list[float] | None:
         if self.recipe.model.softmax != "adaptive" or not len(stream):
             return None
         cutoffs = self._cutoffs()
         if not cutoffs:
-            print(f"note: [model] softmax_cutoffs {self.recipe.model.softmax_cutoffs} are all at or above the "
-                  f"vocabulary size {len(self.vocab)}; the LM uses a full softmax", file=sys.stderr)
             return []
         # token counts per id, chunk by chunk (bounded memory), then summed per cluster
         freq = np.zeros(len(self.vocab), dtype=np.int64)
