@@ -5,6 +5,7 @@ with mixed cues and negations so a bag of words alone is not quite enough.
 Run: python scripts/make_demo_data.py  (deterministic; rewrites recipes/data/demo_sentiment/)
 """
 
+import argparse
 import json
 import random
 from pathlib import Path
@@ -47,6 +48,7 @@ def review(rng: random.Random, label: int) -> str:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__).parse_args()  # --help, and no stray arguments
     rng = random.Random(2026)
     out = Path(__file__).resolve().parent.parent / "recipes" / "data" / "demo_sentiment"
     out.mkdir(parents=True, exist_ok=True)

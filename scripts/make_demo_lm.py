@@ -9,6 +9,7 @@ Run: python scripts/make_demo_lm.py  (deterministic; rewrites recipes/data/demo_
 
 from __future__ import annotations
 
+import argparse
 import random
 from pathlib import Path
 
@@ -64,6 +65,7 @@ def line(rng: random.Random) -> str:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__).parse_args()  # --help, and no stray arguments
     rng = random.Random(13)
     OUT.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", 1800), ("valid", 200), ("test", 200)):

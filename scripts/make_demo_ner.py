@@ -9,6 +9,7 @@ Run: python scripts/make_demo_ner.py  (deterministic; rewrites recipes/data/demo
 
 from __future__ import annotations
 
+import argparse
 import random
 from pathlib import Path
 
@@ -82,6 +83,7 @@ def write(path: Path, n: int, seed: int, new_share: float) -> None:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__).parse_args()  # --help, and no stray arguments
     OUT.mkdir(parents=True, exist_ok=True)
     write(OUT / "train.txt", 800, 1, 0.0)
     write(OUT / "valid.txt", 200, 2, 0.3)

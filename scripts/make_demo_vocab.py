@@ -1,5 +1,6 @@
 """Rebuild vocab/demo_unigram_300.model from the shipped demo reviews (deterministic)."""
 
+import argparse
 import json
 import shutil
 import tempfile
@@ -10,6 +11,7 @@ from seqtext.data.tokenizers import SentencePieceTokenizer
 ROOT = Path(__file__).resolve().parent.parent
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__).parse_args()  # --help, and no stray arguments
     lines = (ROOT / "recipes/data/demo_sentiment/train.jsonl").read_text().splitlines()
     texts = [json.loads(line)["text"] for line in lines]
     with tempfile.TemporaryDirectory() as tmp:

@@ -3,6 +3,7 @@
 Run: python scripts/update_readme.py   (tests/test_docs.py fails when README is stale)
 """
 
+import argparse
 from pathlib import Path
 
 from seqtext.recipe import reference_markdown
@@ -17,5 +18,6 @@ def render(readme: str) -> str:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__).parse_args()  # --help, and no stray arguments
     path = Path(__file__).resolve().parent.parent / "README.md"
     path.write_text(render(path.read_text()))

@@ -229,7 +229,8 @@ def _chunks(handle, name, size: int = 1000):
 def predict(model_dir, texts, file, fmt, output, as_json, batch_size, device, bf16):
     """Predict labels (classify) or entities (tag) for TEXTS, a --file, or stdin ('-').
 
-    One output line per input line, in order. Files and stdin are read 1,000 lines at a time, so
+    One output line per input line, in order (a tagger's text output adds an indented '->' line
+    of entities after each; --json gives one line each). Files and stdin are read 1,000 lines at a time, so
     large inputs use bounded memory; --batch-size is the number of texts per forward pass.
 
     \b
