@@ -375,6 +375,7 @@ def info(model_dir, as_json):
         "directory": str(model_dir), "task": r.task, "name": r.name,
         "parameters": model.num_parameters(), "vocab_size": len(model.task.vocab),
         "tokenizer": r.tokenizer.kind,
+        "data": dict(r.data.files) or {"hub": r.data.hub, "config": r.data.hub_config},
         "model": {k: v for k, v in r.to_dict()["model"].items()},
         "labels": model.task.meta.get("labels"),
         "dev": {k: v for k, v in metrics.get("dev", {}).items() if isinstance(v, (int, float))},
@@ -386,6 +387,9 @@ def info(model_dir, as_json):
         return
     click.echo(f"{summary['directory']}: {r.task} model '{r.name}'")
     click.echo(f"  parameters: {summary['parameters']:,}   vocab: {summary['vocab_size']:,} ({r.tokenizer.kind})")
+    data = summary["data"]
+    click.echo("  data: " + (", ".join(f"{k} {v}" for k, v in data.items()) if r.data.files else
+                             f"hub {data['hub']}" + (f" ({data['config']})" if data["config"] else "")))
     m = r.model
     click.echo(f"  encoder: {m.layers} layer(s), hidden {m.hidden_size}, "
                f"{'bi' if m.bidirectional else 'uni'}directional, embedding {m.embedding_dim}")

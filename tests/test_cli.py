@@ -74,7 +74,9 @@ def test_train_evaluate_predict_info(tiny, tmp_path):
     assert r.exit_code == 2 and "stdin ('-') was empty" in r.output
     r = run("info", out)
     assert r.exit_code == 0 and "classify" in r.output and "parameters" in r.output
-    assert json.loads(run("info", out, "--json").output)["labels"] == ["neg", "pos"]
+    assert "  data: train /" in r.output  # where its data came from
+    summary = json.loads(run("info", out, "--json").output)
+    assert summary["labels"] == ["neg", "pos"] and set(summary["data"]) == {"train", "test"}
 
 
 def test_errors_are_one_line_exit_2(tmp_path, tiny):
