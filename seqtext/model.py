@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -45,11 +47,22 @@ def task_class(name: str):
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SeqtextError("device 'cuda': no CUDA device is available")  # CLI, recipe, API or spaCy config
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N`` as a torch device."""
+    if not isinstance(name, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name.lower()):
+        raise SeqtextError(f"device {name!r}: expected auto, cpu, cuda or cuda:N")
+    name = name.lower()
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SeqtextError(f"device {name!r}: no CUDA device is available")  # CLI, recipe, API or spaCy config
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
+
+
+def positive_int(value, name: str) -> int:
+    """``value`` if it is an integer ≥ 1, else a one-line error naming ``name``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise SeqtextError(f"{name}: expected an integer ≥ 1, got {value!r}")
+    return value
 
 
 def set_threads(threads: int = 0) -> None:
@@ -156,17 +169,33 @@ class Model:
 
     @property
     def recipe(self) -> Recipe:
+        """The resolved recipe the model was trained with."""
         return self.task.recipe
 
-    def predict(self, texts: list[str], batch_size: int = 64) -> list[dict]:
-        """Predictions for raw texts (batched): classify → label + probs; tag → entities."""
+    def predict(self, texts: str | Iterable[str], batch_size: int = 64) -> list[dict]:
+        """Predictions for raw texts (one text, or any iterable of them), ``batch_size`` texts per
+        forward pass; one dict per text, in order.
+
+        classify: ``{"label": str, "probs": {label: probability}}``.
+        tag: ``{"entities": [{"text", "label", "start", "end"}], "tokens": [...], "tags": [...]}``;
+        ``start``/``end`` are character offsets into the text (``end`` exclusive), tags in the
+        data's scheme."""
         if not hasattr(self.task, "predict"):
             raise SeqtextError(f"{self.directory}: is a {self.task.name!r} model; predict needs a 'classify' or "
                                "'tag' model (use generate for a language model)")
+        positive_int(batch_size, "batch_size")
         if isinstance(texts, str):
             texts = [texts]
+        try:
+            texts = list(texts)
+        except TypeError:
+            raise SeqtextError(f"texts: expected a string or an iterable of strings, got {type(texts).__name__}") \
+                from None
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise SeqtextError(f"texts[{i}]: expected a string, got {type(text).__name__}")
         with self.precision():
-            return self.task.predict(self.net, list(texts), self.device, batch_size=batch_size)
+            return self.task.predict(self.net, [str(t) for t in texts], self.device, batch_size=batch_size)
 
     def evaluate(self, split: str = "test", data: str | None = None, data_dir: str | None = None,
                  **kw) -> dict:
@@ -180,6 +209,12 @@ class Model:
         if unknown := sorted(set(kw) - options):
             raise SeqtextError(f"evaluate: {', '.join(unknown)}: not an option for a {self.task.name!r} model "
                                f"(its options: {', '.join(sorted(options)) or 'none'})")
+        if kw.get("batch_size") is not None:
+            positive_int(kw["batch_size"], "batch_size")
+        if kw.get("cache_size", 0) != 0:
+            positive_int(kw["cache_size"], "cache_size")
+        elif kw.get("cache_theta") is not None or kw.get("cache_lambda") is not None:
+            raise SeqtextError("cache_theta and cache_lambda need cache_size (the cache they tune)")
         if kw.get("cache_size") and (kw.get("cache_theta") is None or kw.get("cache_lambda") is None):
             tuned = self.tune_cache(kw["cache_size"], data_dir)
             for key in ("theta", "lambda"):
@@ -195,7 +230,12 @@ class Model:
             raise SeqtextError(f"{data}: {str(e).removeprefix(f'{split} data ')}") from None
 
     def tune_cache(self, cache_size: int, data_dir: str | None = None) -> dict:
-        """lm: pick the continuous cache's θ and λ on the recipe's dev split (see LMTask.tune_cache)."""
+        """lm: pick the continuous cache's θ and λ on the recipe's dev split: ``{"theta", "lambda",
+        ...}`` (see LMTask.tune_cache)."""
+        if not hasattr(self.task, "tune_cache"):
+            raise SeqtextError(f"{self.directory}: is a {self.task.name!r} model; the continuous cache is for 'lm' "
+                               "models")
+        positive_int(cache_size, "cache_size")
         dev = self._encoded("dev", None, data_dir, missing="choosing the cache's theta/lambda needs the recipe's "
                             "dev split; or pass --cache-theta and --cache-lambda")
         with self.precision():
@@ -233,9 +273,11 @@ class Model:
         return self.task.generate(self.net, prompt, self.device, SamplingOptions(**options), on_token)
 
     def num_parameters(self) -> int:
+        """Number of weights (all members of an ensemble)."""
         return sum(p.numel() for p in self.net.parameters())
 
     def metrics(self) -> dict:
+        """The run's metrics.json: final ``dev`` / ``test`` scores and the ``train`` summary ({} if absent)."""
         path = self.directory / METRICS_FILE
         return read_json(path) if path.is_file() else {}
 
@@ -253,10 +295,10 @@ def load(directory: str | Path, device: str = "auto", task: str | None = None, b
             CPUs that cannot run bf16 at all (AVX2 only) it warns and runs in fp32. Default off: fp32.
     """
     path = check_model_dir(directory, task)
+    dev = resolve_device(device)
     t = load_task(path)
     net = t.build_net()
     load_weights(net, load_state_dict(inside(path, WEIGHTS_FILE)), directory)
-    dev = resolve_device(device)
     from .hardware import bf16_setting
 
     bf16, bf16_warning = bf16_setting(bf16, dev, "bf16")

@@ -270,7 +270,11 @@ def load_recipe(source: str | Path | dict, overrides: list[str] | dict | None = 
         except tomllib.TOMLDecodeError as e:
             raise SeqtextError(f"{path}: TOML syntax error: {e}") from None
         raw.setdefault("name", path.stem if path.name != "recipe.toml" else path.parent.name)
+    if isinstance(overrides, str):  # one "section.key=value", not a sequence of characters
+        overrides = [overrides]
     if isinstance(overrides, dict):
+        if none := [k for k, v in overrides.items() if v is None]:
+            raise SeqtextError(f"override {none[0]}: None is not a recipe value (leave the key out for its default)")
         overrides = [f"{k}={_toml_value(v)}" for k, v in overrides.items()]
     overridden = {apply_override(raw, item) for item in overrides or []}
     recipe = _build(raw, where, overridden)

@@ -83,8 +83,8 @@ class _SeqtextPipe:
 
     def __init__(self, nlp: Language, name: str, model: str = "", batch_size: int = 64, device: str = "auto",
                  bf16: bool = False):
-        if batch_size < 1:
-            raise SeqtextError(f"{self.factory}: batch_size must be ≥ 1, got {batch_size}")
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise SeqtextError(f"{self.factory}: batch_size must be an integer ≥ 1, got {batch_size!r}")
         if device not in ("auto", "cpu", "cuda"):
             raise SeqtextError(f"{self.factory}: device must be 'auto', 'cpu' or 'cuda', got {device!r}")
         self.name = name
@@ -643,6 +643,9 @@ def BiLSTMEncoder(width: int = 128, depth: int = 1, embed_size: int = 10000, emb
             run's ``vocab.txt`` (its lowercasing / digit rules) instead of hashed. A trained
             pipeline stores everything it needs; the directory is not read by ``spacy.load``.
     """
+    sizes = {"width": width, "depth": depth, "embed_size": embed_size, "embed_dim": embed_dim}
+    if bad := [k for k, v in sizes.items() if not isinstance(v, int) or isinstance(v, bool)]:
+        raise SeqtextError(f"seqtext.BiLSTMEncoder.v1: {bad[0]} must be an integer, got {sizes[bad[0]]!r}")
     if width < 1 or depth < 1:
         raise SeqtextError(f"seqtext.BiLSTMEncoder.v1: width and depth must be ≥ 1, got {width}, {depth}")
     if embed_size < 2 or embed_dim < 0:

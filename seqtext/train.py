@@ -72,6 +72,8 @@ class LoopState:
     tokens: int = 0
     done: bool = False
     losses: list = field(default_factory=list)  # (step, mean loss) for curves
+    loss_since_eval: float = 0.0  # summed over the steps since the last evaluation, for its record
+    steps_since_eval: int = 0
 
 
 class AdamWLazyRows(torch.optim.AdamW):
@@ -435,6 +437,7 @@ class Trainer:
                     window_tokens += batch.num_tokens * self.world
                     if loss is not None:
                         window_loss, window_n = window_loss + loss, window_n + 1
+                        s.loss_since_eval, s.steps_since_eval = s.loss_since_eval + loss, s.steps_since_eval + 1
                     bar.update(1)
                     if s.global_step % 20 == 0 or i == 0:
                         dt = max(1e-9, time.perf_counter() - window_start)
@@ -535,10 +538,12 @@ class Trainer:
         tps = s.tokens / max(1e-9, s.seconds)
         self._measure_peak(refresh=True)
         record = {"step": s.global_step, "epoch": s.epoch, "seconds": round(s.seconds, 1),
-                  "train_loss": s.losses[-1][1] if s.losses else None, "tokens_per_second": round(tps),
+                  "train_loss": s.loss_since_eval / s.steps_since_eval if s.steps_since_eval else None,
+                  "tokens_per_second": round(tps),
                   "mfu": float(f"{tps * self.flops_per_token / self.peak:.3g}"),  # tiny on a GPU: 1e-6
                   "lr": self.optimizer.param_groups[-1]["lr"],
                   **{f"dev_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
+        s.loss_since_eval, s.steps_since_eval = 0.0, 0
         if dist.is_main():
             append_line(self.run_dir / HISTORY_FILE, json.dumps(record))
         if not self.quiet:
@@ -713,6 +718,8 @@ def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None
             own_run = path.parent
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
+    elif overrides:  # a Recipe object: the overrides apply to a copy, validated like a file's
+        recipe = load_recipe(recipe.to_dict(), overrides)
     if output:
         recipe.output.dir = str(output)
     elif resume and own_run is not None:

@@ -610,6 +610,14 @@ def test_python_evaluate_refuses_options_the_task_does_not_have(bilm, trained_de
     with pytest.raises(SeqtextError, match=r"^evaluate: cache_thet: not an option for a 'lm' model \(its options: "
                                            r"batch_size, cache_lambda, cache_size, cache_theta\)"):
         seqtext.load(bilm).evaluate(cache_thet=0.3)
+    lm = seqtext.load(bilm)
+    for options, message in (({"batch_size": 0}, "^batch_size: expected an integer ≥ 1"),
+                             ({"cache_size": -5}, "^cache_size: expected an integer ≥ 1"),
+                             ({"cache_theta": 0.3}, "^cache_theta and cache_lambda need cache_size")):
+        with pytest.raises(SeqtextError, match=message):
+            lm.evaluate(**options)
+    with pytest.raises(SeqtextError, match=r"^cache_size: expected an integer ≥ 1"):
+        lm.tune_cache(0)
     classifier = seqtext.load(trained_demo)
     for option in ({"mode": "strict"}, {"cache_size": 100}):
         with pytest.raises(SeqtextError, match=r"not an option for a 'classify' model \(its options: none\)"):

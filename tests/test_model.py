@@ -295,3 +295,39 @@ def test_weights_that_do_not_fit_the_recipe_are_refused_in_one_line(trained_demo
                "shape": r"embedder\.words\.weight has shape"}[change]
     with pytest.raises(SeqtextError, match=pattern):
         seqtext.load(run)
+
+
+def test_python_api_arguments_are_checked_with_one_line_errors(trained_demo):
+    """A tagger's predict(batch_size=0) used to loop for ever; a negative one gave empty results."""
+    from seqtext.model import resolve_device
+
+    model = seqtext.load(trained_demo, "cpu")
+    for bad in (0, -1, "8", 2.5, None):
+        with pytest.raises(SeqtextError, match=r"^batch_size: expected an integer ≥ 1"):
+            model.predict(["a fine film"], batch_size=bad)
+    with pytest.raises(SeqtextError, match=r"^texts\[1\]: expected a string, got int"):
+        model.predict(["a fine film", 5])
+    with pytest.raises(SeqtextError, match=r"^texts: expected a string or an iterable of strings, got int"):
+        model.predict(5)
+    assert model.predict(np.array(["a fine film"]))[0]["label"] in {"neg", "pos"}  # numpy strings are strings
+    with pytest.raises(SeqtextError, match="not an option for a 'classify' model"):
+        model.evaluate(batch_size=4)
+    with pytest.raises(SeqtextError, match="the continuous cache is for 'lm' models"):
+        model.tune_cache(10)
+    assert resolve_device("CPU") == torch.device("cpu")
+    for bad in ("mps", "gpu", "", None, 0):
+        with pytest.raises(SeqtextError, match=r"expected auto, cpu, cuda or cuda:N"):
+            resolve_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(SeqtextError, match=r"^device 'cuda:0': no CUDA device is available"):
+            seqtext.load(trained_demo, "cuda:0")
+
+
+def test_train_applies_overrides_to_a_recipe_object_and_takes_one_override_string(tiny, tmp_path):
+    from seqtext.recipe import load_recipe
+
+    out = seqtext.train(load_recipe(tiny), {"train.max_steps": 2}, output=tmp_path / "a", quiet=True)
+    assert seqtext.load(out).recipe.train.max_steps == 2
+    assert load_recipe(tiny, "train.epochs=7").train.epochs == 7
+    with pytest.raises(SeqtextError, match=r"^override train.epochs: None is not a recipe value"):
+        load_recipe(tiny, {"train.epochs": None})

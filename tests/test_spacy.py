@@ -225,6 +225,8 @@ def test_component_errors(ner_run, trained_demo, tmp_path):
         nlp("Paris")
     with pytest.raises(SeqtextError, match="tokenization"):
         spacy.blank("en").add_pipe("seqtext_ner", config={"tokenization": "chars"})
+    with pytest.raises(SeqtextError, match=r"batch_size must be an integer ≥ 1, got '8'"):
+        spacy.blank("en").add_pipe("seqtext_ner", config={"model": str(ner_run), "batch_size": "8"})
 
 
 # ---------------------------------------------------------------------- serialization
@@ -402,6 +404,8 @@ def test_encoder_architecture_gradients_and_serialization():
     assert all(np.array_equal(a, b) for a, b in zip(predicted, restored.predict(docs)))
     with pytest.raises(SeqtextError, match="width and depth"):
         make(width=0)
+    with pytest.raises(SeqtextError, match=r"width must be an integer, got '64'"):
+        make(width="64")
 
 
 def test_encoder_init_from_a_seqtext_run(ner_run, tmp_path):

@@ -71,8 +71,23 @@ def test_resume_matches_uninterrupted_run(tiny, tmp_path, monkeypatch, kill_at, 
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     test_metrics = [json.loads((d / "metrics.json").read_text())["test"] for d in (full, resumed)]
     assert test_metrics[0] == test_metrics[1]
-    steps = [[json.loads(x)["step"] for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (full, resumed)]
+    history = [[json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (full, resumed)]
+    steps = [[r["step"] for r in h] for h in history]
     assert steps[1] == steps[0]  # the history of the killed run's last steps was dropped, not duplicated
+    # each record's train loss is the mean over the steps since the evaluation before, across the kill too
+    assert [r["train_loss"] for r in history[1]] == pytest.approx([r["train_loss"] for r in history[0]], rel=1e-6)
+
+
+def test_an_evaluations_train_loss_is_the_mean_since_the_evaluation_before(tiny, tmp_path, monkeypatch):
+    from seqtext.tasks.classify import ClassifyTask
+
+    step = iter(range(1, 10_000))
+    real = ClassifyTask.loss
+    monkeypatch.setattr(ClassifyTask, "loss", lambda self, net, batch: real(self, net, batch) * 0 + next(step))
+    out = seqtext.train(tiny, ["train.eval_every=4", "train.max_steps=8"], output=tmp_path / "r",
+                        quiet=True)
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_loss"] for r in records[:2]] == pytest.approx([2.5, 6.5])  # losses 1..4, then 5..8
 
 
 def test_the_schedule_ends_where_training_does_when_max_steps_is_beyond_the_epochs(tiny, tmp_path):
