@@ -724,8 +724,10 @@ def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None
         recipe.output.dir = str(output)
     elif resume and own_run is not None:
         recipe.output.dir = str(own_run)
-    if device:
-        recipe.train.device = device
+    if device:  # as the recipe key takes it (the saved recipe must load again)
+        if not isinstance(device, str) or device.lower() not in ("auto", "cpu", "cuda"):
+            raise SeqtextError(f"device {device!r}: expected auto, cpu or cuda")
+        recipe.train.device = device.lower()
     if data_dir:
         # the files found become the recipe's [data] files, so the saved recipe names the data the
         # run used: a resume, `seqtext evaluate` and a retrain from it read the same files

@@ -328,6 +328,10 @@ def test_train_applies_overrides_to_a_recipe_object_and_takes_one_override_strin
 
     out = seqtext.train(load_recipe(tiny), {"train.max_steps": 2}, output=tmp_path / "a", quiet=True)
     assert seqtext.load(out).recipe.train.max_steps == 2
+    again = seqtext.train(tiny, ["train.max_steps=1"], output=tmp_path / "b", device="CPU", quiet=True)
+    assert seqtext.load(again).recipe.train.device == "cpu"  # saved as the recipe key takes it
+    with pytest.raises(SeqtextError, match=r"^device 'cuda:0': expected auto, cpu or cuda"):
+        seqtext.train(tiny, output=tmp_path / "c", device="cuda:0", quiet=True)
     assert load_recipe(tiny, "train.epochs=7").train.epochs == 7
     with pytest.raises(SeqtextError, match=r"^override train.epochs: None is not a recipe value"):
         load_recipe(tiny, {"train.epochs": None})
