@@ -73,6 +73,7 @@ class LoopState:
     done: bool = False
     losses: list = field(default_factory=list)  # (step, mean loss) for curves
     loss_since_eval: float = 0.0  # summed over the steps since the last evaluation, for its record
+    total_steps: int = 0  # the LR schedule's length (0: a checkpoint from before it was recorded)
     steps_since_eval: int = 0
 
 
@@ -236,7 +237,7 @@ class Trainer:
         # softmax's clusters are slices of one weight, so a cluster without targets still counts)
         self.model = dist.wrap(net, device, find_unused=self.cfg.freeze_epochs > 0)
         self.optimizer = self._optimizer()
-        self.state = LoopState()
+        self.state = LoopState(total_steps=self.total_steps)
         self.scheduler = self._scheduler()
         self.average = WeightAverage(net, self.cfg.ema_decay) if self.cfg.ema_decay else None
         self.sign = 1.0 if task.higher_is_better else -1.0
@@ -288,10 +289,9 @@ class Trainer:
         if c.schedule == "plateau":
             mode = "max" if self.task.higher_is_better else "min"
             return torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode=mode, factor=0.5, patience=0)
-        warmup = int(c.warmup * self.total_steps)
-        total = self.total_steps
-
         def factor(step: int) -> float:
+            total = self.total_steps  # read at each step: a resumed run keeps its checkpoint's
+            warmup = int(c.warmup * total)
             if step < warmup:
                 return (step + 1) / warmup
             progress = min(1.0, (step - warmup) / max(1, total - warmup))
@@ -370,6 +370,8 @@ class Trainer:
         self.optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["optim_groups"])})
         self.scheduler.load_state_dict(json.loads(meta["scheduler"]))
         self.state = LoopState(**json.loads(meta["loop"]))
+        # the schedule the run started with (one saved before 2026-12-07: that version's formula)
+        self.total_steps = self.state.total_steps or (self.cfg.max_steps or self.cfg.epochs * self.steps_per_epoch)
         torch.set_rng_state(tensors["rng.cpu"])
         if self.device.type == "cuda":
             cuda = tensors.get("rng.cuda", tensors.get(f"rng.cuda{self.device.index or 0}"))  # or as written before

@@ -157,6 +157,37 @@ def test_resuming_a_finished_run_says_so(tiny, tmp_path, capsys):
     assert "(training had finished; scoring it again)" in capsys.readouterr().err
 
 
+def test_a_resumed_run_keeps_the_schedule_length_of_its_checkpoint(tiny, tmp_path, monkeypatch):
+    """The schedule's length is saved with the loop state; a checkpoint from before it was saved
+    (2026-12-07) keeps that version's length (max_steps, even beyond the epochs) when resumed."""
+    import importlib
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    out = seqtext.train(tiny, ["train.epochs=2", "train.max_steps=1000"], output=tmp_path / "r", quiet=True)
+    trainer_class = importlib.import_module("seqtext.train").Trainer
+    seen = []
+
+    def record(self):
+        seen.append(self.total_steps)
+        raise SeqtextError("stop here")
+
+    monkeypatch.setattr(trainer_class, "fit", record)
+    with pytest.raises(SeqtextError, match="stop here"):
+        seqtext.train(out / "recipe.toml", resume=True, quiet=True)
+    assert seen[-1] < 1000  # two epochs of the tiny data
+    path = out / "checkpoint.safetensors"
+    with safe_open(str(path), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    loop = json.loads(meta["loop"])
+    del loop["total_steps"]
+    save_file(tensors, str(path), {**meta, "loop": json.dumps(loop)})
+    with pytest.raises(SeqtextError, match="stop here"):
+        seqtext.train(out / "recipe.toml", resume=True, quiet=True)
+    assert seen[-1] == 1000
+
+
 def test_refuses_to_overwrite_a_different_run(tiny, tmp_path):
     out = seqtext.train(tiny, output=tmp_path / "r", quiet=True)
     with pytest.raises(SeqtextError, match=r"different recipe \(model\.hidden_size 16 → 8\); use --force"):
