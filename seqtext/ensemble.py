@@ -47,16 +47,20 @@ def _member_process_init(stopping, parent: int) -> None:
     libc = libc_handle()
     if sys.platform.startswith("linux") and libc is not None and hasattr(libc, "prctl"):
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # the parent died before the request was in place
+    if _orphaned():  # the parent died before the request was in place
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _orphaned() -> bool:
+    """In a member process: whether the process that started the ensemble is gone."""
+    return _members_stopping is not None and os.getppid() != _members_parent
 
 
 def _train_member(member: Recipe, resume: bool, quiet: bool) -> dict:
     """One ensemble member, start to finish (also the entry point of a member's own process)."""
-    in_process = _members_stopping is not None
-    if in_process and os.getppid() != _members_parent:
-        os._exit(130)  # orphaned: nobody waits for this process, and its pool would keep it idle forever
-    if in_process and _members_stopping.is_set():
+    if _orphaned():
+        os._exit(130)  # nobody waits for this process, and its pool would keep it idle forever
+    if _members_stopping is not None and _members_stopping.is_set():
         raise Interrupted(f"{member.output_dir}: not started, the ensemble is stopping")
     directory = member.output_dir
     if resume and (directory / METRICS_FILE).is_file():
@@ -65,7 +69,7 @@ def _train_member(member: Recipe, resume: bool, quiet: bool) -> dict:
     try:
         train(member, resume=resume and holds_files(directory), quiet=quiet)
     except Interrupted:
-        if in_process and os.getppid() != _members_parent:
+        if _orphaned():
             os._exit(130)  # stopped by its parent's death (the checkpoint is saved): end the process
         raise
     return read_json(directory / METRICS_FILE)["train"]

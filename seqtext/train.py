@@ -73,8 +73,8 @@ class LoopState:
     done: bool = False
     losses: list = field(default_factory=list)  # (step, mean loss) for curves
     loss_since_eval: float = 0.0  # summed over the steps since the last evaluation, for its record
-    total_steps: int = 0  # the LR schedule's length (0: a checkpoint from before it was recorded)
     steps_since_eval: int = 0
+    total_steps: int = 0  # the LR schedule's length (0: a checkpoint from before it was recorded)
 
 
 class AdamWLazyRows(torch.optim.AdamW):
@@ -683,7 +683,7 @@ def _adopt_source(recipe: Recipe, resume: bool, quiet: bool) -> None:
     changed = [f"{name}.{f.name}" for name in ("tokenizer", "vocab")
                for f in dataclasses.fields(getattr(recipe, name))
                if getattr(getattr(recipe, name), f.name) != getattr(getattr(own, name), f.name)]
-    if changed and not quiet and os.environ.get("RANK", "0") == "0":
+    if changed and not quiet:
         print(f"note: init_from {source}: its tokenizer and vocabulary are used ({', '.join(changed)} "
               "taken from its recipe)", file=sys.stderr)
     recipe.tokenizer, recipe.vocab = copy.deepcopy(own.tokenizer), copy.deepcopy(own.vocab)
@@ -786,7 +786,7 @@ def _train(recipe: Recipe, resume: bool, force: bool, quiet: bool) -> Path:
     net = task.build_net()
     if recipe.init_from and not resuming:
         copied, fresh = init_from(net, recipe.init_from, recipe.task)
-        if not quiet and dist.is_main():
+        if not quiet:
             print(f"initialised {len(copied)} tensors from {recipe.init_from}", file=sys.stderr)
             if fresh:
                 print(f"note: {len(fresh)} transferable tensors have no counterpart in {recipe.init_from} and "

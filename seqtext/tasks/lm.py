@@ -17,7 +17,6 @@ encoder initialises classifiers/taggers (``init_from``) that use the same separa
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import distributed as dist
 from ..data.batching import Batch, iter_stream, lm_stream_batches, lm_window_lengths, read_rows, token_stream
 from ..data.vocab import EOS
 from ..errors import SeqtextError
@@ -164,7 +164,7 @@ class LMTask(Task):
 
     def setup(self, splits: dict, run_dir) -> dict:
         data = super().setup(splits, run_dir)
-        if self.recipe.model.softmax == "adaptive" and not self._cutoffs() and os.environ.get("RANK", "0") == "0":
+        if self.recipe.model.softmax == "adaptive" and not self._cutoffs() and dist.is_main():
             print(f"note: [model] softmax_cutoffs {self.recipe.model.softmax_cutoffs} are all at or above the "
                   f"vocabulary size {len(self.vocab)}; the LM uses a full softmax", file=sys.stderr)
         return data
