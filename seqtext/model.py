@@ -227,7 +227,11 @@ class Model:
         except SeqtextError as e:  # a --data file's problem names the file, not the split it is scored as
             if not data or str(e).startswith(str(data)):
                 raise
-            raise SeqtextError(f"{data}: {str(e).removeprefix(f'{split} data ')}") from None
+            msg, prefix = str(e), f"{split} data"
+            if not msg.startswith(prefix):
+                raise SeqtextError(f"{data}: {msg}") from None
+            rest = msg[len(prefix):]  # ", row 3: ...", ": ..." or " has no ..."
+            raise SeqtextError(f"{data}{rest}" if rest[:1] in ",:" else f"{data}:{rest}") from None
 
     def tune_cache(self, cache_size: int, data_dir: str | None = None) -> dict:
         """lm: pick the continuous cache's θ and λ on the recipe's dev split: ``{"theta", "lambda",

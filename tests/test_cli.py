@@ -70,6 +70,9 @@ def test_train_evaluate_predict_info(tiny, tmp_path):
     unlabelled.write_text(json.dumps({"text": "a film"}) + "\n")
     r = run("evaluate", out, "--data", unlabelled)
     assert r.exit_code == 2 and f"{unlabelled}: evaluation data has no labels (column 'label')" in r.output
+    unlabelled.write_text(json.dumps({"text": "a film", "label": "pos"}) + "\n" + json.dumps({"text": "b"}) + "\n")
+    r = run("evaluate", out, "--data", unlabelled)  # the file's row, not the split it is scored as
+    assert r.exit_code == 2 and f"error: {unlabelled}, row 2: no label (null in column 'label')" in r.output
     r = run("predict", out, "-", input="")
     assert r.exit_code == 2 and "stdin ('-') was empty" in r.output
     r = run("info", out)

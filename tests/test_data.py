@@ -220,8 +220,39 @@ def test_a_header_without_rows_and_a_null_label_are_named(tmp_path):
     task.setup({"train": datasets.Dataset.from_list(make_reviews(20)), "dev": datasets.Dataset.from_list(
         make_reviews(4))}, tmp_path)
     nulls = datasets.Dataset.from_list([{"text": "a", "label": "pos"}, {"text": "b", "label": None}])
-    with pytest.raises(SeqtextError, match=r"^test data: a row has no label \(null in column 'label'\)"):
+    with pytest.raises(SeqtextError, match=r"^test data, row 2: no label \(null in column 'label'\)"):
         task.encode_split(task.tokenize_split(nulls, "test"), "test")
+
+
+def test_row_errors_name_the_row_of_the_file(tmp_path):
+    """A carved dev split or a max_examples sample is a selection of a file's rows: an error names
+    the row the user can find in the file, not the row's position in the selection."""
+    from seqtext.tasks.classify import ClassifyTask
+    from seqtext.tasks.tag import TagTask
+
+    rows = make_reviews(60)
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    recipe = load_recipe({"task": "classify", "vocab": {"min_freq": 1}})
+    dev = sources.load_splits(recipe, data_dir=tmp_path)["dev"]
+    picked = int(sources.source_rows(dev)[-1])  # the last dev row: its file row is not its dev position
+    assert picked + 1 != len(dev)
+    rows[picked]["label"] = "meh"  # a label training never sees: train holds no other "meh"
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    splits = sources.load_splits(recipe, data_dir=tmp_path)
+    assert sources.carved_from(splits["dev"]) == "train" and sources.carved_from(splits["train"]) is None
+    with pytest.raises(SeqtextError, match=rf"^dev data \(carved from train\), train row {picked + 1}: "
+                                           r"label 'meh' was not seen in training"):
+        ClassifyTask(recipe).setup(splits, tmp_path)
+
+    tagged = [{"tokens": ["Ann", "ran"], "tags": ["B-PER", "O"]} for _ in range(30)]
+    tagged[17]["tags"] = ["B-PER", None]
+    write_jsonl(tmp_path / "tags" / "train.jsonl", tagged)
+    write_jsonl(tmp_path / "tags" / "dev.jsonl", tagged[:3])
+    recipe = load_recipe({"task": "tag", "data": {"max_examples": 25}})
+    splits = sources.load_splits(recipe, data_dir=tmp_path / "tags")
+    assert list(sources.source_rows(splits["train"])).index(17) != 17  # sampled, at another position
+    with pytest.raises(SeqtextError, match=r"^train data, row 18: missing tag"):
+        TagTask(recipe).setup(splits, tmp_path)
 
 
 def test_missing_data_dir_and_file(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,22 @@ EXTENSIONS = (".jsonl.gz", ".jsonl", ".json", ".csv", ".tsv", ".parquet", ".txt"
 DATA_DIR_ENV = "SEQTEXT_DATA_DIR"
 TEXT_CHUNK_BYTES = 1 << 20  # text per Arrow table in the text loader (its 10 MB default: ~75 MB of transients)
 WRITER_BATCH_ROWS = 100_000  # rows per record batch of a loaded file's Arrow cache (at most)
+
+_carved: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # dev split -> the split it was carved from
+
+
+def carved_from(ds) -> str | None:
+    """``"train"`` for a dev split carved from train by :func:`load_splits`, else None: its rows
+    are rows of the train data, which is where a data error must send the user."""
+    return _carved.get(ds)
+
+
+def source_rows(ds) -> np.ndarray | None:
+    """For each row of ``ds``, its 0-based row in the data it was read from, or None where the two
+    agree. A carved or ``max_examples``-sampled split is a selection of rows of the loaded file:
+    datasets keeps that selection as an index column (composed over repeated selections)."""
+    indices = getattr(ds, "_indices", None)
+    return None if indices is None else indices.column(0).to_numpy()
 
 
 def find_split_files(directory: Path, require_train: bool = True) -> dict[str, Path]:
@@ -255,7 +272,8 @@ def _finish(recipe: Recipe, splits: dict, only) -> dict:
     d = recipe.data
     seed = d.split_seed or recipe.train.seed
     # carved for train too: `evaluate --split train` must score the rows training used, not dev's
-    if "dev" not in splits and "train" in splits and (not only or "dev" in only or "train" in only):
+    carved = "dev" not in splits and "train" in splits and (not only or "dev" in only or "train" in only)
+    if carved:
         if recipe.task == "lm":
             raise SeqtextError(f"{recipe.source}: the language model needs a dev/valid file or split")
         splits["train"], splits["dev"] = carve_dev(splits["train"], d.dev_fraction, seed, d.dev_block_size)
@@ -266,4 +284,6 @@ def _finish(recipe: Recipe, splits: dict, only) -> dict:
                 splits[k] = ds.select(range(d.max_examples))
     if only:
         splits = {k: v for k, v in splits.items() if k in only}
+    if carved and "dev" in splits:
+        _carved[splits["dev"]] = "train"
     return splits

@@ -28,12 +28,26 @@ from ..data.batching import (
     ragged_column,
     release_file_pages,
 )
+from ..data.sources import carved_from, source_rows
 from ..data.tokenizers import Tokenizer, build_tokenizer
 from ..data.vocab import Vocab
 from ..errors import SeqtextError
 from ..nn.embeddings import Embedder
 from ..nn.encoder import Encoder
 from ..recipe import Recipe
+
+
+def row_locator(ds, split: str):
+    """``where(i)`` names row ``i`` (0-based) of the raw split ``ds`` for an error message, by the
+    row of the data it was read from (``"train data, row 7"``): a split sampled by ``max_examples``
+    is a selection of its file's rows, and a dev split carved from train is rows of train's."""
+    rows, parent = source_rows(ds), carved_from(ds)
+
+    def where(i: int) -> str:
+        row = int(rows[i]) + 1 if rows is not None else i + 1
+        return f"{split} data (carved from {parent}), {parent} row {row}" if parent else f"{split} data, row {row}"
+
+    return where
 
 
 def require_column(ds, column: str, what: str, hint: str, kind: str = "", hide: tuple[str, ...] = ()) -> None:
@@ -138,6 +152,7 @@ class Task:
         self.tokenizer = tokenizer
         self.vocab = vocab
         self.meta: dict = meta or {}
+        self.row_names: dict[str, Any] = {}  # split -> row_locator of the raw split last tokenized
 
     # ------------------------------------------------------------------ data preparation
     def setup(self, splits: dict, run_dir: Path) -> dict[str, Any]:
@@ -165,6 +180,7 @@ class Task:
         """Add a ``tokens`` column (cached datasets.map)."""
         col = self.recipe.data.text_column
         require_column(ds, col, f"{split} data", "set [data] text_column")
+        self.row_names[split] = row_locator(ds, split)
         tok = self.tokenizer
 
         def fn(batch):
@@ -186,25 +202,27 @@ class Task:
     def encode_split(self, ds, split: str):
         raise NotImplementedError
 
-    def _map(self, ds, fn, desc: str, *key, remove=None, arrow: bool = False):
+    def _map(self, ds, fn, desc: str, *key, remove=None, arrow: bool = False, with_indices: bool = False):
         """Batched, disk-cached datasets.map with a fingerprint we control (stable across runs).
 
         With ``arrow`` the function gets each batch as a ``pyarrow.Table`` and returns one (the
-        columns to keep or add), so no batch is ever turned into Python objects as a whole.
+        columns to keep or add), so no batch is ever turned into Python objects as a whole. With
+        ``with_indices`` it also gets the batch's row positions, as ``datasets.map`` gives them.
         """
         new_fp = fingerprint(getattr(ds, "_fingerprint", ""), desc.split()[0], *key)
         files = dataset_files(ds)
 
-        def run(batch):
+        def run(batch, *indices):
             # give back the input file's pages each batch touched: the map sweeps the whole split
             try:
-                return fn(batch)
+                return fn(batch, *indices)
             finally:
                 release_file_pages(files)
 
         out = (ds.with_format("arrow") if arrow else ds).map(
             run, batched=True, batch_size=self.map_batch_size, writer_batch_size=self.map_batch_size,
-            num_proc=self._num_proc(ds), desc=desc, new_fingerprint=new_fp, remove_columns=remove)
+            with_indices=with_indices, num_proc=self._num_proc(ds), desc=desc, new_fingerprint=new_fp,
+            remove_columns=remove)
         if arrow:
             out = out.with_format(None)
             out._fingerprint = new_fp  # with_format re-fingerprints; keep the one that names the cache

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from ..data.batching import Batch
 from ..errors import SeqtextError
 from ..nn.heads import ClassifierHead
-from .base import Ensemble, Net, Split, Task, fingerprint, require_column
+from .base import Ensemble, Net, Split, Task, fingerprint, require_column, row_locator
 
 
 def truncate(ids: list[int], max_length: int) -> list[int]:
@@ -65,27 +65,29 @@ class ClassifyTask(Task):
         class_names = self.recipe.data.label_names or own_names or None
         source = "[data] label_names" if self.recipe.data.label_names else "the data's label names"
 
-        def label_id(value):
+        where = self.row_names.get(split) or row_locator(ds, split)  # rows as the raw split numbered them
+
+        def label_id(value, i):
             if value is None:
-                raise SeqtextError(f"{split} data: a row has no label (null in column {col!r}); every row needs one")
+                raise SeqtextError(f"{where(i)}: no label (null in column {col!r}); every row needs one")
             number = isinstance(value, int) and not isinstance(value, bool)
             if number and class_names is not None and not 0 <= value < len(class_names):
-                raise SeqtextError(f"{split} data: label {value} has no name in {source} ({len(class_names)} "
+                raise SeqtextError(f"{where(i)}: label {value} has no name in {source} ({len(class_names)} "
                                    "names); is this split unlabelled?")
             name = class_names[value] if number and class_names is not None else str(value)
             if name not in index:
-                raise SeqtextError(f"{split} data: label {name!r} was not seen in training "
+                raise SeqtextError(f"{where(i)}: label {name!r} was not seen in training "
                                    f"(known: {', '.join(self.labels)})")
             return index[name]
 
-        def fn(batch):
+        def fn(batch, indices):
             out = {"ids": [truncate(vocab.encode(t), max_length) or [vocab.unk_id] for t in batch["tokens"]]}
             if has_labels:
-                out["target"] = [label_id(v) for v in batch[col]]
+                out["target"] = [label_id(v, i) for v, i in zip(batch[col], indices)]
             return out
 
         key = (fingerprint(*vocab.itos), self.labels, max_length, has_labels)
-        ds = self._map(ds, fn, f"encode {split}", *key, remove=["tokens"])
+        ds = self._map(ds, fn, f"encode {split}", *key, remove=["tokens"], with_indices=True)
         return Split(ds, ("ids",), ("target",) if has_labels else ())
 
     def build_member(self) -> Net:

@@ -36,7 +36,7 @@ from ..nn.chars import clip_word
 from ..nn.crf import CRF
 from ..nn.embeddings import casing_id
 from ..nn.heads import TaggerHead
-from .base import Ensemble, Net, Split, Task, eval_order, fingerprint, require_column
+from .base import Ensemble, Net, Split, Task, eval_order, fingerprint, require_column, row_locator
 
 TRAIN_SCHEME = "BIOES"
 PAD_CHAR, UNK_CHAR = 0, 1
@@ -119,6 +119,7 @@ class TagTask(Task):
         word_key = self.word_key
         key = (self.recipe.tokenizer.lowercase, self.meta.get("zero_digits", True), tok_col,
                tag_col if has_tags else None, names)
+        where = row_locator(ds, split)
 
         def fn(batch, indices):
             out: dict[str, list] = {"tokens": [], "words": [], "docstart": []}
@@ -127,7 +128,7 @@ class TagTask(Task):
             for row, i in enumerate(indices):
                 words = batch[tok_col][row]
                 if not isinstance(words, list):
-                    raise SeqtextError(f"{split} data, row {i + 1}: column {tok_col!r} must hold a list of tokens, "
+                    raise SeqtextError(f"{where(i)}: column {tok_col!r} must hold a list of tokens, "
                                        f"got {type(words).__name__}")
                 words = ["" if w is None else str(w) for w in words]
                 # Hub copies of CoNLL files keep document breaks as one-token rows; like the CoNLL
@@ -141,9 +142,9 @@ class TagTask(Task):
                 if has_tags:
                     tags = [] if docstart else batch[tag_col][row] or []
                     if len(tags) != len(words):
-                        raise SeqtextError(f"{split} data, row {i + 1}: {len(words)} tokens but {len(tags)} tags "
+                        raise SeqtextError(f"{where(i)}: {len(words)} tokens but {len(tags)} tags "
                                            f"(columns {tok_col!r}, {tag_col!r})")
-                    out["gold"].append([_tag_name(t, names, split, i + 1) for t in tags])
+                    out["gold"].append([_tag_name(t, names, where, i) for t in tags])
             return out
 
         new_fp = fingerprint(getattr(ds, "_fingerprint", ""), "tokenize-tag-docs", *key)
@@ -548,17 +549,18 @@ def _class_names(feature) -> list[str] | None:
     return list(names) if names else None
 
 
-def _tag_name(value, names: list[str] | None, split: str, row: int) -> str:
+def _tag_name(value, names: list[str] | None, where, row: int) -> str:
+    """A tag as its name; ``where(row)`` names the row in an error (see base.row_locator)."""
     if isinstance(value, str):
         return value
     if names is not None and isinstance(value, int) and 0 <= value < len(names):
         return names[value]
     if value is None:
-        raise SeqtextError(f"{split} data, row {row}: missing tag")
+        raise SeqtextError(f"{where(row)}: missing tag")
     if names is not None:
-        raise SeqtextError(f"{split} data, row {row}: tag id {value} out of range (0..{len(names) - 1})")
+        raise SeqtextError(f"{where(row)}: tag id {value} out of range (0..{len(names) - 1})")
     if isinstance(value, (int, float)):  # an export of a hub dataset without its tag names
-        raise SeqtextError(f"{split} data, row {row}: tag {value!r} is a number, and the data names no tags for "
+        raise SeqtextError(f"{where(row)}: tag {value!r} is a number, and the data names no tags for "
                            "the numbers (a ClassLabel feature); write the tags as strings (B-PER, I-PER, O, ...)")
     return str(value)
 
