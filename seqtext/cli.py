@@ -230,7 +230,8 @@ def predict(model_dir, texts, file, fmt, output, as_json, batch_size, device, bf
     """Predict labels (classify) or entities (tag) for TEXTS, a --file, or stdin ('-').
 
     One output line per input line, in order (a tagger's text output adds an indented '->' line
-    of entities after each; --json gives one line each). Files and stdin are read 1,000 lines at a time, so
+    of entities after each; --json gives one line each). A tagger reads each line sentence by
+    sentence, split as spaCy's rule-based sentencizer splits. Files and stdin are read 1,000 lines at a time, so
     large inputs use bounded memory; --batch-size is the number of texts per forward pass.
 
     \b

@@ -119,13 +119,15 @@ def write_model_files(directory: Path, task) -> None:
     write_json(directory / META_FILE, {"task": task.name, **task.meta})
 
 
-def check_model_dir(directory: str | Path, task: str | None = None) -> Path:
+def check_model_dir(directory: str | Path, task: str | None = None, run: bool = True) -> Path:
+    """``directory`` as a Path, if it holds a complete model (of ``task``, if given); ``run``: it is
+    a training run's directory, where missing weights mean training has not finished."""
     path = Path(directory)
     if not path.is_dir():
         raise SeqtextError(f"{directory}: no such model directory")
     for name in (RECIPE_FILE, META_FILE, "vocab.txt", WEIGHTS_FILE):
         if not (path / name).is_file():
-            hint = " (training has not finished; resume with --resume)" if name == WEIGHTS_FILE else ""
+            hint = " (training has not finished; resume with --resume)" if name == WEIGHTS_FILE and run else ""
             raise SeqtextError(f"{directory}: incomplete model directory, missing {name}{hint}")
     if task is not None:
         actual = read_json(path / META_FILE).get("task")
@@ -179,7 +181,7 @@ class Model:
         classify: ``{"label": str, "probs": {label: probability}}``.
         tag: ``{"entities": [{"text", "label", "start", "end"}], "tokens": [...], "tags": [...]}``;
         ``start``/``end`` are character offsets into the text (``end`` exclusive), tags in the
-        data's scheme."""
+        data's scheme; each text is tagged sentence by sentence (spaCy's rule-based sentencizer)."""
         if not hasattr(self.task, "predict"):
             raise SeqtextError(f"{self.directory}: is a {self.task.name!r} model; predict needs a 'classify' or "
                                "'tag' model (use generate for a language model)")

@@ -51,7 +51,7 @@ from .nn.chars import clip_word
 from .nn.embeddings import Embedder, casing_id
 from .nn.encoder import Encoder
 from .recipe import load_recipe
-from .tasks.tag import TRAIN_SCHEME, UNK_CHAR, char_index, word_key
+from .tasks.tag import TRAIN_SCHEME, UNK_CHAR, char_index, doc_sentences, word_key
 
 __all__ = ["BiLSTMEncoder", "SeqtextNER", "SeqtextTextCat", "export_pipeline", "make_seqtext_ner",
            "make_seqtext_textcat"]
@@ -65,7 +65,7 @@ COMPONENTS = {"tag": "seqtext_ner", "classify": "seqtext_textcat"}
 
 def _torch_device(name: str) -> str:
     """``auto`` follows spaCy: CUDA only when the user asked thinc for the GPU (spacy.require_gpu)."""
-    if name == "auto":
+    if name.lower() == "auto":
         return "cuda" if isinstance(get_current_ops(), CupyOps) else "cpu"
     return name
 
@@ -80,13 +80,14 @@ class _SeqtextPipe:
 
     task_name = ""
     factory = ""
+    labels_key = ""
 
     def __init__(self, nlp: Language, name: str, model: str = "", batch_size: int = 64, device: str = "auto",
                  bf16: bool = False):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise SeqtextError(f"{self.factory}: batch_size must be an integer ≥ 1, got {batch_size!r}")
-        if device not in ("auto", "cpu", "cuda"):
-            raise SeqtextError(f"{self.factory}: device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+        if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device.lower()):
+            raise SeqtextError(f"{self.factory}: device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
         self.name = name
         self.vocab = nlp.vocab
         self.model_path = model
@@ -108,9 +109,10 @@ class _SeqtextPipe:
         assert self._model is not None
         return self._model
 
-    def load_model(self, directory: str | os.PathLike) -> "_SeqtextPipe":
-        """Load a seqtext model directory into this component (its files are kept in memory)."""
-        path = check_model_dir(directory)
+    def load_model(self, directory: str | os.PathLike, run: bool = True) -> "_SeqtextPipe":
+        """Load a seqtext model directory into this component (its files are kept in memory);
+        ``run=False``: the directory is a saved pipeline's, not a training run's."""
+        path = check_model_dir(directory, run=run)
         task = read_json(inside(path, META_FILE)).get("task")
         if task != self.task_name:
             other = COMPONENTS.get(task)
@@ -143,9 +145,16 @@ class _SeqtextPipe:
 
     @property
     def labels(self) -> tuple[str, ...]:
-        # Never loads the model: spaCy reads labels while restoring a saved pipeline's meta,
-        # before from_disk, when the configured path may be gone.
-        raise NotImplementedError
+        """The model's labels, read without loading it: spaCy reads labels for a pipeline's
+        meta.json before restoring the component, and the configured path may be gone then."""
+        if self._model is not None:
+            meta = self._model.task.meta
+        else:
+            try:
+                meta = read_json(Path(self.model_path) / META_FILE) if self.model_path else {}
+            except (OSError, ValueError, SeqtextError):
+                meta = {}
+        return tuple(meta.get(self.labels_key) or ())
 
     # ------------------------------------------------------------------ processing
     def __call__(self, doc: Doc) -> Doc:
@@ -181,7 +190,7 @@ class _SeqtextPipe:
 
     def from_disk(self, path: str | os.PathLike, *, exclude: Iterable[str] = ()) -> "_SeqtextPipe":
         """Load the model files that :meth:`to_disk` wrote."""
-        return self.load_model(path)
+        return self.load_model(path, run=False)
 
     def to_bytes(self, *, exclude: Iterable[str] = ()) -> bytes:
         self.seqtext_model  # noqa: B018
@@ -204,6 +213,7 @@ class SeqtextNER(_SeqtextPipe):
 
     task_name = "tag"
     factory = "seqtext_ner"
+    labels_key = "types"  # entity types (LOC, MISC, ORG, PER), the model's meta.json key
 
     def __init__(self, nlp: Language, name: str, model: str = "", batch_size: int = 64, device: str = "auto",
                  tokenization: str = "doc", per_sentence: bool = True, bf16: bool = False):
@@ -213,11 +223,6 @@ class SeqtextNER(_SeqtextPipe):
         self.tokenization = tokenization
         self.per_sentence = per_sentence
         self._tokenizer = None
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        """Entity types (e.g. LOC, MISC, ORG, PER); empty until the model is loaded."""
-        return tuple(self._model.task.meta["types"]) if self._model is not None else ()
 
     def _loaded(self) -> None:
         self._tokenizer = None
@@ -235,16 +240,13 @@ class SeqtextNER(_SeqtextPipe):
         return self._tokenizer
 
     def _units(self, docs: list[Doc]) -> list[tuple[int, Span]]:
-        """What the model tags as one sequence, with its doc's position: each sentence when the
-        doc has sentence boundaries (and per_sentence), else the whole doc."""
+        """What the model tags as one sequence, with its doc's position: each sentence (the doc's
+        own boundaries, else the rule-based sentencizer's, as ``seqtext predict`` splits) when
+        ``per_sentence``, else the whole doc. Units of whitespace alone are left out."""
         units = []
         for i, doc in enumerate(docs):
-            if not len(doc):
-                continue  # nothing to tag (and has_annotation is vacuously true for it)
-            if self.per_sentence and doc.has_annotation("SENT_START"):
-                units.extend((i, sent) for sent in doc.sents)
-            else:
-                units.append((i, doc[:]))
+            spans = doc_sentences(doc) if self.per_sentence else [doc[:]] if len(doc) else []
+            units.extend((i, span) for span in spans if any(not t.is_space for t in span))
         return units
 
     def _process(self, docs: list[Doc]) -> None:
@@ -295,11 +297,7 @@ class SeqtextTextCat(_SeqtextPipe):
 
     task_name = "classify"
     factory = "seqtext_textcat"
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        """Class labels; empty until the model is loaded."""
-        return tuple(self._model.task.labels) if self._model is not None else ()
+    labels_key = "labels"
 
     def _process(self, docs: list[Doc]) -> None:
         m = self.seqtext_model
@@ -346,11 +344,13 @@ def make_seqtext_ner(nlp: Language, name: str, model: str, batch_size: int, devi
             ``model``: re-tokenize ``doc.text`` with the model's own tokenizer
             (``spacy.blank([tokenizer] lang)``) and align entities to the doc's tokens by
             character offsets; use it when the pipeline's tokenizer splits differently.
-        per_sentence: when the doc has sentence boundaries (a ``sentencizer``, ``senter`` or
-            parser ran earlier), tag each sentence as its own sequence, as the tagger was
-            trained on sentences; recommended (True), also faster on long docs. A model trained
-            with ``[data] context_tokens`` then sees a doc's neighbouring sentences together,
-            as in its training. Docs without sentence boundaries are tagged whole either way.
+        per_sentence: tag each sentence as its own sequence, as the tagger was trained on
+            sentences, and as ``seqtext predict`` does: the doc's boundaries where a
+            ``sentencizer``, ``senter`` or parser set them, else spaCy's rule-based
+            sentencizer's (not written to the doc). Recommended (True): more accurate than
+            whole docs, and much faster on long ones. A model trained with ``[data]
+            context_tokens`` still sees a doc's neighbouring sentences together, as in its
+            training. False: each doc is one sequence.
         bf16: run the model under bf16 autocast. Where bf16 is native (CUDA, CPUs with
             AVX512-BF16 or AMX) the CoNLL ensemble ran at 1.7x the words/s with the same F1 to
             0.02 (README). Slower on other AVX-512 CPUs (seqtext warns); on CPUs that cannot run
@@ -404,6 +404,8 @@ def export_pipeline(model_dir: str | os.PathLike, out_dir: str | os.PathLike, la
         raise SeqtextError(f"{out}: exists and is not a directory")
     if out.resolve() == path.resolve() or out.resolve() in path.resolve().parents:
         raise SeqtextError(f"{out}: holds the model {model_dir} being exported; choose another OUT_DIR")
+    if path.resolve() in out.resolve().parents:
+        raise SeqtextError(f"{out}: is inside the model {model_dir} being exported; choose another OUT_DIR")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise SeqtextError(f"{out}: exists and is not empty; use --force to replace it")
     recipe = load_recipe(inside(path, RECIPE_FILE))
@@ -418,6 +420,7 @@ def export_pipeline(model_dir: str | os.PathLike, out_dir: str | os.PathLike, la
     component.load_model(path)
     nlp.meta["name"] = re.sub(r"[^a-z0-9_]+", "_", f"seqtext_{recipe.name}".lower())
     nlp.meta["description"] = f"seqtext {task} model '{recipe.name}' as a spaCy {COMPONENTS[task]} component"
+    out = out.resolve()  # "." has no name and is its own parent: the temporary folders go beside it
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     old = None
@@ -434,7 +437,7 @@ def export_pipeline(model_dir: str | os.PathLike, out_dir: str | os.PathLike, la
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-    return out
+    return Path(out_dir)
 
 
 # ====================================================================== tok2vec architecture

@@ -113,7 +113,7 @@ def test_ner_component_matches_cli_and_batches(ner_run, monkeypatch):
 
     calls = count_calls(monkeypatch, ner.seqtext_model.task, "tag_tokens")
     docs = list(nlp.pipe(NER_TEXTS, batch_size=3))
-    assert calls == [2, 3, 2]  # one model run per batch of docs, not one per doc (the empty doc skips it)
+    assert calls == [2, 2, 2]  # one model run per batch of docs, not one per doc (blank docs skip it)
     assert [ents(d) for d in docs] == expected
     assert [ents(nlp(t)) for t in NER_TEXTS] == expected
     assert all(isinstance(e.label_, str) and e.label_ in ner.labels for d in docs for e in d.ents)
@@ -135,6 +135,29 @@ def test_ner_component_tags_sentences_separately(ner_run, monkeypatch):
     expected = [(e["text"], e["label"], e["start"], e["end"]) for e in a["entities"]] + \
         [(e["text"], e["label"], e["start"] + shift, e["end"] + shift) for e in b["entities"]]
     assert ents(doc) == expected and expected
+
+
+def test_ner_component_and_predict_split_raw_text_into_sentences(ner_run, monkeypatch):
+    """Without sentence boundaries on the doc, the component and `seqtext predict` both split the
+    text as spaCy's sentencizer would, and agree; per_sentence=False tags the doc whole."""
+    first, second = "John Smith visited Paris.", "Maria works for Google in London."
+    a, b = cli_predict(ner_run, [first, second])
+    shift = len(first) + 1
+    separate = [(e["text"], e["label"], e["start"], e["end"]) for e in a["entities"]] + \
+        [(e["text"], e["label"], e["start"] + shift, e["end"] + shift) for e in b["entities"]]
+    both = cli_predict(ner_run, [f"{first} {second}"])[0]
+    assert [(e["text"], e["label"], e["start"], e["end"]) for e in both["entities"]] == separate and separate
+    assert both["tokens"] == a["tokens"] + b["tokens"] and both["tags"] == a["tags"] + b["tags"]
+    nlp = spacy.blank("en")
+    ner = nlp.add_pipe("seqtext_ner", config={"model": str(ner_run)})
+    calls = count_calls(monkeypatch, ner.seqtext_model.task, "tag_tokens")
+    doc = nlp(f"{first} {second}")
+    assert calls == [2] and ents(doc) == separate and not doc.has_annotation("SENT_START")
+    whole = spacy.blank("en")
+    ner = whole.add_pipe("seqtext_ner", config={"model": str(ner_run), "per_sentence": False})
+    calls = count_calls(monkeypatch, ner.seqtext_model.task, "tag_tokens")
+    whole(f"{first} {second}")
+    assert calls == [1]
 
 
 def test_ner_component_keeps_preset_entities_and_aligns_by_chars(ner_run):
@@ -227,6 +250,16 @@ def test_component_errors(ner_run, trained_demo, tmp_path):
         spacy.blank("en").add_pipe("seqtext_ner", config={"tokenization": "chars"})
     with pytest.raises(SeqtextError, match=r"batch_size must be an integer ≥ 1, got '8'"):
         spacy.blank("en").add_pipe("seqtext_ner", config={"model": str(ner_run), "batch_size": "8"})
+    with pytest.raises(SeqtextError, match=r"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu'"):
+        spacy.blank("en").add_pipe("seqtext_ner", config={"model": str(ner_run), "device": "gpu"})
+    nlp = spacy.blank("en")  # the values seqtext.load takes, in any case
+    nlp.add_pipe("seqtext_ner", config={"model": str(ner_run), "device": "CPU"})
+    assert nlp("Paris").ents is not None
+    # a saved pipeline's component is not a training run: no "--resume" advice for its files
+    nlp.to_disk(tmp_path / "pipe")
+    (tmp_path / "pipe" / "seqtext_ner" / "weights.safetensors").unlink()
+    with pytest.raises(SeqtextError, match=r"incomplete model directory, missing weights\.safetensors$"):
+        spacy.load(tmp_path / "pipe")
 
 
 # ---------------------------------------------------------------------- serialization
@@ -234,6 +267,11 @@ def test_component_errors(ner_run, trained_demo, tmp_path):
 def test_pipeline_round_trip_without_run_dirs(ner_run, trained_demo, tmp_path):
     ner_copy = shutil.copytree(ner_run, tmp_path / "runs" / "ner")
     cls_copy = shutil.copytree(trained_demo, tmp_path / "runs" / "cls")
+    unrun = spacy.blank("en")  # saved before its first run: meta.json still lists the labels
+    unrun.add_pipe("seqtext_ner", config={"model": str(ner_copy)})
+    unrun.to_disk(tmp_path / "unrun")
+    saved_labels = json.loads((tmp_path / "unrun" / "meta.json").read_text())["labels"]
+    assert saved_labels == {"seqtext_ner": ["LOC", "ORG", "PER"]}
     nlp = spacy.blank("en")
     nlp.add_pipe("seqtext_ner", config={"model": str(ner_copy)})
     nlp.add_pipe("seqtext_textcat", config={"model": str(cls_copy)})
@@ -252,6 +290,8 @@ def test_pipeline_round_trip_without_run_dirs(ner_run, trained_demo, tmp_path):
 
     loaded = spacy.load(tmp_path / "pipeline")
     assert loaded.pipe_names == ["seqtext_ner", "seqtext_textcat"]
+    assert json.loads((tmp_path / "pipeline" / "meta.json").read_text())["labels"] == \
+        {"seqtext_ner": ["LOC", "ORG", "PER"], "seqtext_textcat": ["neg", "pos"]}
     after = list(loaded.pipe(texts))
     assert [ents(d) for d in after] == [ents(d) for d in before]
     assert [d.cats for d in after] == [d.cats for d in before]
@@ -362,6 +402,21 @@ def test_export_spacy_cli(ner_run, trained_demo, tmp_path):
     for target in (run, run.parent):
         r = runner.invoke(main, ["export-spacy", str(run), str(target), "--force"])
         assert r.exit_code == 2 and "holds the model" in r.output and (run / "weights.safetensors").is_file()
+    r = runner.invoke(main, ["export-spacy", str(run), str(run / "pipeline")])
+    assert r.exit_code == 2 and "is inside the model" in r.output and not (run / "pipeline").exists()
+    # OUT_DIR "." (the current directory): its temporary folders go beside it, not inside
+    here = tmp_path / "work" / "here"
+    here.mkdir(parents=True)
+    (here / "old.txt").write_text("replaced by --force")
+    cwd = os.getcwd()
+    try:
+        os.chdir(here)
+        r = runner.invoke(main, ["export-spacy", str(run), ".", "--force"])
+    finally:
+        os.chdir(cwd)
+    assert r.exit_code == 0, r.output
+    assert spacy.load(here).pipe_names == ["seqtext_ner"] and not (here / "old.txt").exists()
+    assert sorted(p.name for p in here.parent.iterdir()) == ["here"]
 
 
 def test_entry_points_in_a_fresh_process():

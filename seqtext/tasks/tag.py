@@ -414,6 +414,17 @@ class TagTask(Task):
                 raise SeqtextError(f"[tokenizer] lang: spaCy has no language {lang!r} ({e})") from None
         return self._spacy
 
+    def text_units(self, docs) -> tuple[list[list], list[int]]:
+        """The sentences a tagger reads in tokenized docs: the non-space tokens of each sentence
+        (:func:`doc_sentences`) and the index of its doc, for :meth:`tag_tokens`' ``documents``."""
+        units, owners = [], []
+        for i, doc in enumerate(docs):
+            for sent in doc_sentences(doc):
+                if words := [t for t in sent if not t.is_space]:
+                    units.append(words)
+                    owners.append(i)
+        return units, owners
+
     @torch.inference_mode()
     def tag_tokens(self, net: Net, sentences: list[list[str]], device, batch_size: int = 64,
                    documents: list[int] | None = None) -> list[list[str]]:
@@ -440,23 +451,26 @@ class TagTask(Task):
 
     @torch.inference_mode()
     def predict(self, net: Net, texts: list[str], device, batch_size: int = 64) -> list[dict]:
-        """Entities with character offsets for raw texts, tokenized with spaCy's tokenizer.
+        """Entities with character offsets for raw texts, tokenized with spaCy's tokenizer and
+        tagged sentence by sentence, as the tagger was trained (:func:`doc_sentences`; with ``[data]
+        context_tokens`` a text's sentences are read together, as a document's in training).
 
         Returns one dict per text: ``entities`` (``text``, ``label``, ``start``, ``end``; ``end``
         exclusive), ``tokens`` and ``tags`` (in the training data's scheme).
         """
         docs = list(self._nlp().tokenizer.pipe([t or "" for t in texts], batch_size=256))
-        toks = [[t for t in doc if not t.is_space] for doc in docs]
-        tagged = self.tag_tokens(net, [[t.text for t in ts] for ts in toks], device, batch_size)
-        results = []
-        for text, ts, tags in zip(texts, toks, tagged):
-            ents = []
-            for typ, start, end in entities(tags, TRAIN_SCHEME):
-                s, e = ts[start].idx, ts[end - 1].idx + len(ts[end - 1].text)
-                ents.append({"text": text[s:e], "label": typ, "start": s, "end": e})
-            results.append({"entities": ents, "tokens": [t.text for t in ts],
-                            "tags": convert(tags, TRAIN_SCHEME, self.source_scheme)})
-        return results
+        units, owners = self.text_units(docs)
+        tagged = self.tag_tokens(net, [[t.text for t in u] for u in units], device, batch_size, documents=owners)
+        toks: list[list] = [[] for _ in docs]
+        ents: list[list] = [[] for _ in docs]
+        tags: list[list] = [[] for _ in docs]
+        for owner, unit, unit_tags in zip(owners, units, tagged):
+            for typ, start, end in entities(unit_tags, TRAIN_SCHEME):
+                s, e = unit[start].idx, unit[end - 1].idx + len(unit[end - 1].text)
+                ents[owner].append({"text": texts[owner][s:e], "label": typ, "start": s, "end": e})
+            toks[owner] += [t.text for t in unit]
+            tags[owner] += convert(unit_tags, TRAIN_SCHEME, self.source_scheme)
+        return [{"entities": e, "tokens": w, "tags": t} for e, w, t in zip(ents, toks, tags)]
 
     def predict_conll(self, net: Net, file: str | Path, output: str | Path | None, device,
                       batch_size: int = 64) -> int:
@@ -541,6 +555,27 @@ def pack_sentences(lengths: np.ndarray, documents: np.ndarray, max_tokens: int) 
 
 
 # ---------------------------------------------------------------------- helpers
+
+_SENTENCIZER = None
+
+
+def doc_sentences(doc) -> list:
+    """A spaCy doc's sentences as spans: the boundaries a pipe set (sentencizer, senter, parser),
+    else those of spaCy's rule-based ``sentencizer`` (after . ! ? and the like), found without
+    setting them on the doc. A tagger trained on sentences tags each one as its own sequence: a
+    whole text as one sequence scores lower and decodes slower (the CRF runs token by token)."""
+    global _SENTENCIZER
+    if not len(doc):
+        return []
+    if doc.has_annotation("SENT_START"):
+        return list(doc.sents)
+    if _SENTENCIZER is None:
+        from spacy.pipeline import Sentencizer
+
+        _SENTENCIZER = Sentencizer()
+    starts = [0] + [i for i, first in enumerate(_SENTENCIZER.predict([doc])[0]) if first and i]
+    return [doc[a:b] for a, b in zip(starts, [*starts[1:], len(doc)])]
+
 
 def _class_names(feature) -> list[str] | None:
     """Names of a ``Sequence(ClassLabel)`` / ``List(ClassLabel)`` feature, else None."""
