@@ -335,17 +335,20 @@ def generate(model_dir, prompt, max_tokens, temperature, top_k, top_p, num_sampl
                                f"{DEFAULT_RECIPE} --data-dir DIR (a local WikiText-2 copy; or omit --data-dir to "
                                f"download it), or pass --model DIR")
     model = load(model_dir, device, task="lm")
-    state = {"current": -1}
+    state = {"current": -1, "line_open": bool(prompt) and not prompt.endswith("\n")}
 
     def on_token(i: int, piece: str) -> None:
         if as_json:
             return
         if i != state["current"]:  # a new sample starts: echo the prompt first
-            if i > 0:
-                click.echo("\n" + "-" * 40)
+            if i > 0:  # the separator on a line of its own, whether or not the sample ended one
+                click.echo(("\n" if state["line_open"] else "") + "-" * 40)
             state["current"] = i
             click.echo(prompt, nl=False)
+            state["line_open"] = bool(prompt) and not prompt.endswith("\n")
         click.echo(piece, nl=False)
+        if piece:
+            state["line_open"] = not piece.endswith("\n")
 
     results = model.generate(prompt, on_token=on_token, **options)
     if as_json:

@@ -14,6 +14,7 @@ produces them, which reads badly. ``<eos>`` is allowed and rendered as a line br
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -59,12 +60,15 @@ class SamplingOptions:
         def name(field: str) -> str:
             return "--" + field.replace("_", "-") if cli else field
 
-        def integer(x) -> bool:
-            return isinstance(x, int) and not isinstance(x, bool)
+        def integer(x) -> bool:  # NumPy integers too
+            return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
         def number(x) -> bool:
-            return isinstance(x, (int, float)) and not isinstance(x, bool)
+            return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
+        for flag in ("greedy", "allow_unk"):  # "no" would count as true
+            if not isinstance(getattr(self, flag), bool):
+                raise SeqtextError(f"{name(flag)}: expected True or False, got {getattr(self, flag)!r}")
         if not integer(self.max_tokens) or self.max_tokens < 0:
             raise SeqtextError(f"{name('max_tokens')}: expected an integer ≥ 0, got {self.max_tokens!r}")
         if not self.greedy and not (number(self.temperature) and 0 < self.temperature < math.inf):
@@ -78,6 +82,10 @@ class SamplingOptions:
             raise SeqtextError(f"{name('num_samples')}: expected an integer ≥ 1, got {self.num_samples!r}")
         if self.seed is not None and not (integer(self.seed) and -2**63 <= self.seed < 2**64):
             raise SeqtextError(f"{name('seed')}: expected an integer in [-2^63, 2^64), got {self.seed!r}")
+        # NumPy scalars become Python numbers, so what is reported and seeded is plain
+        self.max_tokens, self.top_k, self.num_samples = int(self.max_tokens), int(self.top_k), int(self.num_samples)
+        self.temperature, self.top_p = float(self.temperature), float(self.top_p)
+        self.seed = None if self.seed is None else int(self.seed)
 
 
 def make_generator(seed: int | None) -> torch.Generator:

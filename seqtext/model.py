@@ -218,10 +218,10 @@ class Model:
         elif kw.get("cache_theta") is not None or kw.get("cache_lambda") is not None:
             raise SeqtextError("cache_theta and cache_lambda need cache_size (the cache they tune)")
         if kw.get("cache_size") and (kw.get("cache_theta") is None or kw.get("cache_lambda") is None):
-            tuned = self.tune_cache(kw["cache_size"], data_dir)
-            for key in ("theta", "lambda"):
-                if kw.get(f"cache_{key}") is None:
-                    kw[f"cache_{key}"] = tuned[key]
+            # the missing one is chosen for the given one, with the streams the score will use
+            tuned = self.tune_cache(kw["cache_size"], data_dir, theta=kw.get("cache_theta"),
+                                    lambda_=kw.get("cache_lambda"), batch_size=kw.get("batch_size"))
+            kw["cache_theta"], kw["cache_lambda"] = tuned["theta"], tuned["lambda"]
         try:
             encoded = self._encoded(split, data, data_dir)
             with self.precision():
@@ -235,17 +235,26 @@ class Model:
             rest = msg[len(prefix):]  # ", row 3: ...", ": ..." or " has no ..."
             raise SeqtextError(f"{data}{rest}" if rest[:1] in ",:" else f"{data}:{rest}") from None
 
-    def tune_cache(self, cache_size: int, data_dir: str | None = None) -> dict:
+    def tune_cache(self, cache_size: int, data_dir: str | None = None, theta: float | None = None,
+                   lambda_: float | None = None, batch_size: int | None = None) -> dict:
         """lm: pick the continuous cache's θ and λ on the recipe's dev split: ``{"theta", "lambda",
-        ...}`` (see LMTask.tune_cache)."""
+        ...}`` (see LMTask.tune_cache). A given ``theta`` or ``lambda_`` is kept and the other chosen
+        for it; ``batch_size``: parallel streams, as for :meth:`evaluate` (default 10)."""
         if not hasattr(self.task, "tune_cache"):
             raise SeqtextError(f"{self.directory}: is a {self.task.name!r} model; the continuous cache is for 'lm' "
                                "models")
         positive_int(cache_size, "cache_size")
         dev = self._encoded("dev", None, data_dir, missing="choosing the cache's theta/lambda needs the recipe's "
                             "dev split; or pass --cache-theta and --cache-lambda")
+        from .tasks.lm import CACHE_LAMBDAS, CACHE_THETAS
+
+        if batch_size is not None:
+            positive_int(batch_size, "batch_size")
         with self.precision():
-            return self.task.tune_cache(self.net, dev, self.device, cache_size)
+            return self.task.tune_cache(self.net, dev, self.device, cache_size,
+                                        thetas=CACHE_THETAS if theta is None else (theta,),
+                                        lambdas=CACHE_LAMBDAS if lambda_ is None else (lambda_,),
+                                        batch_size=batch_size)
 
     def _encoded(self, split: str, data: str | None, data_dir: str | None, missing: str = ""):
         """A split of the recipe's data (or the file ``data``), tokenized and numericalized."""

@@ -414,6 +414,9 @@ def _check_consistency(recipe: Recipe, where: str, overridden: set[str] = frozen
     for split, name in d.splits.items():
         if not isinstance(name, str):
             raise SeqtextError(f"{where}: [data] splits.{split}: expected a split name string")
+    if -1 < recipe.model.output_dropout < 0:
+        raise SeqtextError(f"{_key_label('model.output_dropout', where, overridden)}: expected -1 (same as dropout) "
+                           f"or a value from 0 to 0.95, got {recipe.model.output_dropout!r}")
     cutoffs, specials = recipe.model.softmax_cutoffs, len(Vocab(()).itos)
     label = _key_label("model.softmax_cutoffs", where, overridden)
     if not cutoffs or not all(isinstance(c, int) and not isinstance(c, bool) for c in cutoffs):

@@ -819,11 +819,11 @@ def _train(recipe: Recipe, resume: bool, force: bool, quiet: bool) -> Path:
               file=sys.stderr)
     try:
         summary = trainer.fit()
-    except KeyboardInterrupt:
+        if dist.is_main():
+            finish(run_dir, task, net, data, dev, summary, quiet)
+    except KeyboardInterrupt:  # while training, or while the final scores are computed
         raise Interrupted(f"interrupted; checkpoint saved. Resume with: {resume_command(run_dir)}"
                           if dist.is_main() else "") from None
-    if dist.is_main():
-        finish(run_dir, task, net, data, dev, summary, quiet)
     dist.barrier()
     return run_dir
 

@@ -49,6 +49,10 @@ CASES = {
     "unknown tokenizer": (lambda t: R(t, extra="[tokenizer]\nkind = \"bert\"\n"), r"\[tokenizer\] kind: expected one"),
     "unknown pooling": (lambda t: ["train", recipe(t), "--set", "model.pooling=avg", "-o", str(t / "out")],
                         r"--set model\.pooling: expected one of"),
+    "output dropout between -1 and 0": (lambda t: ["train", recipe(t), "--set", "model.output_dropout=-0.5", "-o",
+                                                  str(t / "out")],
+                                        r"--set model\.output_dropout: expected -1 \(same as dropout\) or a value "
+                                        r"from 0 to 0\.95, got -0\.5$"),
     "missing data path": (lambda t: R(t, data_files=files("nope.jsonl")), r"nope\.jsonl: no such file"),
     # data
     "no train file in data dir": (lambda t: ["train", recipe(t), "--data-dir", str(t), "-o", str(t / "out")],

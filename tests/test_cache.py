@@ -32,11 +32,12 @@ def brute_force(states, targets, size, theta):
 def test_window_by_window_equals_definition(size):
     torch.manual_seed(size)
     states, targets = torch.randn(2, 17, 5), torch.randint(0, 4, (2, 17))
-    cache = ContinuousCache(size, [0.3, 1.0])
+    thetas = [0.0, 0.3, 1.0]  # θ = 0: a uniform vote over the memory
+    cache = ContinuousCache(size, thetas)
     parts = [cache.target_probs(states[:, a:b], targets[:, a:b]) for a, b in ((0, 6), (6, 7), (7, 17))]
     probs = torch.cat([p for p, _ in parts], 2)
     available = torch.cat([a for _, a in parts], 1)
-    for i, theta in enumerate([0.3, 1.0]):
+    for i, theta in enumerate(thetas):
         torch.testing.assert_close(probs[i], brute_force(states, targets, size, theta), atol=1e-5, rtol=1e-5)
     assert not available[:, 0].any() and available[:, 1:].all()
 
@@ -87,6 +88,37 @@ def test_evaluate_cli_with_cache(tmp_path):
     assert plain["perplexity"] == pytest.approx(tuned["perplexity"], rel=1e-9)
     res = runner.invoke(main, ["evaluate", run, "--cache-size", "10", "--cache-theta", "0.3", "--cache-lambda", "1"])
     assert res.exit_code == 2 and "--cache-lambda" in res.output
+    for theta in ("nan", "inf"):
+        res = runner.invoke(main, ["evaluate", run, "--cache-size", "10", "--cache-theta", theta,
+                                   "--cache-lambda", "0.1"])
+        assert res.exit_code == 2 and "cache_theta: expected a finite number ≥ 0" in res.output, res.output
+
+
+def test_one_cache_setting_given_the_other_is_chosen_for_it(tmp_path):
+    """Given θ, λ is tuned with that θ (not taken from the best pair for another θ), and the
+    score is never worse on dev than without the cache, since λ = 0 is on the grid."""
+    import seqtext
+    from seqtext.errors import SeqtextError
+    from seqtext.tasks.lm import CACHE_LAMBDAS
+
+    path = tmp_path / "lm.toml"
+    path.write_text(toml_of(lm_recipe(tmp_path, "lm")))
+    assert CliRunner().invoke(main, ["train", str(path), "-q", "--set", "train.max_steps=20"]).exit_code == 0
+    model = seqtext.load(tmp_path / "lm")
+    for theta in (0.0, 0.3, 3.0):
+        tuned = model.tune_cache(50, theta=theta)
+        assert tuned["theta"] == theta and tuned["perplexity"] <= tuned["perplexity_without"] + 1e-9
+        scored = model.evaluate("dev", cache_size=50, cache_theta=theta)
+        assert scored["cache"] == {"size": 50, "theta": theta, "lambda": tuned["lambda"]}
+        best = min(model.evaluate("dev", cache_size=50, cache_theta=theta, cache_lambda=lam)["cache_loss"]
+                   for lam in CACHE_LAMBDAS)
+        assert scored["cache_loss"] == pytest.approx(best)
+    assert model.tune_cache(50, lambda_=0.2)["lambda"] == 0.2
+    for bad in (-1.0, float("nan"), "0.3", True):
+        with pytest.raises(SeqtextError, match=r"cache_theta: expected a finite number ≥ 0"):
+            model.evaluate("dev", cache_size=50, cache_theta=bad, cache_lambda=0.1)
+    with pytest.raises(SeqtextError, match=r"cache_lambda: expected a number in \[0, 1\), got '0.1'"):
+        model.evaluate("dev", cache_size=50, cache_theta=0.3, cache_lambda="0.1")
 
 
 def test_cache_tuning_chooses_no_cache_where_the_cache_only_hurts(monkeypatch):

@@ -569,6 +569,30 @@ def test_cli_train_evaluate_generate(tmp_path):
     assert res.exit_code == 2 and "generate" in res.output
 
 
+def test_cli_samples_are_separated_by_a_line_of_their_own(tmp_path, monkeypatch):
+    """A sample that ends a line (an <eos>) gets no blank line before the separator."""
+    from seqtext.model import Model
+
+    r = lm_recipe(tmp_path, "sep")
+    (tmp_path / "sep.toml").write_text(toml_of(r))
+    assert CliRunner().invoke(main, ["train", str(tmp_path / "sep.toml"), "-q", "--set", "train.max_steps=5"]) \
+        .exit_code == 0
+    samples = [[" a", " b", "\n"], [" c", " d"], [" e"]]
+
+    def fake(self, prompt, on_token=None, **options):
+        for i, pieces in enumerate(samples):
+            for p in pieces:
+                on_token(i, p)
+        return [{"text": "".join(p), "tokens": list(p), "seconds": 1.0} for p in samples]
+
+    monkeypatch.setattr(Model, "generate", fake)
+    res = CliRunner().invoke(main, ["generate", "--model", str(tmp_path / "sep"), "--prompt", "x",
+                                    "--num-samples", "3"])
+    line = "-" * 40
+    assert res.exit_code == 0, res.output
+    assert res.stdout == f"x a b\n{line}\nx c d\n{line}\nx e\n"
+
+
 @pytest.mark.parametrize("args, message", [
     (["--max-tokens", "-1"], "--max-tokens"),
     (["--top-p", "0"], "--top-p"),
@@ -590,10 +614,18 @@ def test_cli_generate_bad_options_exit_2(args, message, tmp_path):
 @pytest.mark.parametrize("options, message", [
     ({"top_k": 2.5}, "^top_k: "), ({"num_samples": 2.0}, "^num_samples: "),
     ({"temperature": "hot"}, r"^temperature: .*\(or use greedy\)"), ({"seed": -(2**63) - 1}, "^seed: "),
+    ({"greedy": "no"}, r"^greedy: expected True or False, got 'no'"), ({"allow_unk": 1}, "^allow_unk: "),
 ])
 def test_python_generate_options_are_type_checked_and_named_as_keywords(options, message):
     with pytest.raises(SeqtextError, match=message):
         SamplingOptions(**options).validate()
+
+
+def test_numpy_numbers_are_sampling_options_too():
+    opts = SamplingOptions(max_tokens=np.int64(5), top_k=np.int32(3), seed=np.uint32(7), temperature=np.float32(0.5))
+    opts.validate()
+    assert (opts.max_tokens, opts.top_k, opts.seed, opts.temperature) == (5, 3, 7, 0.5)
+    assert all(type(v) in (int, float) for v in (opts.max_tokens, opts.top_k, opts.seed, opts.temperature))
 
 
 def test_python_api_refuses_predict_on_an_lm_and_a_prompt_that_is_not_text(bilm):

@@ -78,6 +78,24 @@ def test_resume_matches_uninterrupted_run(tiny, tmp_path, monkeypatch, kill_at, 
     assert [r["train_loss"] for r in history[1]] == pytest.approx([r["train_loss"] for r in history[0]], rel=1e-6)
 
 
+def test_ctrl_c_while_the_final_scores_are_computed_says_how_to_resume(tiny, tmp_path, monkeypatch):
+    from seqtext.errors import Interrupted
+    from seqtext.tasks.classify import ClassifyTask
+
+    def stop(*args, **kw):
+        raise KeyboardInterrupt
+
+    real = ClassifyTask.evaluate
+    monkeypatch.setattr(ClassifyTask, "dev_metrics", lambda self, net, data, device: real(self, net, data, device))
+    monkeypatch.setattr(ClassifyTask, "evaluate", stop)  # only the final dev/test scoring calls it now
+    with pytest.raises(Interrupted, match=r"^interrupted; checkpoint saved\. Resume with: .*--resume"):
+        seqtext.train(tiny, output=tmp_path / "r", quiet=True)
+    assert not (tmp_path / "r" / "metrics.json").exists()
+    monkeypatch.undo()
+    seqtext.train(tiny, output=tmp_path / "r", resume=True, quiet=True)  # scores the finished training
+    assert "test" in json.loads((tmp_path / "r" / "metrics.json").read_text())
+
+
 def test_an_evaluations_train_loss_is_the_mean_since_the_evaluation_before(tiny, tmp_path, monkeypatch):
     from seqtext.tasks.classify import ClassifyTask
 

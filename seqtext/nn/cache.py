@@ -65,11 +65,13 @@ class ContinuousCache:
         # position t may use pairs (h_i, x_{i+1}) with i < t (x_{i+1} is then already seen), the last `size` of them
         allowed = (j < M + t) & (j >= M + t - self.size)  # [T, M + T]
         available = allowed.any(-1).expand(B, T)
-        scores = torch.bmm(states, keys.transpose(1, 2)).masked_fill(~allowed, float("-inf"))
+        scores = torch.bmm(states, keys.transpose(1, 2))
         hit = (values[:, None, :] == targets[:, :, None]).float()  # [B, T, M + T]
         probs = []
         for theta in self.thetas:
-            weights = torch.softmax(theta * scores, -1).nan_to_num(0.0)  # rows with no memory → 0
+            # masked after scaling: θ = 0 (a uniform vote over the memory) must not meet 0 · −inf
+            logits = (theta * scores).masked_fill(~allowed, float("-inf"))
+            weights = torch.softmax(logits, -1).nan_to_num(0.0)  # rows with no memory → 0
             probs.append((weights * hit).sum(-1))
         self.keys, self.values = keys[:, -self.size:], values[:, -self.size:]
         return torch.stack(probs), available

@@ -17,6 +17,7 @@ encoder initialises classifiers/taggers (``init_from``) that use the same separa
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -53,9 +54,19 @@ CACHE_THETAS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0)
 CACHE_LAMBDAS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)  # 0: where the cache does not help
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_cache_lambda(lam: float) -> None:
-    if not 0.0 <= lam < 1.0:
-        raise SeqtextError(f"cache lambda must be in [0, 1), got {lam}")
+    if not _is_number(lam) or not 0.0 <= lam < 1.0:
+        raise SeqtextError(f"cache_lambda: expected a number in [0, 1), got {lam!r}")
+
+
+def check_cache_theta(theta: float) -> None:
+    """θ = 0 is a uniform vote over the cache; larger θ trusts the most similar states more."""
+    if not _is_number(theta) or not math.isfinite(theta) or theta < 0:
+        raise SeqtextError(f"cache_theta: expected a finite number ≥ 0, got {theta!r}")
 
 
 def _cache_loss(scored: dict, theta_index: int, lam: float) -> float:
@@ -314,6 +325,12 @@ class LMTask(Task):
         the few tokens after the last full column are scored too, continuing the last
         column's state, so every token but the first is predicted exactly once.
 
+        A bidirectional LM also reports ``backward_perplexity``: its backward stack predicts each
+        token from the ones after it, reading every ``[train] bptt`` window from the window's end
+        (no state can flow backwards across windows), so it sees less context than the forward
+        stack, its figure depends on ``bptt``, and each window's last token and the tail are not
+        scored backwards. ``perplexity`` is the forward stack's, exact at any ``bptt``.
+
         With ``cache_size`` > 0, ``cache_theta`` and ``cache_lambda``, the same pass also scores
         the model with a continuous cache (:mod:`seqtext.nn.cache`) and adds ``cache_perplexity``,
         ``cache_loss`` and ``cache`` (the settings); ``perplexity`` stays the model's own.
@@ -323,6 +340,7 @@ class LMTask(Task):
             if cache_theta is None or cache_lambda is None:
                 raise SeqtextError("a cache needs cache_theta and cache_lambda (seqtext evaluate picks them on "
                                    "the dev split when not given)")
+            check_cache_theta(cache_theta)
             check_cache_lambda(cache_lambda)
         scored = self._score(net, data, device, batch_size, cache_size, [cache_theta] if use_cache else [])
         loss = scored["fwd_sum"] / scored["fwd_n"]
@@ -340,8 +358,11 @@ class LMTask(Task):
     def tune_cache(self, net: Net, data: LMSplit, device, cache_size: int, thetas=CACHE_THETAS,
                    lambdas=CACHE_LAMBDAS, batch_size: int | None = None) -> dict:
         """Choose the continuous cache's θ and λ on ``data`` (the dev split) by grid search: one
-        pass scores every θ, then every λ is a cheap re-mix. Returns ``theta``, ``lambda``,
-        ``perplexity`` (with the cache, on ``data``) and ``perplexity_without``."""
+        pass scores every θ, then every λ is a cheap re-mix (give one value in ``thetas`` or
+        ``lambdas`` to choose the other for it). Returns ``theta``, ``lambda``, ``perplexity``
+        (with the cache, on ``data``) and ``perplexity_without``."""
+        for theta in thetas:
+            check_cache_theta(theta)
         for lam in lambdas:
             check_cache_lambda(lam)
         scored = self._score(net, data, device, batch_size, cache_size, list(thetas))
