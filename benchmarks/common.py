@@ -7,19 +7,74 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import platform
 import resource
 import socket
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from torch import nn
 
-RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+# Where the data sets live unless a script's --data-root / --data-dir says otherwise: beside the
+# repository (never inside it), whatever the current directory.
+DATA_ROOT = REPO.parent / "shared" / "data"
+RESULTS_HELP = ("results file: benchmarks/results/NAME.json, or NAME itself where it is a path "
+                "(it holds a /; .json is added if missing)")
+
+
+def fail(message: str) -> NoReturn:
+    """End the script as the seqtext CLI ends on a user-facing error: one ``error: ...`` line on
+    stderr, exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def run_main(main: Callable[[], object]) -> None:
+    """A script's entry point: ``main()``, with a :class:`seqtext.SeqtextError` (a missing data
+    folder, a bad recipe) or a missing file turned into one ``error: ...`` line and exit status 2
+    instead of a traceback. Other exceptions keep their traceback."""
+    from seqtext.errors import Interrupted, SeqtextError
+
+    try:
+        main()
+    except Interrupted as e:
+        if str(e):
+            print(str(e), file=sys.stderr)
+        raise SystemExit(130) from None
+    except SeqtextError as e:
+        fail(str(e).splitlines()[0] if str(e) else "failed")
+    except FileNotFoundError as e:
+        fail(f"{e.filename}: no such file or directory" if e.filename else str(e))
+
+
+def child_failed(r, what: str) -> NoReturn:
+    """A child process of a benchmark (``subprocess.run`` result ``r``, stderr captured) failed:
+    its own one-line error (exit 2, from :func:`run_main`) becomes this process's; anything else
+    ends it with the end of the child's stderr."""
+    lines = (r.stderr or "").strip().splitlines()
+    if r.returncode == 2 and lines and lines[-1].startswith("error: "):
+        fail(lines[-1][len("error: "):])
+    raise SystemExit(f"{what} failed:\n{(r.stderr or '')[-3000:]}")
+
+
+def data_under(root: str | Path, name: str) -> str:
+    """The folder of one data set under a script's ``--data-root``; a missing one is a
+    SeqtextError that names the option."""
+    from seqtext.errors import SeqtextError
+
+    path = Path(root) / name
+    if not path.is_dir():
+        raise SeqtextError(f"--data-root {root}: no {name} data ({path}: no such directory)")
+    return str(path)
 
 
 def torchrun(nproc: int, program: list[str]) -> list[str]:
@@ -43,7 +98,7 @@ def machine() -> dict:
     from seqtext.hardware import native_bf16
 
     return {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "cpu": cpu_model() or platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "cpu": cpu_model() or platform.processor() or platform.machine(),
             # AVX2 / AVX512: the kernels torch dispatches to
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "native_bf16": native_bf16(torch.device("cpu"))}
@@ -94,13 +149,27 @@ def step_trainer(task, net, data, keep_freed_memory: bool = True):
             yield trainer
 
 
+# A shipped recipe's file name → the folder of its data set under DATA_ROOT.
+RECIPE_DATA = {"imdb_sentiment": "imdb", "imdb_sentiment_transfer": "imdb", "conll2003_ner": "conll2003",
+               "wikitext2_lm": "wikitext2", "ptb_lm": "ptb"}
+RECIPE_DATA_HELP = ("default: the recipe's data set in ../shared/data beside the repo (imdb, conll2003, wikitext2 "
+                    "or ptb, by the recipe's file name); for other recipes their own [data]")
+
+
+def recipe_data_dir(recipe: str) -> str | None:
+    """The default ``--data-dir`` for ``recipe``: its data set's folder under :data:`DATA_ROOT`, or
+    None (the recipe's own ``[data]``) for a recipe not in :data:`RECIPE_DATA`."""
+    name = RECIPE_DATA.get(Path(recipe).stem)
+    return str(DATA_ROOT / name) if name else None
+
+
 def add_step_options(ap, recipe: str | None, data_dir: str | None, warmup: int, recipe_help: str = "") -> None:
     """The options of a benchmark that times :func:`training_step` on a recipe's first batches:
     ``--recipe``, ``--data-dir``, ``--set``, ``--threads``, ``--batches``, ``--warmup``. A default of
-    None for the recipe means the script picks one (``recipe_help`` says which)."""
+    None for the recipe means the script picks one (``recipe_help`` says which); for the data dir,
+    the recipe's data set (:func:`recipe_data_dir`, which the script applies)."""
     ap.add_argument("--recipe", default=recipe, help=recipe_help or "default: %(default)s")
-    ap.add_argument("--data-dir", default=data_dir,
-                    help="default: %(default)s" if data_dir else "default: the recipe's data in ../shared/data")
+    ap.add_argument("--data-dir", default=data_dir, help="default: %(default)s" if data_dir else RECIPE_DATA_HELP)
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     ap.add_argument("--threads", type=int, default=1, help="1: how the tagger and classifier recipes train each member")
     ap.add_argument("--batches", type=int, default=150, help="batches timed")
@@ -209,9 +278,23 @@ def table(rows: list[tuple[str, object]], title: str) -> str:
     return "\n".join(lines)
 
 
-def save(name: str, result: dict) -> Path:
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine(), **result}
-    path.write_text(json.dumps(result, indent=2) + "\n")
+def results_path(name: str | Path) -> Path:
+    """Where a benchmark's ``--name`` writes: a bare name goes to benchmarks/results/<name>.json; a
+    path (absolute, or holding a /) is used as it is, relative to the current directory. ``.json``
+    is added to either where it is missing."""
+    name = str(name)
+    path = Path(name) if "/" in name else RESULTS / name
+    return path if path.suffix == ".json" else path.with_name(path.name + ".json")
+
+
+def recorded(result: dict) -> dict:
+    """``result`` with the command that produced it and the machine it ran on in front."""
+    return {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine(), **result}
+
+
+def save(name: str | Path, result: dict) -> Path:
+    """Write ``result`` (with the command and machine facts) to :func:`results_path` of ``name``."""
+    path = results_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(recorded(result), indent=2) + "\n")
     return path

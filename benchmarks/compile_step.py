@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from benchmarks.common import save, table, training_step
+from benchmarks.common import RESULTS_HELP, run_main, save, table, training_step
 
 # what each part wraps: (owner of the attribute, attribute name)
 PARTS = {
@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batches", type=int, default=70, help="timed batches in each of A and B")
     ap.add_argument("--warmup", type=int, default=30, help="steps after compiling, before timing")
-    ap.add_argument("--name", default="compile_step")
+    ap.add_argument("--name", default="compile_step", help=f"{RESULTS_HELP} (default %(default)s)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -80,4 +80,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import seqtext  # noqa: E402
+from benchmarks.common import recorded, run_main  # noqa: E402
 from seqtext.data.conll import read_conll  # noqa: E402
 from seqtext.io import write_json  # noqa: E402
 
@@ -105,10 +104,8 @@ def main() -> None:
         "inference": {**speed, "bf16": args.bf16},
         "target": {"test_f1": TARGET_F1, "train_minutes": TARGET_MINUTES,
                    "met": scores["test"]["f1"] >= TARGET_F1 and minutes <= TARGET_MINUTES},
-        "machine": {"threads": args.threads, "cpu_count": os.cpu_count(), "processor": platform.processor(),
-                    "torch": torch.__version__, "python": platform.python_version()},
     }
-    write_json(args.results, result)
+    write_json(args.results, recorded(result))  # with the command and the machine's facts
 
     print(f"\nCoNLL-2003 English NER ({model.recipe.name}, {result['parameters'] / 1e6:.2f}M parameters, "
           f"{args.threads} threads)")
@@ -152,4 +149,4 @@ def _epochs(run_dir: Path) -> int:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

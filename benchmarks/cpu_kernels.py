@@ -1,12 +1,14 @@
 """Two CPU facts behind the suite's measurements (benchmarks/README.md, "measurement pitfalls").
 
-    python benchmarks/cpu_kernels.py [--threads 2] [--steps 100]
+    python benchmarks/cpu_kernels.py [--threads 2] [--steps 100] [--data-root DIR] [--name NAME]
 
 1. The fp32 matmul peak: ``torch.matmul`` (MKL) vs the same product through oneDNN, and what a
    bidirectional ``nn.LSTM`` forward (oneDNN) achieves, all in GFLOP/s.
-2. The tagger recipe's training step (one member, ``recipes/conll2003_ner.toml``, same batches)
-   in a process with ``OMP_WAIT_POLICY=PASSIVE`` and in one with OpenMP's defaults.
-Prints a table and writes benchmarks/results/cpu_kernels.json.
+2. The tagger recipe's training step (one member, ``recipes/conll2003_ner.toml``, same batches,
+   on ``--data-root``/conll2003; 5 warm-up steps, then ``--steps`` timed) in a process with
+   ``OMP_WAIT_POLICY=PASSIVE`` and in one with OpenMP's defaults.
+Prints a table and writes benchmarks/results/cpu_kernels.json (``--name``: another name there, or a
+path), with the command and the machine's facts.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import DATA_ROOT, RESULTS_HELP, child_failed, data_under, run_main, save, table  # noqa: E402
+
+WARMUP = 5  # tagger steps run before the timed ones
 
 
 def best_gflops(fn, flops: float, repeats: int = 5) -> float:
@@ -49,34 +55,32 @@ def kernels() -> dict:
             "bilstm_forward_gflops": round(lstm_gflops)}
 
 
-def tagger_step(steps: int) -> dict:
+def tagger_step(steps: int, data_root: str) -> dict:
+    import itertools
+
     import torch
 
     from benchmarks.common import prepare, step_trainer
 
-    task, data = prepare("recipes/conll2003_ner.toml", str(ROOT.parent / "shared" / "data" / "conll2003"))
+    task, data = prepare("recipes/conll2003_ner.toml", data_under(data_root, "conll2003"))
     torch.manual_seed(0)
     net = task.build_net()
-    batches = []
-    for batch in task.train_batches(data["train"], epoch=0):
-        batches.append(batch)
-        if len(batches) == steps:
-            break
+    batches = list(itertools.islice(task.train_batches(data["train"], epoch=0), WARMUP + steps))
     with step_trainer(task, net, data) as trainer:
-        for batch in batches[:5]:
+        for batch in batches[:WARMUP]:  # untimed
             trainer._step(batch)
         start, tokens = time.perf_counter(), 0
-        for batch in batches:
+        for batch in batches[WARMUP:]:
             trainer._step(batch)
             tokens += batch.num_tokens
-    return {"tokens_per_s": round(tokens / (time.perf_counter() - start))}
+    return {"tokens_per_s": round(tokens / (time.perf_counter() - start)), "steps": len(batches) - WARMUP}
 
 
 def child(args, extra_env: dict) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | extra_env
     r = subprocess.run([sys.executable, __file__, *args], env=env, capture_output=True, text=True, cwd=ROOT)
     if r.returncode != 0:
-        raise SystemExit(r.stderr[-3000:])
+        child_failed(r, " ".join(args))
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -84,6 +88,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=100, help="tagger training steps timed per setting")
+    ap.add_argument("--data-root", default=str(DATA_ROOT),
+                    help="folder holding conll2003/ (default: ../shared/data beside the repo, %(default)s)")
+    ap.add_argument("--name", default="cpu_kernels", help=f"{RESULTS_HELP} (default %(default)s)")
     ap.add_argument("--child", choices=("kernels", "tagger"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     import torch
@@ -93,10 +100,11 @@ def main() -> None:
         print(json.dumps(kernels()))
         return
     if args.child == "tagger":
-        print(json.dumps(tagger_step(args.steps)))
+        print(json.dumps(tagger_step(args.steps, args.data_root)))
         return
-    common = ["--threads", str(args.threads), "--steps", str(args.steps)]
-    result = {"command": "python " + " ".join(sys.argv), "threads": args.threads,
+    data_under(args.data_root, "conll2003")  # before the kernels' child: a missing folder fails at once
+    common = ["--threads", str(args.threads), "--steps", str(args.steps), "--data-root", args.data_root]
+    result = {"threads": args.threads,
               **child(["--child", "kernels", *common], {}),
               "tagger_step_passive": child(["--child", "tagger", *common], {"OMP_WAIT_POLICY": "PASSIVE"}),
               "tagger_step_default": child(["--child", "tagger", *common], {})}
@@ -105,14 +113,9 @@ def main() -> None:
             ("BiLSTM 128→192 forward, B=32 T=270 (oneDNN)", f"{result['bilstm_forward_gflops']} GFLOP/s"),
             ("tagger step, OMP_WAIT_POLICY=PASSIVE", f"{result['tagger_step_passive']['tokens_per_s']} tokens/s"),
             ("tagger step, OpenMP defaults", f"{result['tagger_step_default']['tokens_per_s']} tokens/s")]
-    width = max(len(k) for k, _ in rows)
-    print(f"CPU kernels ({args.threads} threads)")
-    for k, v in rows:
-        print(f"{k:<{width}}  {v}")
-    out = ROOT / "benchmarks" / "results" / "cpu_kernels.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written {out}")
+    print(table(rows, f"CPU kernels ({args.threads} threads)"))
+    print(f"written {save(args.name, result)}")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

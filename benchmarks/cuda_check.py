@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import save, torchrun
+from benchmarks.common import run_main, save, torchrun
 
 RECIPES = {"classify": "recipes/demo_sentiment.toml", "tag": "recipes/demo_ner.toml", "lm": "recipes/demo_lm.toml"}
 SAMPLE = {"classify": "a wonderful film", "tag": "Angela Merkel visited Paris .", "lm": "the"}
@@ -115,4 +115,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

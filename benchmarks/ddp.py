@@ -2,6 +2,7 @@
 
     python benchmarks/ddp.py --sync-probe                     # IMDB classifier and CoNLL tagger, 2 cores
     python benchmarks/ddp.py --tasks tag --set train.sparse_embeddings=false --name ddp_dense
+    python benchmarks/ddp.py --data-root /elsewhere/data   # imdb/ and conll2003/ in another folder
 
 For each task's recipe (one model, not an ensemble) it trains ``--steps`` steps twice with the
 same global batch: one process with ``--procs`` threads, then ``torchrun --nproc_per_node
@@ -10,8 +11,9 @@ from each run's metrics.json (the training loop's own clock, without data prepar
 final evaluation) and prints their ratio. It also times gloo all-reduces between ``--procs``
 processes (one float: the latency every collective pays; and gradient-sized tensors), and with
 ``--sync-probe`` each process's training steps under torchrun with and without DDP's gradient
-synchronisation (``no_sync``; the best of two blocks of 100 steps each). Writes
-benchmarks/results/<--name>.json (default ddp.json).
+synchronisation (``no_sync``; the best of two blocks of 100 steps each). The data are read from
+``--data-root`` (imdb/, conll2003/; default ../shared/data beside the repo). Writes
+benchmarks/results/<--name>.json (default ddp.json; a --name holding a / is a path).
 """
 
 from __future__ import annotations
@@ -25,13 +27,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import save, table, torchrun
+from benchmarks.common import DATA_ROOT, RESULTS_HELP, child_failed, data_under, fail, run_main, save, table, torchrun
 from seqtext.recipe import load_recipe
 
-# task → (recipe, data dir, the per-process batch setting to divide)
+# task → (recipe, its data's folder under --data-root, the per-process batch setting to divide)
 TASKS = {
-    "classify": ("recipes/imdb_sentiment.toml", "../shared/data/imdb", "batch_size"),
-    "tag": ("recipes/conll2003_ner.toml", "../shared/data/conll2003", "batch_tokens"),
+    "classify": ("recipes/imdb_sentiment.toml", "imdb", "batch_size"),
+    "tag": ("recipes/conll2003_ner.toml", "conll2003", "batch_tokens"),
 }
 
 
@@ -41,7 +43,9 @@ def train(recipe: str, data_dir: str, overrides: list[str], output: Path, procs:
         program += ["--set", o]
     cmd = torchrun(procs, program) if procs > 1 else [sys.executable, *program]
     env = {**os.environ, "OMP_NUM_THREADS": str(1 if procs > 1 else procs)}
-    subprocess.run(cmd, env=env, check=True)
+    r = subprocess.run(cmd, env=env)
+    if r.returncode:
+        fail(f"seqtext train {recipe} ({procs} process(es)) failed with exit status {r.returncode} (output above)")
     return json.loads((output / "metrics.json").read_text())["train"]
 
 
@@ -71,7 +75,7 @@ def allreduce_probe() -> None:
     tdist.destroy_process_group()
 
 
-def sync_probe(task_name: str, batch_override: str, steps: int = 100) -> None:
+def sync_probe(task_name: str, batch_override: str, data_root: str, steps: int = 100) -> None:
     """Run by each torchrun worker: ms per training step of one recipe, with DDP's gradient
     all-reduce and without it (``no_sync``), alternating blocks; rank 0 prints one JSON line."""
     import contextlib
@@ -84,8 +88,8 @@ def sync_probe(task_name: str, batch_override: str, steps: int = 100) -> None:
     from seqtext import distributed as dist
 
     dist.init(torch.device("cpu"))  # a CPU (gloo) benchmark
-    recipe, data_dir, _ = TASKS[task_name]
-    task, data = prepare(recipe, data_dir, ["train.threads=1", batch_override])
+    recipe, folder, _ = TASKS[task_name]
+    task, data = prepare(recipe, data_under(data_root, folder), ["train.threads=1", batch_override])
     torch.set_num_threads(1)
     torch.manual_seed(0)
     net = task.build_net()
@@ -112,7 +116,9 @@ def sync_probe(task_name: str, batch_override: str, steps: int = 100) -> None:
 def worker_json(procs: int, args: list[str], marker: str) -> dict:
     """Run this script under torchrun with ``args``; the JSON rank 0 printed after ``marker``."""
     cmd = torchrun(procs, [__file__, *args])
-    r = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, check=True)
+    r = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    if r.returncode:
+        child_failed(r, f"torchrun {' '.join(args)}")
     line = next(x for x in r.stdout.splitlines() if x.startswith(marker + " "))
     return json.loads(line.split(" ", 1)[1])
 
@@ -125,7 +131,9 @@ def main() -> None:
                          "evaluation is timed).")
     ap.add_argument("--procs", type=int, default=2, help="Processes under torchrun = threads of the single process.")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="Recipe override for both runs.")
-    ap.add_argument("--name", default="ddp", help="Results file benchmarks/results/<name>.json.")
+    ap.add_argument("--data-root", default=str(DATA_ROOT),
+                    help="Folder holding imdb/ and conll2003/ (default: ../shared/data beside the repo, %(default)s).")
+    ap.add_argument("--name", default="ddp", help=f"{RESULTS_HELP} (default %(default)s)")
     ap.add_argument("--sync-probe", action="store_true",
                     help="Also time each process's steps with and without gradient synchronisation.")
     ap.add_argument("--worker", help=argparse.SUPPRESS)  # run as a torchrun worker: allreduce | sync:TASK:OVERRIDE
@@ -134,17 +142,20 @@ def main() -> None:
         return allreduce_probe()
     if args.worker:
         _, task_name, override = args.worker.split(":", 2)
-        return sync_probe(task_name, override)
+        return sync_probe(task_name, override, args.data_root)
 
+    for name in args.tasks.split(","):  # every task's data before anything is timed
+        if name not in TASKS:
+            ap.error(f"--tasks: unknown task {name!r} (known: {', '.join(TASKS)})")
+        data_under(args.data_root, TASKS[name][1])
     latency = worker_json(args.procs, ["--worker", "allreduce"], "ALLREDUCE_MS")
     rows = [(f"gloo all-reduce, {args.procs} processes, ms", ", ".join(
         f"{int(n) * 4 / 1e6:.1f} MB: {ms}" if int(n) > 1 else f"one float: {ms}" for n, ms in latency.items()))]
 
     results = {}
     for name in args.tasks.split(","):
-        if name not in TASKS:
-            ap.error(f"--tasks: unknown task {name!r} (known: {', '.join(TASKS)})")
-        recipe, data_dir, batch_key = TASKS[name]
+        recipe, folder, batch_key = TASKS[name]
+        data_dir = data_under(args.data_root, folder)
         batch = getattr(load_recipe(recipe).train, batch_key)
         steps = args.steps or (300 if name == "classify" else 600)
         common = ["model.ensemble=1", f"train.max_steps={steps}", "train.eval_every=0", "train.max_minutes=0",
@@ -161,7 +172,8 @@ def main() -> None:
     for name in results if args.sync_probe else []:
         recipe, _, batch_key = TASKS[name]
         per_process = getattr(load_recipe(recipe).train, batch_key) // args.procs
-        step = worker_json(args.procs, ["--worker", f"sync:{name}:train.{batch_key}={per_process}"], "STEP_MS")
+        step = worker_json(args.procs, ["--worker", f"sync:{name}:train.{batch_key}={per_process}",
+                                        "--data-root", args.data_root], "STEP_MS")
         results[name]["step_ms"] = step
         rows.append((f"{name}: ms per step of each process, with / without gradient sync",
                      f"{step['sync']} / {step['no_sync']}"))
@@ -172,4 +184,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -9,7 +9,7 @@ The script prints how often reviews at a given distance in the file share one, a
 pairs, and then, for dev carved from train as seqtext does it (scattered rows, or runs of
 ``--block-size`` rows: ``[data] dev_block_size``), the share of dev reviews that share a name with
 a train review within 5 rows of them: how much of dev is about movies the model trained on.
-Writes benchmarks/results/imdb_grouping.json.
+Writes benchmarks/results/imdb_grouping.json (``--name``: another name there, or a path).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import save
+from benchmarks.common import RESULTS_HELP, run_main, save
 
 NAME = re.compile(r"\b[A-Z][a-z]+(?:\s[A-Z][a-z]+)+\b")  # "Peter Sellers", "The Pink Panther"
 NEAR = 5  # rows either side that count as "the same movie" for the dev check
@@ -32,17 +32,21 @@ NEAR = 5  # rows either side that count as "the same movie" for the dev check
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data-dir", default="../shared/data/imdb")
+    ap.add_argument("--data-dir", default="../shared/data/imdb", help="folder holding train.jsonl.gz")
     ap.add_argument("--block-size", type=int, default=100)
     ap.add_argument("--dev-fraction", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=1, help="the split seed (the recipe's [train] seed)")
+    ap.add_argument("--name", default="imdb_grouping", help=f"{RESULTS_HELP} (default %(default)s)")
     args = ap.parse_args()
 
     import datasets
 
+    from seqtext import SeqtextError
     from seqtext.data.sources import carve_dev
 
     path = Path(args.data_dir) / "train.jsonl.gz"
+    if not path.is_file():
+        raise SeqtextError(f"--data-dir {args.data_dir}: no IMDB train file ({path}: no such file)")
     with gzip.open(path, "rt", encoding="utf-8") as f:
         texts = [json.loads(line)["text"] for line in f]
     names = [set(NAME.findall(t)) for t in texts]
@@ -76,8 +80,8 @@ def main() -> None:
           f"within {NEAR} rows:")
     for label, s in result["dev_rows_sharing_a_name_with_train_within_5_rows"].items():
         print(f"  {label:<21} {s:.1%}")
-    save("imdb_grouping", result)
+    print(f"written {save(args.name, result)}")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -20,7 +20,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import RESULTS, inference_tokens_per_s, peak_rss_mb, prepare, save, table, throughput
+from benchmarks.common import (
+    RESULTS,
+    inference_tokens_per_s,
+    peak_rss_mb,
+    prepare,
+    run_main,
+    save,
+    table,
+    throughput,
+)
 
 
 def main() -> None:
@@ -88,4 +97,4 @@ def encoded_test(model, data_dir):
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -6,7 +6,7 @@
 For each cache size, θ and λ are chosen on the valid split (grid search,
 ``LMTask.tune_cache``), then the test split is scored once with those settings, the same
 protocol as Grave et al. (2017). Also times a test pass with and without the cache.
-Writes benchmarks/results/lm_cache_<model dir name>.json.
+Writes benchmarks/results/lm_cache_<model dir name>.json (``--name``: another name there, or a path).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from benchmarks.common import save, table
+from benchmarks.common import RESULTS_HELP, run_main, save, table
 
 
 def main() -> None:
@@ -29,6 +29,7 @@ def main() -> None:
     ap.add_argument("--data-dir", default="../shared/data/wikitext2")
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 500, 2000])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--name", help=f"{RESULTS_HELP} (default lm_cache_<model dir name>)")
     args = ap.parse_args()
 
     import seqtext
@@ -55,8 +56,8 @@ def main() -> None:
                      f"{test['cache_perplexity']:.2f}  (θ {tuned['theta']:g}, λ {tuned['lambda']:g} chosen on valid: "
                      f"{tuned['perplexity_without']:.2f} → {tuned['perplexity']:.2f}; {seconds:.0f} s)"))
     print(table(rows, f"Continuous cache — {args.model}, {args.threads} threads"))
-    print(f"written {save('lm_cache_' + Path(args.model).name, result)}")
+    print(f"written {save(args.name or 'lm_cache_' + Path(args.model).name, result)}")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -8,8 +8,11 @@ loss does not improve). Defaults are the example's: emsize = nhid = 200, 2 layer
 0.2, bptt 35, batch 20, lr 20, eval batch 10. Used as the "bare nn.LSTM" baseline beside
 seqtext's LM: same corpus, same machine, tokens/s and perplexity.
 
-    python benchmarks/lm_reference.py --data-dir ../shared/data/wikitext2 --epochs 6      # the 110.44 run
+    python benchmarks/lm_reference.py --data-dir ../shared/data/wikitext2 --epochs 6      # main.py --epochs 6 --tied
     python benchmarks/lm_reference.py --data-dir ../shared/data/wikitext2 --max-batches 200  # speed only
+
+(pytorch/examples' README gives test perplexity 110.44 for ``main.py --cuda --epochs 6 --tied``;
+that figure is theirs, not a run of this script.)
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ class Corpus:
     def __init__(self, directory: str | Path):
         self.word2idx: dict[str, int] = {}
         directory = Path(directory)
+        for split in ("train", "valid", "test"):
+            if not (directory / f"{split}.txt").is_file():
+                raise FileNotFoundError(f"{directory / f'{split}.txt'}: no such file (--data-dir {directory} "
+                                        "must hold train.txt, valid.txt and test.txt)")
         self.train = self.tokenize(directory / "train.txt")
         self.valid = self.tokenize(directory / "valid.txt")
         self.test = self.tokenize(directory / "test.txt")
@@ -181,4 +188,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from benchmarks.common import run_main
+
+    run_main(main)

@@ -4,14 +4,16 @@
     python benchmarks/lm_softmax.py --key train.bf16 --values false true --steps 300   # any recipe key
 
 With ``--key``/``--values`` it compares any one recipe setting the same way (results in
-benchmarks/results/lm_<key>.json; the first value is the baseline).
+benchmarks/results/lm_<last part of the key>.json, e.g. lm_bf16.json for train.bf16; the first
+value is the baseline).
 
 Trains recipes/wikitext2_lm.toml twice with identical settings and the same number of steps
 (the LR schedule runs to completion over ``--steps``), once with ``model.softmax = "full"``
 (33k-way softmax tied to the embedding) and once with ``"adaptive"`` (the recipe's cutoffs),
 then reports training tokens/s, wall time and valid/test perplexity of each. Equal steps means
 equal tokens seen, so the perplexity difference is the adaptive softmax's approximation cost
-and the time difference its gain. Writes benchmarks/results/lm_softmax.json.
+and the time difference its gain. Writes benchmarks/results/lm_softmax.json (``--name``: another
+name there, or a path).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from benchmarks.common import save, table
+from benchmarks.common import RESULTS_HELP, run_main, save, table
 
 
 def main() -> None:
@@ -37,6 +39,7 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra recipe overrides")
     ap.add_argument("--key", default="model.softmax", help="the recipe key compared")
     ap.add_argument("--values", nargs=2, default=['"full"', '"adaptive"'], help="baseline value, then the variant")
+    ap.add_argument("--name", help=f"{RESULTS_HELP} (default lm_softmax, or lm_<last part of --key>)")
     args = ap.parse_args()
 
     import seqtext
@@ -72,8 +75,8 @@ def main() -> None:
               f"{100 * result['test_perplexity_cost']:+.1f} %")]
     print(table(rows, f"{args.key}: {' vs '.join(args.values)} — {args.recipe}, {args.steps} steps, "
                       f"{args.threads} threads"))
-    print(f"written {save('lm_softmax' if name == 'softmax' else f'lm_{name}', result)}")
+    print(f"written {save(args.name or ('lm_softmax' if name == 'softmax' else f'lm_{name}'), result)}")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -2,6 +2,7 @@
 
     python benchmarks/lstm_kernels.py             # all of them
     python benchmarks/lstm_kernels.py --only crf  # one part (writes lstm_kernels_crf.json)
+    python benchmarks/lstm_kernels.py --only crf --name /tmp/crf.json  # elsewhere
 
 1. nn.LSTM training tokens/s on packed vs padded input (CPU: packed leaves oneDNN's kernel).
 2. One bidirectional nn.LSTM vs seqtext's two unidirectional LSTMs + within-length reversal.
@@ -18,7 +19,8 @@
 7. DropConnect (the WikiText-2 LM's weight drop 0.3) on one layer's 1600 × 400 hidden-to-hidden
    weights, forward+backward: ``F.dropout`` (torch's ``bernoulli_``) vs seqtext's ``drop_connect``
    (NumPy random bytes on CPU).
-Writes benchmarks/results/lstm_kernels[_<part>].json.
+Writes benchmarks/results/lstm_kernels[_<part>].json, or ``--name`` (a name in benchmarks/results/
+or a path).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import seqtext.nn.crf
-from benchmarks.common import save, table
+from benchmarks.common import RESULTS_HELP, run_main, save, table
 from seqtext.nn.chars import CharCNN, conv1d_as_matmul
 from seqtext.nn.crf import CRF
 from seqtext.nn.encoder import Encoder, drop_connect, reverse_padded
@@ -257,6 +259,7 @@ PARTS = {"packed": packed_part, "encoder": encoder_part, "reversal": reversal_pa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=sorted(PARTS), help="run one part")
+    parser.add_argument("--name", help=f"{RESULTS_HELP} (default lstm_kernels[_<part>])")
     args = parser.parse_args()
     torch.manual_seed(0)
     result, rows = {}, []
@@ -264,8 +267,8 @@ def main() -> None:
         if args.only in (None, name):
             part(result, rows)
     print(table(rows, f"LSTM kernels ({torch.get_num_threads()} threads)"))
-    print(f"written {save('lstm_kernels' + (f'_{args.only}' if args.only else ''), result)}")
+    print(f"written {save(args.name or 'lstm_kernels' + (f'_{args.only}' if args.only else ''), result)}")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from benchmarks.common import bare_lstm_step, save, training_step
+from benchmarks.common import RESULTS_HELP, bare_lstm_step, run_main, save, training_step
 from benchmarks.plain_loops import plain_step
 
 
@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--plain", action="store_true", help="profile the plain PyTorch loop of the same model")
     ap.add_argument("--minus-bare", action="store_true",
                     help="rank operators by full-step minus bare-nn.LSTM-step time on the same batches")
-    ap.add_argument("--name", help="results file name (default profile_<recipe name>[_plain][_glibc_default])")
+    ap.add_argument("--name", help=f"{RESULTS_HELP} (default profile_<recipe name>[_plain][_glibc_default])")
     ap.add_argument("--glibc-default", action="store_true",
                     help="keep glibc's allocator settings (the training loop applies keep_freed_memory otherwise)")
     args = ap.parse_args()
@@ -114,4 +114,4 @@ def minus_bare(args, prof, bare_prof) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -27,8 +27,6 @@ Results: benchmarks/results/spacy_ner.json.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import re
 import subprocess
 import sys
@@ -100,7 +98,9 @@ def convert(data_dir: Path, work: Path, sents_per_doc: int, max_sentences: int) 
     for split in ("train", "valid", "test"):
         src = data_dir / f"{split}.txt"
         if not src.is_file():
-            sys.exit(f"error: {src}: missing (expected train.txt, valid.txt and test.txt in --data-dir)")
+            from seqtext import SeqtextError
+
+            raise SeqtextError(f"{src}: missing (expected train.txt, valid.txt and test.txt in --data-dir)")
         if max_sentences:
             src = subset(src, work / f"{split}.txt", max_sentences)
         spacy_cli("convert", str(src), str(corpus), "--converter", "ner", "-n", str(sents_per_doc),
@@ -203,13 +203,14 @@ def main() -> None:
 
     sys.path.insert(0, str(REPO))
     import seqtext
+    from benchmarks.common import fail, recorded
     from seqtext.io import write_json
     from seqtext.model import check_model_dir
 
     try:
         check_model_dir(args.seqtext_model, task="tag")
     except seqtext.SeqtextError as e:
-        sys.exit(f"error: {e} (train one with: python benchmarks/conll2003_ner.py)")
+        fail(f"{e} (train one with: python benchmarks/conll2003_ner.py)")
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory(prefix="spacy-ner-bench-") as tmp:
@@ -222,7 +223,7 @@ def main() -> None:
             spacy_train = train_spacy(args, corpus, work, log_path)
         best = Path(args.spacy_output) / "model-best"
         if not best.is_dir():
-            sys.exit(f"error: {best}: no trained spaCy pipeline (run without --skip-spacy-train)")
+            fail(f"{best}: no trained spaCy pipeline (run without --skip-spacy-train)")
 
         baseline = spacy.load(best)
         ours = spacy.blank("en")
@@ -251,11 +252,8 @@ def main() -> None:
                         "train": seqtext_info.metrics().get("train", {})},
         "goal": {"higher_f1": q["f1"] > s["f1"], "at_least_same_words_per_second":
                  q["words_per_second"] >= s["words_per_second"]},
-        "machine": {"threads": args.threads, "cpu_count": os.cpu_count(), "processor": platform.processor(),
-                    "torch": torch.__version__, "python": platform.python_version()},
-        "command": " ".join(["python", *sys.argv]),
     }
-    write_json(args.results, result)
+    write_json(args.results, recorded(result))  # with the command and the machine's facts (torch threads)
 
     print(f"\nCoNLL-2003 test ({q['docs']} docs, {q['words']} words; spaCy Scorer, nlp.pipe "
           f"batch {args.batch_size}, {args.threads} torch threads{', seqtext_ner in bf16' if args.bf16 else ''})")
@@ -273,4 +271,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.path.insert(0, str(REPO))
+    from benchmarks.common import run_main
+
+    run_main(main)

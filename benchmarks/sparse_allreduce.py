@@ -142,7 +142,9 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     ap.add_argument("--runs", type=int, default=3, help="runs of each mode (default 3)")
     ap.add_argument("--steps", type=int, default=20000, help="training steps per run (default 20000)")
-    ap.add_argument("--name", default="sparse_allreduce", help="results file name")
+    ap.add_argument("--name", default="sparse_allreduce",
+                    help="results file: benchmarks/results/NAME.json, or NAME itself where it is a path (it holds a /; "
+                         ".json is added if missing) (default %(default)s)")
     ap.add_argument("--time", action="store_true", help="time one averaging of each kind instead")
     ap.add_argument("--rows", type=int, default=500, help="--time: gradient rows per process (default 500)")
     ap.add_argument("--vocab", type=int, default=20000, help="--time: embedding rows (default 20000)")
@@ -183,4 +185,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from benchmarks.common import run_main
+
+    run_main(main)

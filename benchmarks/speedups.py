@@ -26,10 +26,15 @@ weight's stays dense, the lookup's rows are added into it instead of into a zero
     python benchmarks/speedups.py --compare dropconnect --threads 2  # WikiText-2 recipe
     python benchmarks/speedups.py --compare sparse_lookup --threads 2 --batches 60
 
+The data default to the recipe's data set in ../shared/data beside the repo, for another
+``--recipe`` too (``--data-dir`` is for data kept elsewhere). A comparison that does not apply to
+the recipe's model (``dropconnect`` without weight dropout, ``dedup``/``table`` without a char CNN,
+``split``/``layout`` on a model that is not a tagger) is refused before any data are read.
+
 Prints ms per step of each (and for the tagger the share of distinct words per batch); writes
 benchmarks/results/<char_dedup|char_table|tag_split|tag_layout|drop_connect|sparse_lookup>[_NAME].json
-(``--name``). (This script was ``benchmarks/char_dedup.py`` when it wrote the ``char_dedup*.json``
-results.)
+(``--name NAME``), or to NAME itself where NAME is a path (it holds a /; .json is added if missing).
+(This script was ``benchmarks/char_dedup.py`` when it wrote the ``char_dedup*.json`` results.)
 """
 
 from __future__ import annotations
@@ -43,8 +48,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import add_step_options, save, table, time_interleaved, training_step
+from benchmarks.common import add_step_options, recipe_data_dir, run_main, save, table, time_interleaved, training_step
+from seqtext import SeqtextError
 from seqtext.nn.chars import unique_rows
+from seqtext.recipe import load_recipe
 
 # --compare → (results name, module of the net, its switch, label when off, label when on)
 COMPARISONS = {"dedup": ("char_dedup", "embedder.chars", "dedup", "every_token", "distinct_words"),
@@ -53,30 +60,41 @@ COMPARISONS = {"dedup": ("char_dedup", "embedder.chars", "dedup", "every_token",
                "layout": ("tag_layout", "head", "as_stored", "batch_major", "as_stored"),
                "dropconnect": ("drop_connect", "encoder", "fast_drop_connect", "bernoulli", "numpy_bits"),
                "sparse_lookup": ("sparse_lookup", "embedder.words", "sparse", "dense_lookup", "sparse_lookup")}
-# the recipe and data each comparison runs on unless --recipe / --data-dir say otherwise
-WIKITEXT2 = ("recipes/wikitext2_lm.toml", "../shared/data/wikitext2")
-RECIPES = {"dropconnect": WIKITEXT2, "sparse_lookup": WIKITEXT2}
-TAGGER = ("recipes/conll2003_ner.toml", "../shared/data/conll2003")
+# the recipe each comparison runs on unless --recipe says otherwise (its data: recipe_data_dir)
+RECIPES = {"dropconnect": "recipes/wikitext2_lm.toml", "sparse_lookup": "recipes/wikitext2_lm.toml"}
+TAGGER = "recipes/conll2003_ner.toml"
+
+
+def not_applicable(compare: str, recipe) -> str:
+    """Why ``--compare`` cannot run on the model ``recipe`` builds ('' where it can)."""
+    if compare in ("dedup", "table") and (recipe.task != "tag" or recipe.model.char_encoder != "cnn"):
+        return 'the model is not a tagger with a char CNN ([model] char_encoder = "cnn")'
+    if compare in ("split", "layout") and recipe.task != "tag":
+        return "the model is not a tagger"
+    if compare == "dropconnect" and not recipe.model.weight_dropout:
+        return "the model has no weight dropout ([model] weight_dropout)"
+    return ""
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--compare", choices=sorted(COMPARISONS), default="dedup")
     add_step_options(ap, None, None, warmup=5,
                      recipe_help="default: the CoNLL recipe (the WikiText-2 one for dropconnect, sparse_lookup)")
-    ap.add_argument("--name", default="", help="results file suffix")
+    ap.add_argument("--name", default="",
+                    help="results file suffix (<results name>_NAME.json in benchmarks/results), or a path to write "
+                         "(NAME holds a /; .json is added if missing)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     name, module, attribute, off, on = COMPARISONS[args.compare]
-    recipe, data_dir = RECIPES.get(args.compare, TAGGER)
-    args.recipe, args.data_dir = args.recipe or recipe, args.data_dir or data_dir
+    args.recipe = args.recipe or RECIPES.get(args.compare, TAGGER)
+    args.data_dir = args.data_dir or recipe_data_dir(args.recipe)
+    reason = not_applicable(args.compare, load_recipe(args.recipe, args.overrides))
+    if reason:
+        raise SeqtextError(f"--compare {args.compare}: {args.recipe}: {reason}")
 
     with training_step(args.recipe, args.data_dir, args.overrides, args.warmup + args.batches) as (step, batches):
         net = step.__self__.net
-        if module.startswith("embedder.chars") and getattr(net.embedder, "chars", None) is None:
-            raise SystemExit(f"{args.recipe}: the model is not a tagger with a char CNN")
-        if attribute == "fast_drop_connect" and not net.encoder.weight_dropout:
-            raise SystemExit(f"{args.recipe}: the model has no weight dropout ([model] weight_dropout)")
         switched = net.get_submodule(module)
         chars = [b.chars.flatten(0, 1) for b in batches if getattr(b, "chars", None) is not None]
         distinct = [len(unique_rows(r)[0]) / len(r) for r in chars]
@@ -100,8 +118,9 @@ def main() -> None:
                  (f"ms per step: {off} / {on}", f"{ms[off]:.2f} / {ms[on]:.2f}"),
                  ("speed-up", f"{result['speedup']:.3f}x")],
                 f"{module}.{attribute} off vs on ({args.threads} thread(s), {args.batches} batches)"))
-    print(f"written {save(name + (f'_{args.name}' if args.name else ''), result)}")
+    out = args.name if "/" in args.name else name + (f"_{args.name}" if args.name else "")
+    print(f"written {save(out, result)}")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -11,7 +11,8 @@ backward and the rest. The rest of the bare step is making its random input, sum
 and accumulating the weight gradients; the rest of the full step is the whole pipeline around
 the encoder. A profiler cannot answer this cleanly: it adds a fixed cost to every operator, and
 profiling the two steps in separate blocks lets the machine's load differ between them.
-Writes benchmarks/results/step_anatomy_<recipe name>.json (``--name``).
+The data default to the recipe's data set in ../shared/data beside the repo.
+Writes benchmarks/results/step_anatomy_<recipe name>.json (``--name``: another name there, or a path).
 """
 
 from __future__ import annotations
@@ -26,7 +27,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from benchmarks.common import add_step_options, bare_lstm_step, save, table, time_interleaved, training_step
+from benchmarks.common import (
+    RESULTS_HELP,
+    add_step_options,
+    bare_lstm_step,
+    recipe_data_dir,
+    run_main,
+    save,
+    table,
+    time_interleaved,
+    training_step,
+)
 
 
 class LSTMClock:
@@ -76,9 +87,10 @@ def _kernel_nodes(output: torch.Tensor, layers: int) -> list:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_step_options(ap, "recipes/conll2003_ner.toml", "../shared/data/conll2003", warmup=10)
-    ap.add_argument("--name", help="results file name (default step_anatomy_<recipe name>)")
+    add_step_options(ap, "recipes/conll2003_ner.toml", None, warmup=10)
+    ap.add_argument("--name", help=f"{RESULTS_HELP} (default step_anatomy_<recipe name>)")
     args = ap.parse_args()
+    args.data_dir = args.data_dir or recipe_data_dir(args.recipe)
     torch.set_num_threads(args.threads)
     overrides = [*args.overrides, f"train.threads={args.threads}"]
     clock = LSTMClock()
@@ -113,4 +125,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -49,14 +49,15 @@ def main() -> None:
     ap.add_argument("--data-dir", default="../shared/data/imdb")
     ap.add_argument("--threads", type=int, default=1, help="1: how the recipes train their ensemble members")
     ap.add_argument("--batches", type=int, default=155, help="the suite times 150 after 5 warm-up batches")
-    ap.add_argument("--name", default="step_memory")
+    ap.add_argument("--name", default="step_memory", help="results file: benchmarks/results/NAME.json, or NAME "
+                    "itself where it is a path (it holds a /; .json is added if missing) (default %(default)s)")
     ap.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(measure(args.child, args.recipe, args.data_dir, args.threads, args.batches)))
         return
 
-    from benchmarks.common import save, table
+    from benchmarks.common import child_failed, save, table
 
     results = {"recipe": args.recipe, "threads": args.threads, "batches": args.batches, "modes": {}}
     for mode in MODES:
@@ -64,7 +65,7 @@ def main() -> None:
                             args.data_dir, "--threads", str(args.threads), "--batches", str(args.batches)],
                            capture_output=True, text=True)
         if r.returncode != 0:
-            raise SystemExit(f"{mode} failed:\n{r.stderr[-3000:]}")
+            child_failed(r, mode)
         results["modes"][mode] = json.loads(r.stdout.strip().splitlines()[-1])
     rows = [(f"{mode}: peak RSS MB before steps / after", f"{r['peak_rss_mb_before_steps']} / {r['peak_rss_mb']}")
             for mode, r in results["modes"].items()]
@@ -73,4 +74,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from benchmarks.common import run_main
+
+    run_main(main)

@@ -1,7 +1,7 @@
 """The benchmark suite: one command, every task at its default recipe size, on this machine.
 
     python benchmarks/suite.py [--tasks classify,classify_1thread,tag,tag_1thread,lm] [--batches 150] [--repeats 5]
-                               [--skip-memory] [--set KEY=VALUE ...]
+                               [--skip-memory] [--set KEY=VALUE ...] [--data-root DIR] [--name NAME]
 
 For each task (in its own subprocess, so peak RSS is per task, with a fresh datasets cache):
 - data preparation throughput (tokenize + numericalize), first run vs cached run;
@@ -22,7 +22,9 @@ on the two cores, ``[train] parallel_members = 2``); the other rows use every co
 Each task runs in ``--repeats`` separate processes and the one with the median full/bare ratio is
 reported, with every process's ratio beside it: interleaving cancels load within a process, but the
 ratio still moved by up to ±5 % from one process to the next here (0.80-0.93 for the classifier).
-Prints a table and writes benchmarks/results/suite.json.
+The data are read from ``--data-root`` (imdb/, conll2003/, wikitext2/; default ../shared/data beside
+the repo). Prints a table and writes benchmarks/results/suite.json (``--name``: another name there,
+or a path).
 """
 
 from __future__ import annotations
@@ -39,10 +41,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-TASKS = {
-    "classify": ("recipes/imdb_sentiment.toml", "../shared/data/imdb"),
-    "tag": ("recipes/conll2003_ner.toml", "../shared/data/conll2003"),
-    "lm": ("recipes/wikitext2_lm.toml", "../shared/data/wikitext2"),
+from benchmarks.common import DATA_ROOT, RESULTS_HELP, child_failed, data_under, run_main, save, table  # noqa: E402
+
+TASKS = {  # task → (recipe, its data's folder under --data-root)
+    "classify": ("recipes/imdb_sentiment.toml", "imdb"),
+    "tag": ("recipes/conll2003_ner.toml", "conll2003"),
+    "lm": ("recipes/wikitext2_lm.toml", "wikitext2"),
 }
 # The classifier and tagger recipes train their ensemble members two at a time, one thread each
 # ([train] parallel_members = 2): also measure one member the way it actually trains.
@@ -53,7 +57,7 @@ def split_tokens(split) -> int:
     return int(split.num_tokens) if hasattr(split, "num_tokens") else int(split.lengths.sum())
 
 
-def measure_task(variant: str, batches: int, overrides: list[str] | None = None) -> dict:
+def measure_task(variant: str, batches: int, data_root: str, overrides: list[str] | None = None) -> dict:
     import torch
 
     from benchmarks.common import peak_rss_mb, prepare, throughput
@@ -62,7 +66,8 @@ def measure_task(variant: str, batches: int, overrides: list[str] | None = None)
     name, threads = VARIANTS.get(variant, (variant, None))
     if threads:
         torch.set_num_threads(threads)
-    recipe, data_dir = TASKS[name]
+    recipe, folder = TASKS[name]
+    data_dir = data_under(data_root, folder)
     start = time.perf_counter()
     task, data = prepare(recipe, data_dir, overrides)
     first = time.perf_counter() - start
@@ -139,7 +144,7 @@ def run_child(args: list[str], cache: str) -> dict:
     env = {**os.environ, "HF_DATASETS_CACHE": cache}  # OpenMP defaults, as a user's run has them
     r = subprocess.run([sys.executable, __file__, *args], env=env, capture_output=True, text=True, cwd=ROOT)
     if r.returncode != 0:
-        raise SystemExit(f"{' '.join(args)} failed:\n{r.stderr[-3000:]}")
+        child_failed(r, " ".join(args))
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
@@ -152,7 +157,10 @@ def main() -> None:
                     help="Processes per task; the one with the median full/bare ratio is reported.")
     ap.add_argument("--skip-memory", action="store_true", help="Skip the LM 1x vs 10x corpus memory check.")
     ap.add_argument("--lines", type=int, default=100_000, help="Synthetic corpus lines for the 1x memory run.")
-    ap.add_argument("--name", default="suite", help="Results file benchmarks/results/<name>.json.")
+    ap.add_argument("--data-root", default=str(DATA_ROOT),
+                    help="Folder holding imdb/, conll2003/ and wikitext2/ (default: ../shared/data beside the repo, "
+                         "%(default)s).")
+    ap.add_argument("--name", default="suite", help=f"{RESULTS_HELP} (default %(default)s)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="Recipe override for every task timed (repeatable), e.g. --set train.batch_tokens=640; "
                          "the rows then no longer describe the recipes as shipped.")
@@ -160,22 +168,23 @@ def main() -> None:
     ap.add_argument("--memory-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(measure_task(args.child, args.batches, args.overrides)))
+        print(json.dumps(measure_task(args.child, args.batches, args.data_root, args.overrides)))
         return
     if args.memory_dir:
         print(json.dumps(measure_lm_memory(args.memory_dir)))
         return
 
-    from benchmarks.common import save, table
-
     results: dict = {"overrides": args.overrides, "tasks": {}}
     unknown = set(args.tasks.split(",")) - {*TASKS, *VARIANTS}
     if unknown:
         ap.error(f"--tasks: unknown {', '.join(sorted(unknown))}; expected names from {', '.join([*TASKS, *VARIANTS])}")
+    for name in args.tasks.split(","):  # every task's data before the first is timed
+        data_under(args.data_root, TASKS[VARIANTS.get(name, (name,))[0]][1])
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.tasks.split(","):
             sets = [a for o in args.overrides for a in ("--set", o)]
-            runs = [run_child(["--child", name, "--batches", str(args.batches), *sets], f"{tmp}/{name}{i}")
+            runs = [run_child(["--child", name, "--batches", str(args.batches), "--data-root", args.data_root, *sets],
+                              f"{tmp}/{name}{i}")
                     for i in range(max(1, args.repeats))]
             median = sorted(runs, key=lambda r: r["ratio"])[len(runs) // 2]
             results["tasks"][name] = {**median, "ratio_per_process": [r["ratio"] for r in runs]}
@@ -218,4 +227,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

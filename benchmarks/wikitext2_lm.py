@@ -29,7 +29,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 
 from benchmarks import lm_reference
-from benchmarks.common import peak_rss_mb, prepare, save, step_trainer, table, throughput, time_interleaved
+from benchmarks.common import (
+    RESULTS_HELP,
+    peak_rss_mb,
+    prepare,
+    run_main,
+    save,
+    step_trainer,
+    table,
+    throughput,
+    time_interleaved,
+)
 
 
 def output_layer_step(task):
@@ -120,7 +130,7 @@ def main() -> None:
                          "budget (0 = keep the recipe's epochs)")
     ap.add_argument("--gen-tokens", type=int, default=300)
     ap.add_argument("--prompt", default="The game was released in")
-    ap.add_argument("--name", default="wikitext2_lm", help="results file: benchmarks/results/NAME.json")
+    ap.add_argument("--name", default="wikitext2_lm", help=f"{RESULTS_HELP} (default %(default)s)")
     args = ap.parse_args()
 
     import seqtext
@@ -201,4 +211,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
