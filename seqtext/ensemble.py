@@ -35,6 +35,7 @@ from .train import finish, holds_files, prepare_run_dir, resume_command, signals
 # process that frees up starts no further member; and the process that started the ensemble.
 _members_stopping = None
 _members_parent = 0
+_member_interrupted = False  # this member process stopped a member: it starts no other
 _PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 
 
@@ -58,9 +59,12 @@ def _orphaned() -> bool:
 
 def _train_member(member: Recipe, resume: bool, quiet: bool) -> dict:
     """One ensemble member, start to finish (also the entry point of a member's own process)."""
+    global _member_interrupted
     if _orphaned():
         os._exit(130)  # nobody waits for this process, and its pool would keep it idle forever
-    if _members_stopping is not None and _members_stopping.is_set():
+    # Ctrl-C reaches the members as it reaches the parent: a process whose member it stopped may be
+    # handed the next queued member before the parent has set the stop flag
+    if _member_interrupted or (_members_stopping is not None and _members_stopping.is_set()):
         raise Interrupted(f"{member.output_dir}: not started, the ensemble is stopping")
     directory = member.output_dir
     if resume and (directory / METRICS_FILE).is_file():
@@ -69,6 +73,7 @@ def _train_member(member: Recipe, resume: bool, quiet: bool) -> dict:
     try:
         train(member, resume=resume and holds_files(directory), quiet=quiet)
     except Interrupted:
+        _member_interrupted = _members_stopping is not None  # in a member process
         if _orphaned():
             os._exit(130)  # stopped by its parent's death (the checkpoint is saved): end the process
         raise
