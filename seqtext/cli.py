@@ -34,6 +34,11 @@ class _Group(click.Group):
             ctx.exit(130)
         except SeqtextError as e:
             self._fail(ctx, str(e))
+        except OSError as e:  # the filesystem said no: a read-only or full disk, a file where a folder goes
+            if e.filename is None:
+                raise
+            where = f"{e.filename} → {e.filename2}" if e.filename2 else e.filename
+            self._fail(ctx, f"{where}: {e.strerror or e}")
         except (MemoryError, RuntimeError) as e:
             if isinstance(e, MemoryError) or any(m in str(e).lower() for m in _OOM_MARKERS):
                 self._fail(ctx, "out of memory: lower [train] batch_size or batch_tokens (e.g. --set "

@@ -12,6 +12,7 @@ import signal
 import sys
 import tempfile
 import time
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from . import distributed as dist
@@ -45,6 +46,10 @@ def _member_process_init(stopping, parent: int) -> None:
     stops instead of training on, orphaned, into a directory that a --resume may be using."""
     global _members_stopping, _members_parent
     _members_stopping, _members_parent = stopping, parent
+    # Ctrl-C reaches the whole process group. A member's training handles it (a checkpoint, then
+    # stop); an idle process must not die of it inside the pool's queue, holding the queue's lock,
+    # which hangs the pool's shutdown. The parent stops idle processes itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     libc = libc_handle()
     if sys.platform.startswith("linux") and libc is not None and hasattr(libc, "prctl"):
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -137,6 +142,10 @@ def train_ensemble(recipe: Recipe, resume: bool, force: bool, quiet: bool) -> Pa
     except (Interrupted, KeyboardInterrupt):
         raise Interrupted(f"interrupted; finished members are kept and the others have checkpoints. Resume with: "
                           f"{resume_command(run_dir)}" if dist.is_main() else "") from None
+    except BrokenProcessPool:  # a member's process was killed on its own (the kernel's OOM killer, say)
+        raise SeqtextError(f"{run_dir}: a member's process died (out of memory? lower [train] parallel_members); "
+                           f"finished members are kept and the others have checkpoints. Resume with: "
+                           f"{resume_command(run_dir)}") from None
     except SeqtextError:
         if created and not any(holds_files(d) for d in member_dirs):
             # failed before any member wrote a file (bad data, say): leave no run behind, as a

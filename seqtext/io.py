@@ -41,6 +41,46 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
     _fsync_dir(path.parent)
 
 
+LOCK_FILE = ".lock"
+
+
+def own_temp_files(directory: Path, names) -> list[Path]:
+    """The temporary files :func:`atomic_write` leaves in ``directory`` when a kill interrupts a
+    write of one of ``names``; never anything else that starts with a dot."""
+    return [p for name in names for p in directory.glob(f".{name}.*.tmp")]
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir/.lock`` while a run trains there, so a second training into the same
+    directory (a duplicated command, a --resume beside a running job) is refused instead of
+    interleaving two runs' files. An advisory ``flock``: the kernel drops it when the process
+    ends, however it ends, so a killed run never leaves a stale lock. A directory that holds
+    nothing but the lock when the run ends (it failed before writing anything) is removed."""
+    import fcntl
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise SeqtextError(f"{run_dir}: another seqtext process{f' (pid {holder})' if holder else ''} is "
+                           "training there; wait for it to end or stop it") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            if [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:
+                path.unlink()
+                run_dir.rmdir()
+        os.close(fd)
+
+
 def _mode_for(path: Path) -> int:
     try:
         return path.stat().st_mode & 0o777

@@ -107,11 +107,15 @@ def load_weights(net: torch.nn.Module, state: dict[str, torch.Tensor], source) -
         if state[k].shape != v.shape:
             raise SeqtextError(f"{source}: {k} has shape {tuple(state[k].shape)} where the recipe's model has "
                                f"{tuple(v.shape)}: weights of another run, or files changed since training")
+        if state[k].is_floating_point() and not torch.isfinite(state[k]).all():
+            raise SeqtextError(f"{source}: {k} holds NaN or infinite values: a damaged file (training never "
+                               "saves such weights)")
     net.load_state_dict(state)
 
 
 def write_model_files(directory: Path, task) -> None:
-    """Everything but weights and metrics: recipe, vocab, tokenizer, task facts."""
+    """Everything but weights and metrics: recipe, vocab, tokenizer, task facts (meta.json last:
+    a resume takes the files as complete only when it is there)."""
     directory.mkdir(parents=True, exist_ok=True)
     write_text(directory / RECIPE_FILE, task.recipe.to_toml())
     task.vocab.save(directory)
@@ -146,6 +150,8 @@ def refuse_ensemble(where: str, recipe, directory: str | Path) -> None:
 def load_task(directory: Path):
     recipe = load_recipe(inside(directory, RECIPE_FILE))
     meta = read_json(inside(directory, META_FILE))
+    if not isinstance(meta, dict):
+        raise SeqtextError(f"{directory / META_FILE}: expected a JSON object, got {type(meta).__name__}")
     if meta.get("task") != recipe.task:
         raise SeqtextError(f"{directory}: meta.json and recipe.toml disagree about the task")
     tokenizer = build_tokenizer(recipe.tokenizer, directory, model_dir=True)
@@ -294,7 +300,10 @@ class Model:
     def metrics(self) -> dict:
         """The run's metrics.json: final ``dev`` / ``test`` scores and the ``train`` summary ({} if absent)."""
         path = self.directory / METRICS_FILE
-        return read_json(path) if path.is_file() else {}
+        metrics = read_json(path) if path.is_file() else {}
+        if not isinstance(metrics, dict) or not all(isinstance(metrics.get(k, {}), dict) for k in ("dev", "test")):
+            raise SeqtextError(f"{path}: expected the JSON object training writes (dev and test scores as objects)")
+        return metrics
 
 
 def load(directory: str | Path, device: str = "auto", task: str | None = None, bf16: bool = False) -> Model:
@@ -312,7 +321,11 @@ def load(directory: str | Path, device: str = "auto", task: str | None = None, b
     path = check_model_dir(directory, task)
     dev = resolve_device(device)
     t = load_task(path)
-    net = t.build_net()
+    try:
+        net = t.build_net()
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # an edited or foreign meta.json
+        raise SeqtextError(f"{path / META_FILE}: does not describe this model ({type(e).__name__}: {e}); "
+                           "expected the file training wrote") from None
     load_weights(net, load_state_dict(inside(path, WEIGHTS_FILE)), directory)
     from .hardware import bf16_setting
 

@@ -17,6 +17,7 @@ import io
 import json
 import math
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -34,7 +35,7 @@ from . import distributed as dist
 from .data.sources import find_split_files, load_splits
 from .errors import Interrupted, SeqtextError, warn
 from .hardware import bf16_setting, freed_memory_kept, matmul_peak_flops
-from .io import append_line, atomic_write, read_json, write_json
+from .io import LOCK_FILE, append_line, atomic_write, own_temp_files, read_json, run_lock, write_json
 from .model import (
     CHECKPOINT_FILE,
     CURVES_FILE,
@@ -342,13 +343,23 @@ class Trainer:
         save_state_dict(self.run_dir / CHECKPOINT_FILE, tensors, meta)
 
     def load_checkpoint(self) -> bool:
-        from safetensors import safe_open
-
         path = self.run_dir / CHECKPOINT_FILE
         if not path.is_file():
             return False
+        try:
+            return self._load_checkpoint(path)
+        except SeqtextError:
+            raise
+        except Exception as e:  # noqa: BLE001 — damaged, truncated or not a checkpoint
+            detail = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise SeqtextError(f"{path}: not a readable checkpoint ({detail}); restore it, or start the run over "
+                               "with --force") from None
+
+    def _load_checkpoint(self, path: Path) -> bool:
+        from safetensors import safe_open
+
         with safe_open(str(path), "pt") as f:
-            meta = f.metadata()
+            meta = f.metadata() or {}
         saved_world = int(meta.get("world", 1))
         if saved_world != self.world:
             # each rank's share of the data, random state and (LM) carried state depend on the count
@@ -463,6 +474,7 @@ class Trainer:
                     if s.global_step % c.checkpoint_every == 0 or s.done or stopping:
                         self.save_checkpoint()
                     if stopping:
+                        bar.close()  # the interrupt's message then starts on a line of its own
                         raise KeyboardInterrupt
                     if s.done:
                         break
@@ -559,8 +571,9 @@ class Trainer:
 # ---------------------------------------------------------------------- entry point
 
 def holds_files(directory: Path) -> bool:
-    """Whether ``directory`` exists and is not empty (a run was started there)."""
-    return directory.is_dir() and any(directory.iterdir())
+    """Whether ``directory`` exists and is not empty (a run was started there); the lock of a
+    run starting there does not count."""
+    return directory.is_dir() and any(p.name != LOCK_FILE for p in directory.iterdir())
 
 
 def discard_outputs(run_dir: Path) -> None:
@@ -568,6 +581,11 @@ def discard_outputs(run_dir: Path) -> None:
     curves), before a run starts over there."""
     for name in (CHECKPOINT_FILE, WEIGHTS_FILE, HISTORY_FILE, METRICS_FILE, CURVES_FILE):
         (run_dir / name).unlink(missing_ok=True)
+
+
+# Every file training writes into a run directory (a model directory's and the run's own)
+RUN_FILES = (RECIPE_FILE, META_FILE, "vocab.txt", "tokenizer.model", WEIGHTS_FILE, CHECKPOINT_FILE, HISTORY_FILE,
+             METRICS_FILE, CURVES_FILE)
 
 
 # Recipe keys that a resumed run may change: where it is written and on what hardware, how many
@@ -582,13 +600,13 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, force: bool) ->
     saved = run_dir / RECIPE_FILE
     if not holds_files(run_dir):
         return False
-    for stale in run_dir.glob(".*.tmp"):  # temp files of a write that a kill interrupted
+    if not saved.is_file() and not force:
+        raise SeqtextError(f"{run_dir}: exists and is not a seqtext run; choose another --output or use --force")
+    for stale in own_temp_files(run_dir, RUN_FILES):  # seqtext's writes that a kill interrupted
         stale.unlink(missing_ok=True)
     if force:
         discard_outputs(run_dir)
         return False
-    if not saved.is_file():
-        raise SeqtextError(f"{run_dir}: exists and is not a seqtext run; choose another --output or use --force")
     previous = load_recipe(saved).to_dict()
     current = recipe.to_dict()
     if not previous.get("data", {}).get("files"):
@@ -654,7 +672,8 @@ def init_from(net: nn.Module, source_dir: str, task: str) -> tuple[list[str], li
 
 def _make_task(recipe: Recipe, run_dir: Path, resume: bool, resuming: bool):
     cls = task_class(recipe.task)
-    if resuming or (resume and (run_dir / "vocab.txt").is_file()):
+    # meta.json is written last of the model files: without it a kill interrupted their writing
+    if resuming or (resume and all((run_dir / f).is_file() for f in ("vocab.txt", META_FILE))):
         task = load_task(run_dir)  # identical tokenizer/vocab/labels to the interrupted run
         task.recipe = recipe
         return task
@@ -690,8 +709,9 @@ def _adopt_source(recipe: Recipe, resume: bool, quiet: bool) -> None:
 
 
 def resume_command(run_dir: Path) -> str:
-    """The command that resumes ``run_dir``, with the same torchrun layout when it is one."""
-    command = f"seqtext train {run_dir / RECIPE_FILE} --resume"
+    """The command that resumes ``run_dir``, with the same torchrun layout when it is one (the
+    path quoted for a shell, so a directory with spaces can be pasted as it is)."""
+    command = f"seqtext train {shlex.quote(str(run_dir / RECIPE_FILE))} --resume"
     world = dist.world_size()
     if world == 1:
         return command
@@ -715,7 +735,8 @@ def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None
     own_run = None
     if isinstance(recipe, (str, Path)):
         path = Path(recipe)
-        if path.name == RECIPE_FILE and (any((path.parent / f).is_file() for f in (META_FILE, CHECKPOINT_FILE))
+        if path.name == RECIPE_FILE and (any((path.parent / f).is_file() for f in (META_FILE, CHECKPOINT_FILE,
+                                                                                     "vocab.txt"))
                                          or (path.parent / "members").is_dir()):  # an unfinished ensemble
             own_run = path.parent
     if not isinstance(recipe, Recipe):
@@ -751,6 +772,12 @@ def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None
 
 
 def _train(recipe: Recipe, resume: bool, force: bool, quiet: bool) -> Path:
+    # one training per run directory at a time (rank 0 holds it for all of torchrun's processes)
+    with run_lock(recipe.output_dir) if dist.is_main() else contextlib.nullcontext():
+        return _train_locked(recipe, resume, force, quiet)
+
+
+def _train_locked(recipe: Recipe, resume: bool, force: bool, quiet: bool) -> Path:
     if quiet:
         import datasets
 
@@ -862,7 +889,8 @@ def write_curves(run_dir: Path) -> None:
 
     losses = []
     if (run_dir / CHECKPOINT_FILE).is_file():
-        with safe_open(str(run_dir / CHECKPOINT_FILE), "pt") as f:
+        # a damaged checkpoint costs the plot its loss curve only
+        with contextlib.suppress(Exception), safe_open(str(run_dir / CHECKPOINT_FILE), "pt") as f:
             losses = json.loads(f.metadata()["loop"])["losses"]
     metric = read_json(run_dir / "meta.json").get("task")
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))

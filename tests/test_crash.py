@@ -119,6 +119,31 @@ def test_stopping_a_parallel_ensemble_stops_its_member_processes(reference, tmp_
     assert sorted(d.name for d in (out / "members").iterdir()) == ["1", "2"]  # 3 and 4 never started
 
 
+def test_a_member_process_killed_alone_gives_a_resumable_one_line_error(reference, tmp_path):
+    """The kernel's OOM killer takes one member process, not the ensemble: the parent says so in
+    one line with the resume command, and the resume finishes the run."""
+    recipe, _ = reference
+    out = tmp_path / "ens"
+    args = [sys.executable, "-m", "seqtext", "train", str(recipe), "-o", str(out), "-q", "--set", "model.ensemble=2",
+            "--set", "train.parallel_members=2", "--set", "train.threads=2", "--set", "train.epochs=30"]
+    proc = subprocess.Popen(args, env=ENV, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 200
+    while not (out / "members" / "1" / "checkpoint.safetensors").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    members = [pid for pid in child_pids(proc.pid)
+               if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert members
+    os.kill(members[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in err, err[-800:]
+    assert f"error: {out}: a member's process died" in err
+    assert "--resume" in err
+    resumed = subprocess.run([sys.executable, "-m", "seqtext", "train", str(out / "recipe.toml"), "--resume", "-q"],
+                             env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-800:]
+    assert (out / "metrics.json").is_file()
+
+
 def test_atomic_write_gives_normal_permissions_and_keeps_existing_ones(tmp_path):
     """Temp-file-and-rename must not leave model files private (mkstemp's 0600)."""
     import os
