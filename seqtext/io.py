@@ -56,9 +56,11 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     directory (a duplicated command, a --resume beside a running job) is refused instead of
     interleaving two runs' files. An advisory ``flock``: the kernel drops it when the process
     ends, however it ends, so a killed run never leaves a stale lock. A directory that holds
-    nothing but the lock when the run ends (it failed before writing anything) is removed."""
+    nothing but the lock when the run ends (it failed before writing anything) is removed if the
+    lock created it."""
     import fcntl
 
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -77,7 +79,8 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         with contextlib.suppress(OSError):
             if [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:
                 path.unlink()
-                run_dir.rmdir()
+                if created:
+                    run_dir.rmdir()
         os.close(fd)
 
 

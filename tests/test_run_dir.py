@@ -35,6 +35,10 @@ def test_a_failed_start_leaves_no_directory_behind(tmp_path):
     with pytest.raises(SeqtextError, match="no column 'review'"):
         seqtext.train(recipe, output=tmp_path / "run", quiet=True)
     assert not (tmp_path / "run").exists()
+    (tmp_path / "mine").mkdir()  # a directory the user made is theirs: emptied of the lock, kept
+    with pytest.raises(SeqtextError, match="no column 'review'"):
+        seqtext.train(recipe, output=tmp_path / "mine", quiet=True)
+    assert (tmp_path / "mine").is_dir() and not list((tmp_path / "mine").iterdir())
 
 
 def test_only_seqtexts_own_temp_files_are_swept(tiny, tmp_path):
