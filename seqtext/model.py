@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import shlex
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -332,4 +333,7 @@ def load(directory: str | Path, device: str = "auto", task: str | None = None, b
     bf16, bf16_warning = bf16_setting(bf16, dev, "bf16")
     if bf16_warning:
         warn(bf16_warning)
+    if (path / CHECKPOINT_FILE).is_file() and not (path / METRICS_FILE).is_file():
+        warn(f"{directory}: training has not finished (or was stopped): these are the best weights so far; "
+             f"resume it with seqtext train {shlex.quote(str(path / RECIPE_FILE))} --resume")
     return Model(path, t, net.to(dev), dev, bf16=bf16)

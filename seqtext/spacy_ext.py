@@ -168,6 +168,8 @@ class _SeqtextPipe:
         Inside a batch the model itself runs ``batch_size`` (component config) sequences at a
         time, sorted by length so little compute goes to padding.
         """
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise SeqtextError(f"{self.factory}: pipe batch_size must be an integer ≥ 1, got {batch_size!r}")
         for docs in minibatch(stream, size=batch_size):
             self._process(docs)
             yield from docs

@@ -103,6 +103,15 @@ def test_a_kill_while_the_model_files_are_written_leaves_a_run_that_resumes(tiny
     assert (moved / "meta.json").is_file() and (moved / "metrics.json").is_file()
 
 
+def test_loading_an_unfinished_run_says_so(tiny, tmp_path, capsys):
+    run = seqtext.train(tiny, ["train.max_steps=2"], output=tmp_path / "run", quiet=True)
+    seqtext.load(run)
+    assert "warning" not in capsys.readouterr().err
+    (run / "metrics.json").unlink()  # as while it trains, or after it was stopped
+    seqtext.load(run)
+    assert f"warning: {run}: training has not finished" in capsys.readouterr().err
+
+
 def test_filesystem_errors_are_one_line(tiny, tmp_path):
     (tmp_path / "afile").write_text("x")
     r = CliRunner().invoke(main, ["train", str(tiny), "-q", "-o", str(tmp_path / "afile" / "sub")])

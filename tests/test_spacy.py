@@ -250,6 +250,8 @@ def test_component_errors(ner_run, trained_demo, tmp_path):
         spacy.blank("en").add_pipe("seqtext_ner", config={"tokenization": "chars"})
     with pytest.raises(SeqtextError, match=r"batch_size must be an integer ≥ 1, got '8'"):
         spacy.blank("en").add_pipe("seqtext_ner", config={"model": str(ner_run), "batch_size": "8"})
+    with pytest.raises(SeqtextError, match=r"pipe batch_size must be an integer ≥ 1, got 0"):
+        list(spacy.blank("en").add_pipe("seqtext_ner", config={"model": str(ner_run)}).pipe([], batch_size=0))
     with pytest.raises(SeqtextError, match=r"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu'"):
         spacy.blank("en").add_pipe("seqtext_ner", config={"model": str(ner_run), "device": "gpu"})
     nlp = spacy.blank("en")  # the values seqtext.load takes, in any case
