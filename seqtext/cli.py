@@ -7,7 +7,9 @@ printed as one ``error: ...`` line and exits with status 2; ``--debug`` shows tr
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import math
 import os
 import sys
 import traceback
@@ -35,10 +37,13 @@ class _Group(click.Group):
         except SeqtextError as e:
             self._fail(ctx, str(e))
         except OSError as e:  # the filesystem said no: a read-only or full disk, a file where a folder goes
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):  # a write or fsync names no file
+                self._fail(ctx, f"{e.filename or 'writing'}: {e.strerror}; free some space (a killed or "
+                                "interrupted training resumes with --resume)")
             if e.filename is None:
                 raise
-            where = f"{e.filename} → {e.filename2}" if e.filename2 else e.filename
-            self._fail(ctx, f"{where}: {e.strerror or e}")
+            # a rename's source is a temporary file of atomic_write: the target is the user's file
+            self._fail(ctx, f"{e.filename2 or e.filename}: {e.strerror or e}")
         except (MemoryError, RuntimeError) as e:
             if isinstance(e, MemoryError) or any(m in str(e).lower() for m in _OOM_MARKERS):
                 self._fail(ctx, "out of memory: lower [train] batch_size or batch_tokens (e.g. --set "
@@ -150,6 +155,8 @@ def evaluate(model_dir, split, data_file, data_dir, mode, cache_size, cache_thet
 
     if data_file is not None and split != "test":
         raise SeqtextError("--split and --data: give one (--data scores that file instead of a split)")
+    if cache_theta is not None and not math.isfinite(cache_theta):
+        raise SeqtextError(f"--cache-theta: expected a finite number ≥ 0, got {cache_theta}")
     if (cache_theta is not None or cache_lambda is not None) and not cache_size:
         raise SeqtextError("--cache-theta and --cache-lambda need --cache-size N (the cache they tune)")
     model = load(model_dir, device, bf16=bf16)

@@ -84,7 +84,9 @@ class SamplingOptions:
             raise SeqtextError(f"{name('seed')}: expected an integer in [-2^63, 2^64), got {self.seed!r}")
         # NumPy scalars become Python numbers, so what is reported and seeded is plain
         self.max_tokens, self.top_k, self.num_samples = int(self.max_tokens), int(self.top_k), int(self.num_samples)
-        self.temperature, self.top_p = float(self.temperature), float(self.top_p)
+        self.top_p = float(self.top_p)
+        if number(self.temperature):  # greedy decoding ignores it, whatever it holds
+            self.temperature = float(self.temperature)
         self.seed = None if self.seed is None else int(self.seed)
 
 

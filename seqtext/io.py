@@ -8,6 +8,8 @@ leaves either the old file or the new one, never a half-written one.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import tempfile
@@ -15,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from .errors import SeqtextError
+from .errors import SeqtextError, warn
 
 
 @contextlib.contextmanager
@@ -41,7 +43,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
     _fsync_dir(path.parent)
 
 
-LOCK_FILE = ".lock"
+LOCK_FILE = ".seqtext.lock"
+_NO_LOCKING = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL}  # filesystems without flock
 
 
 def own_temp_files(directory: Path, names) -> list[Path]:
@@ -52,35 +55,58 @@ def own_temp_files(directory: Path, names) -> list[Path]:
 
 @contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold ``run_dir/.lock`` while a run trains there, so a second training into the same
+    """Hold ``run_dir/.seqtext.lock`` while a run trains there, so a second training into the same
     directory (a duplicated command, a --resume beside a running job) is refused instead of
     interleaving two runs' files. An advisory ``flock``: the kernel drops it when the process
-    ends, however it ends, so a killed run never leaves a stale lock. A directory that holds
-    nothing but the lock when the run ends (it failed before writing anything) is removed if the
-    lock created it."""
-    import fcntl
-
+    ends, however it ends, so a killed run never blocks the next one. The lock file is removed
+    when the run ends, and so is the directory if the lock made it and nothing else was written.
+    Where the filesystem cannot lock (some NFS and Lustre mounts), training goes on with a warning."""
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise SeqtextError(f"{run_dir}: another seqtext process{f' (pid {holder})' if holder else ''} is "
+                               "training there; wait for it to end or stop it") from None
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in _NO_LOCKING:
+                raise
+            unsupported = e.strerror
+            break
+        unsupported = None
+        try:  # the file a run that just ended unlinked is no lock: take the one now at the path
+            if os.fstat(fd).st_ino == os.stat(path, follow_symlinks=False).st_ino:
+                break
+        except FileNotFoundError:
+            pass
         os.close(fd)
-        raise SeqtextError(f"{run_dir}: another seqtext process{f' (pid {holder})' if holder else ''} is "
-                           "training there; wait for it to end or stop it") from None
+    if unsupported:
+        warn(f"{run_dir}: this filesystem cannot lock files ({unsupported}); nothing stops a second training "
+             "into the same directory")
+        with contextlib.suppress(OSError):
+            path.unlink()
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                if created and not any(run_dir.iterdir()):
+                    run_dir.rmdir()
+        return
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
     finally:
         with contextlib.suppress(OSError):
-            if [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:
-                path.unlink()
-                if created:
-                    run_dir.rmdir()
+            path.unlink()  # while still held: whoever opens the path next gets a new file
+            if created and not any(run_dir.iterdir()):
+                run_dir.rmdir()
         os.close(fd)
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from tqdm import tqdm
 
@@ -348,9 +349,8 @@ class Trainer:
             return False
         try:
             return self._load_checkpoint(path)
-        except SeqtextError:
-            raise
-        except Exception as e:  # noqa: BLE001 — damaged, truncated or not a checkpoint
+        except (SafetensorError, json.JSONDecodeError, KeyError, ValueError, TypeError) as e:  # not the file written
+            # (out of memory, a filesystem error or a bug are not the file's fault: they pass unchanged)
             detail = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
             raise SeqtextError(f"{path}: not a readable checkpoint ({detail}); restore it, or start the run over "
                                "with --force") from None

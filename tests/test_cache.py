@@ -91,7 +91,7 @@ def test_evaluate_cli_with_cache(tmp_path):
     for theta in ("nan", "inf"):
         res = runner.invoke(main, ["evaluate", run, "--cache-size", "10", "--cache-theta", theta,
                                    "--cache-lambda", "0.1"])
-        assert res.exit_code == 2 and "cache_theta: expected a finite number ≥ 0" in res.output, res.output
+        assert res.exit_code == 2 and "--cache-theta: expected a finite number ≥ 0" in res.output, res.output
 
 
 def test_one_cache_setting_given_the_other_is_chosen_for_it(tmp_path):

@@ -621,6 +621,10 @@ def test_python_generate_options_are_type_checked_and_named_as_keywords(options,
         SamplingOptions(**options).validate()
 
 
+def test_greedy_decoding_ignores_the_temperature_whatever_it_holds():
+    SamplingOptions(greedy=True, temperature=None).validate()
+
+
 def test_numpy_numbers_are_sampling_options_too():
     opts = SamplingOptions(max_tokens=np.int64(5), top_k=np.int32(3), seed=np.uint32(7), temperature=np.float32(0.5))
     opts.validate()

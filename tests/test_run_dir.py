@@ -3,6 +3,7 @@ are written, files that are not seqtext's, and errors from the filesystem."""
 
 import json
 import shutil
+import sys
 
 import pytest
 import torch
@@ -26,6 +27,27 @@ def test_a_second_training_into_a_locked_run_directory_is_refused(tiny, tmp_path
     assert not out.exists()  # the lock's directory held nothing else: it goes with the lock
     seqtext.train(tiny, ["train.max_steps=2"], output=out, quiet=True)  # free again
     assert (out / "weights.safetensors").is_file()
+
+
+def test_a_filesystem_without_locks_trains_with_a_warning(tiny, tmp_path, monkeypatch, capsys):
+    import errno
+    import fcntl
+    import types
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    # seqtext's lock only: datasets' own file locks must keep working
+    monkeypatch.setattr("seqtext.io.fcntl", types.SimpleNamespace(flock=no_locks, LOCK_EX=fcntl.LOCK_EX,
+                                                                   LOCK_NB=fcntl.LOCK_NB))
+    out = seqtext.train(tiny, ["train.max_steps=2"], output=tmp_path / "run", quiet=True)
+    assert (out / "weights.safetensors").is_file() and not (out / ".seqtext.lock").exists()
+    assert "this filesystem cannot lock files (No locks available)" in capsys.readouterr().err
+
+
+def test_the_lock_file_goes_when_the_run_ends(tiny, tmp_path):
+    out = seqtext.train(tiny, ["train.max_steps=2"], output=tmp_path / "run", quiet=True)
+    assert not [p.name for p in out.iterdir() if "lock" in p.name]
 
 
 def test_a_failed_start_leaves_no_directory_behind(tmp_path):
@@ -112,10 +134,32 @@ def test_loading_an_unfinished_run_says_so(tiny, tmp_path, capsys):
     assert f"warning: {run}: training has not finished" in capsys.readouterr().err
 
 
-def test_filesystem_errors_are_one_line(tiny, tmp_path):
+def test_filesystem_errors_are_one_line(tiny, tmp_path, monkeypatch):
+    import errno
+
     (tmp_path / "afile").write_text("x")
     r = CliRunner().invoke(main, ["train", str(tiny), "-q", "-o", str(tmp_path / "afile" / "sub")])
     assert r.exit_code == 2 and r.output == f"error: {tmp_path / 'afile' / 'sub'}: Not a directory\n", r.output
+
+    def full(*args, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a write or fsync raises it: no file named
+
+    monkeypatch.setattr(sys.modules["seqtext.train"], "write_model_files", full)  # the module, not the function
+    r = CliRunner().invoke(main, ["train", str(tiny), "-q", "-o", str(tmp_path / "run")])
+    assert r.exit_code == 2 and r.output.startswith("error: writing: No space left on device; free some space")
+
+
+def test_an_error_while_resuming_that_is_not_the_checkpoints_passes_unchanged(tiny, tmp_path, monkeypatch):
+    from seqtext.train import Trainer
+
+    run = seqtext.train(tiny, ["train.max_steps=2"], output=tmp_path / "run", quiet=True)
+
+    def oom(self):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(Trainer, "_trim_history", oom)
+    with pytest.raises(RuntimeError, match="CUDA out of memory"):
+        seqtext.train(tiny, ["train.max_steps=2"], output=run, resume=True, quiet=True)
 
 
 def test_the_resume_hint_is_quoted_for_the_shell(tmp_path):
