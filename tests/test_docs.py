@@ -32,6 +32,15 @@ def test_setup_is_two_commands():
     assert len(commands) == 2 and "demo_sentiment" in commands[0] and "pytest" in commands[1]
 
 
+def test_ci_runs_the_readmes_test_command_and_fails_with_it():
+    """.ci/run runs README's second setup command as it is, in a subshell, so that a failed
+    install fails CI instead of skipping the tests."""
+    setup = (REPO / "README.md").read_text().split("## Setup", 1)[1].split("```")[1].strip().splitlines()
+    assert len(setup) == 2  # one command to install and run the demo, one to install and run the tests
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    assert f"( {setup[1]} )" in ci and "set -euo pipefail" in ci
+
+
 def test_shipped_recipes_parse():
     from seqtext.recipe import load_recipe
 
