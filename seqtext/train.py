@@ -774,7 +774,17 @@ def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None
 def _train(recipe: Recipe, resume: bool, force: bool, quiet: bool) -> Path:
     # one training per run directory at a time (rank 0 holds it for all of torchrun's processes)
     with run_lock(recipe.output_dir) if dist.is_main() else contextlib.nullcontext():
-        return _train_locked(recipe, resume, force, quiet)
+        try:
+            return _train_locked(recipe, resume, force, quiet)
+        except KeyboardInterrupt:  # before training started (the loop and the ensemble say their own)
+            run_dir = recipe.output_dir
+            if not dist.is_main():
+                raise Interrupted("") from None
+            if (run_dir / CHECKPOINT_FILE).is_file():
+                raise Interrupted(f"interrupted; the last checkpoint is kept. Resume with: "
+                                  f"{resume_command(run_dir)}") from None
+            raise Interrupted("interrupted before training started: there is nothing to resume yet; run the "
+                              "same command again") from None
 
 
 def _train_locked(recipe: Recipe, resume: bool, force: bool, quiet: bool) -> Path:

@@ -162,5 +162,23 @@ def test_an_error_while_resuming_that_is_not_the_checkpoints_passes_unchanged(ti
         seqtext.train(tiny, ["train.max_steps=2"], output=run, resume=True, quiet=True)
 
 
+def test_ctrl_c_before_training_starts_says_what_is_left(tiny, tmp_path, monkeypatch):
+    from seqtext.errors import Interrupted
+
+    def stop(*args, **kw):
+        raise KeyboardInterrupt
+
+    module = sys.modules["seqtext.train"]
+    real = module.load_splits
+    monkeypatch.setattr(module, "load_splits", stop)  # Ctrl-C while the data is prepared
+    with pytest.raises(Interrupted, match=r"^interrupted before training started: there is nothing to resume"):
+        seqtext.train(tiny, output=tmp_path / "run", quiet=True)
+    monkeypatch.setattr(module, "load_splits", real)
+    run = seqtext.train(tiny, ["train.max_steps=2"], output=tmp_path / "run", quiet=True)
+    monkeypatch.setattr(module, "load_splits", stop)
+    with pytest.raises(Interrupted, match=r"^interrupted; the last checkpoint is kept\. Resume with: seqtext train"):
+        seqtext.train(tiny, ["train.max_steps=2"], output=run, resume=True, quiet=True)
+
+
 def test_the_resume_hint_is_quoted_for_the_shell(tmp_path):
     assert resume_command(tmp_path / "my runs" / "a") == f"seqtext train '{tmp_path}/my runs/a/recipe.toml' --resume"
