@@ -74,6 +74,8 @@ class LoopState:
     tokens: int = 0
     done: bool = False
     losses: list = field(default_factory=list)  # (step, mean loss) for curves
+    window_loss: float = 0.0  # summed since the last point of `losses` (kept across a resume, so the
+    window_steps: int = 0  # curve's points are those of an uninterrupted run)
     loss_since_eval: float = 0.0  # summed over the steps since the last evaluation, for its record
     steps_since_eval: int = 0
     total_steps: int = 0  # the LR schedule's length (0: a checkpoint from before it was recorded)
@@ -439,7 +441,7 @@ class Trainer:
                 bar = tqdm(total=self.steps_per_epoch, initial=s.step_in_epoch, disable=self.quiet,
                            desc=f"epoch {s.epoch + 1}/{c.epochs}", unit="step", mininterval=1.0,
                            file=sys.stderr, leave=False, dynamic_ncols=True)
-                window_tokens, window_start, window_loss, window_n = 0, time.perf_counter(), 0.0, 0
+                window_tokens, window_start = 0, time.perf_counter()
                 for i, batch in enumerate(batches):
                     if i < s.step_in_epoch:
                         continue  # resumed mid-epoch: data order is deterministic, skip what was seen
@@ -449,17 +451,17 @@ class Trainer:
                     s.tokens += batch.num_tokens * self.world
                     window_tokens += batch.num_tokens * self.world
                     if loss is not None:
-                        window_loss, window_n = window_loss + loss, window_n + 1
+                        s.window_loss, s.window_steps = s.window_loss + loss, s.window_steps + 1
                         s.loss_since_eval, s.steps_since_eval = s.loss_since_eval + loss, s.steps_since_eval + 1
                     bar.update(1)
                     if s.global_step % 20 == 0 or i == 0:
                         dt = max(1e-9, time.perf_counter() - window_start)
                         tps = window_tokens / dt
                         mfu = tps * self.flops_per_token / self.peak
-                        bar.set_postfix_str(f"loss {window_loss / max(1, window_n):.4f} "
-                                            f"{tps / 1000:.1f}k tok/s MFU {100 * mfu:.1f}%")
-                        s.losses.append((s.global_step, window_loss / max(1, window_n)))
-                        window_tokens, window_start, window_loss, window_n = 0, time.perf_counter(), 0.0, 0
+                        mean = s.window_loss / max(1, s.window_steps)
+                        bar.set_postfix_str(f"loss {mean:.4f} {tps / 1000:.1f}k tok/s MFU {100 * mfu:.1f}%")
+                        s.losses.append((s.global_step, mean))
+                        window_tokens, window_start, s.window_loss, s.window_steps = 0, time.perf_counter(), 0.0, 0
                     if self.world == 1:
                         s.seconds, stopping = time.perf_counter() - start_time, requested
                     elif s.global_step % AGREE_EVERY == 0:

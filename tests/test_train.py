@@ -55,6 +55,7 @@ def kill_after(monkeypatch, n_calls):
     (13, ["train.ema_decay=0.9"]),  # the weight average is part of the resume state
     (13, ["train.sparse_embeddings=true"]),  # so is the lazy-row optimizer state
     (13, ["train.eval_every=3", "train.patience=0"]),  # step 12's evaluation, after checkpoint 10, runs again
+    (19, ["train.checkpoint_every=3"]),  # resumed at step 18, before the curve's point at step 20
 ])
 def test_resume_matches_uninterrupted_run(tiny, tmp_path, monkeypatch, kill_at, overrides):
     full = seqtext.train(tiny, overrides, output=tmp_path / "full", quiet=True)
@@ -76,6 +77,15 @@ def test_resume_matches_uninterrupted_run(tiny, tmp_path, monkeypatch, kill_at, 
     assert steps[1] == steps[0]  # the history of the killed run's last steps was dropped, not duplicated
     # each record's train loss is the mean over the steps since the evaluation before, across the kill too
     assert [r["train_loss"] for r in history[1]] == pytest.approx([r["train_loss"] for r in history[0]], rel=1e-6)
+    # and so is each point of the curve's loss (the mean since the point before)
+    from safetensors import safe_open
+
+    curves = []
+    for d in (full, resumed):
+        with safe_open(str(d / "checkpoint.safetensors"), "pt") as f:
+            curves.append(json.loads(f.metadata()["loop"])["losses"])
+    assert [x[0] for x in curves[1]] == [x[0] for x in curves[0]]
+    assert [x[1] for x in curves[1]] == pytest.approx([x[1] for x in curves[0]], rel=1e-6)
 
 
 def test_ctrl_c_while_the_final_scores_are_computed_says_how_to_resume(tiny, tmp_path, monkeypatch):
