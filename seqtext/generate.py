@@ -28,6 +28,16 @@ DEFAULT_MODEL_DIR = "runs/wikitext2_lm"  # output dir of recipes/wikitext2_lm.to
 DEFAULT_RECIPE = "recipes/wikitext2_lm.toml"
 
 
+def is_integer(x) -> bool:
+    """An integer (NumPy's too), not a bool."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def is_number(x) -> bool:
+    """A real number (NumPy's too), not a bool."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
 @dataclass
 class SamplingOptions:
     """How to pick each next token.
@@ -60,32 +70,26 @@ class SamplingOptions:
         def name(field: str) -> str:
             return "--" + field.replace("_", "-") if cli else field
 
-        def integer(x) -> bool:  # NumPy integers too
-            return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-        def number(x) -> bool:
-            return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
         for flag in ("greedy", "allow_unk"):  # "no" would count as true
             if not isinstance(getattr(self, flag), bool):
                 raise SeqtextError(f"{name(flag)}: expected True or False, got {getattr(self, flag)!r}")
-        if not integer(self.max_tokens) or self.max_tokens < 0:
+        if not is_integer(self.max_tokens) or self.max_tokens < 0:
             raise SeqtextError(f"{name('max_tokens')}: expected an integer ≥ 0, got {self.max_tokens!r}")
-        if not self.greedy and not (number(self.temperature) and 0 < self.temperature < math.inf):
+        if not self.greedy and not (is_number(self.temperature) and 0 < self.temperature < math.inf):
             raise SeqtextError(f"{name('temperature')}: expected a finite value > 0 (or use {name('greedy')}), "
                                f"got {self.temperature!r}")
-        if not integer(self.top_k) or self.top_k < 0:
+        if not is_integer(self.top_k) or self.top_k < 0:
             raise SeqtextError(f"{name('top_k')}: expected an integer ≥ 0 (0 = off), got {self.top_k!r}")
-        if not (number(self.top_p) and 0 < self.top_p <= 1):
+        if not (is_number(self.top_p) and 0 < self.top_p <= 1):
             raise SeqtextError(f"{name('top_p')}: expected a value in (0, 1], got {self.top_p!r}")
-        if not integer(self.num_samples) or self.num_samples < 1:
+        if not is_integer(self.num_samples) or self.num_samples < 1:
             raise SeqtextError(f"{name('num_samples')}: expected an integer ≥ 1, got {self.num_samples!r}")
-        if self.seed is not None and not (integer(self.seed) and -2**63 <= self.seed < 2**64):
+        if self.seed is not None and not (is_integer(self.seed) and -2**63 <= self.seed < 2**64):
             raise SeqtextError(f"{name('seed')}: expected an integer in [-2^63, 2^64), got {self.seed!r}")
         # NumPy scalars become Python numbers, so what is reported and seeded is plain
         self.max_tokens, self.top_k, self.num_samples = int(self.max_tokens), int(self.top_k), int(self.num_samples)
         self.top_p = float(self.top_p)
-        if number(self.temperature):  # greedy decoding ignores it, whatever it holds
+        if is_number(self.temperature):  # greedy decoding ignores it, whatever it holds
             self.temperature = float(self.temperature)
         self.seed = None if self.seed is None else int(self.seed)
 

@@ -89,25 +89,19 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     if unsupported:
         warn(f"{run_dir}: this filesystem cannot lock files ({unsupported}); nothing stops a second training "
              "into the same directory")
-        with contextlib.suppress(OSError):
-            path.unlink()
-        try:
-            yield
-        finally:
-            with contextlib.suppress(OSError):
-                if created and not any(run_dir.iterdir()):
-                    run_dir.rmdir()
-        return
-    try:
+        fd = None
+    else:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
+    try:
         yield
     finally:
         with contextlib.suppress(OSError):
             path.unlink()  # while still held: whoever opens the path next gets a new file
             if created and not any(run_dir.iterdir()):
                 run_dir.rmdir()
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
 def _mode_for(path: Path) -> int:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import inspect
 import os
 import re
-import shlex
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -33,6 +32,8 @@ from .recipe import Recipe, load_recipe
 RECIPE_FILE, META_FILE, WEIGHTS_FILE = "recipe.toml", "meta.json", "weights.safetensors"
 METRICS_FILE, HISTORY_FILE, CURVES_FILE = "metrics.json", "metrics.jsonl", "curves.png"
 CHECKPOINT_FILE = "checkpoint.safetensors"
+# What a model directory holds (tokenizer.model for sentencepiece tokenizers only); nothing else is read.
+MODEL_FILES = (RECIPE_FILE, META_FILE, "vocab.txt", WEIGHTS_FILE, "tokenizer.model")
 
 
 def task_class(name: str):
@@ -47,9 +48,14 @@ def task_class(name: str):
     return cls
 
 
+def is_device_name(name) -> bool:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, in any case: the devices seqtext takes."""
+    return isinstance(name, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", name.lower()) is not None
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N`` as a torch device."""
-    if not isinstance(name, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name.lower()):
+    if not is_device_name(name):
         raise SeqtextError(f"device {name!r}: expected auto, cpu, cuda or cuda:N")
     name = name.lower()
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -59,9 +65,13 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def is_positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def positive_int(value, name: str) -> int:
     """``value`` if it is an integer ≥ 1, else a one-line error naming ``name``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    if not is_positive_int(value):
         raise SeqtextError(f"{name}: expected an integer ≥ 1, got {value!r}")
     return value
 
@@ -204,7 +214,7 @@ class Model:
             if not isinstance(text, str):
                 raise SeqtextError(f"texts[{i}]: expected a string, got {type(text).__name__}")
         with self.precision():
-            return self.task.predict(self.net, [str(t) for t in texts], self.device, batch_size=batch_size)
+            return self.task.predict(self.net, texts, self.device, batch_size=batch_size)
 
     def evaluate(self, split: str = "test", data: str | None = None, data_dir: str | None = None,
                  **kw) -> dict:
@@ -251,12 +261,12 @@ class Model:
             raise SeqtextError(f"{self.directory}: is a {self.task.name!r} model; the continuous cache is for 'lm' "
                                "models")
         positive_int(cache_size, "cache_size")
-        dev = self._encoded("dev", None, data_dir, missing="choosing the cache's theta/lambda needs the recipe's "
-                            "dev split; or pass --cache-theta and --cache-lambda")
-        from .tasks.lm import CACHE_LAMBDAS, CACHE_THETAS
-
         if batch_size is not None:
             positive_int(batch_size, "batch_size")
+        from .tasks.lm import CACHE_LAMBDAS, CACHE_THETAS
+
+        dev = self._encoded("dev", None, data_dir, missing="choosing the cache's theta/lambda needs the recipe's "
+                            "dev split; or pass --cache-theta and --cache-lambda")
         with self.precision():
             return self.task.tune_cache(self.net, dev, self.device, cache_size,
                                         thetas=CACHE_THETAS if theta is None else (theta,),
@@ -334,6 +344,8 @@ def load(directory: str | Path, device: str = "auto", task: str | None = None, b
     if bf16_warning:
         warn(bf16_warning)
     if (path / CHECKPOINT_FILE).is_file() and not (path / METRICS_FILE).is_file():
+        from .train import resume_command
+
         warn(f"{directory}: training has not finished (or was stopped): these are the best weights so far; "
-             f"resume it with seqtext train {shlex.quote(str(path / RECIPE_FILE))} --resume")
+             f"resume it with {resume_command(path)}")
     return Model(path, t, net.to(dev), dev, bf16=bf16)

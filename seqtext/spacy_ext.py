@@ -45,19 +45,26 @@ from .data.tagging import entities
 from .data.vocab import Vocab
 from .errors import SeqtextError
 from .io import atomic_write, inside, read_json
-from .model import META_FILE, RECIPE_FILE, WEIGHTS_FILE, check_model_dir, load, refuse_ensemble
+from .model import (
+    META_FILE,
+    MODEL_FILES,
+    RECIPE_FILE,
+    check_model_dir,
+    is_device_name,
+    is_positive_int,
+    load,
+    refuse_ensemble,
+)
 from .model import Model as SeqtextModel
 from .nn.chars import clip_word
 from .nn.embeddings import Embedder, casing_id
 from .nn.encoder import Encoder
 from .recipe import load_recipe
-from .tasks.tag import TRAIN_SCHEME, UNK_CHAR, char_index, doc_sentences, word_key
+from .tasks.tag import TRAIN_SCHEME, UNK_CHAR, char_index, sentence_units, word_key
 
 __all__ = ["BiLSTMEncoder", "SeqtextNER", "SeqtextTextCat", "export_pipeline", "make_seqtext_ner",
            "make_seqtext_textcat"]
 
-# The model-directory files a component carries (see seqtext/model.py); only these are ever read.
-MODEL_FILES = (RECIPE_FILE, META_FILE, "vocab.txt", WEIGHTS_FILE, "tokenizer.model")
 COMPONENTS = {"tag": "seqtext_ner", "classify": "seqtext_textcat"}
 
 
@@ -84,9 +91,8 @@ class _SeqtextPipe:
 
     def __init__(self, nlp: Language, name: str, model: str = "", batch_size: int = 64, device: str = "auto",
                  bf16: bool = False):
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise SeqtextError(f"{self.factory}: batch_size must be an integer ≥ 1, got {batch_size!r}")
-        if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device.lower()):
+        self._check_batch_size(batch_size, "batch_size")
+        if not is_device_name(device):
             raise SeqtextError(f"{self.factory}: device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
         self.name = name
         self.vocab = nlp.vocab
@@ -96,6 +102,10 @@ class _SeqtextPipe:
         self.bf16 = bf16
         self._model: SeqtextModel | None = None
         self._files: dict[str, bytes] = {}
+
+    def _check_batch_size(self, value, what: str) -> None:
+        if not is_positive_int(value):
+            raise SeqtextError(f"{self.factory}: {what} must be an integer ≥ 1, got {value!r}")
 
     # ------------------------------------------------------------------ model
     @property
@@ -168,8 +178,7 @@ class _SeqtextPipe:
         Inside a batch the model itself runs ``batch_size`` (component config) sequences at a
         time, sorted by length so little compute goes to padding.
         """
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise SeqtextError(f"{self.factory}: pipe batch_size must be an integer ≥ 1, got {batch_size!r}")
+        self._check_batch_size(batch_size, "pipe batch_size")
         for docs in minibatch(stream, size=batch_size):
             self._process(docs)
             yield from docs
@@ -241,20 +250,9 @@ class SeqtextNER(_SeqtextPipe):
                 raise SeqtextError(f"seqtext_ner: spaCy has no language {lang!r} ({e})") from None
         return self._tokenizer
 
-    def _units(self, docs: list[Doc]) -> list[tuple[int, Span]]:
-        """What the model tags as one sequence, with its doc's position: each sentence (the doc's
-        own boundaries, else the rule-based sentencizer's, as ``seqtext predict`` splits) when
-        ``per_sentence``, else the whole doc. Units of whitespace alone are left out."""
-        units = []
-        for i, doc in enumerate(docs):
-            spans = doc_sentences(doc) if self.per_sentence else [doc[:]] if len(doc) else []
-            units.extend((i, span) for span in spans if any(not t.is_space for t in span))
-        return units
-
     def _process(self, docs: list[Doc]) -> None:
         m = self.seqtext_model
-        pairs = self._units(docs)
-        owners, units = [o for o, _ in pairs], [u for _, u in pairs]
+        units, owners = sentence_units(docs, self.per_sentence)  # as `seqtext predict` splits text
         spans: list[list[Span]] = [[] for _ in docs]
         if self.tokenization == "doc":
             # The doc's own tokens are the model's words (whitespace tokens are not words); tags

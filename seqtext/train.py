@@ -43,6 +43,7 @@ from .model import (
     HISTORY_FILE,
     META_FILE,
     METRICS_FILE,
+    MODEL_FILES,
     RECIPE_FILE,
     WEIGHTS_FILE,
     load_state_dict,
@@ -586,8 +587,7 @@ def discard_outputs(run_dir: Path) -> None:
 
 
 # Every file training writes into a run directory (a model directory's and the run's own)
-RUN_FILES = (RECIPE_FILE, META_FILE, "vocab.txt", "tokenizer.model", WEIGHTS_FILE, CHECKPOINT_FILE, HISTORY_FILE,
-             METRICS_FILE, CURVES_FILE)
+RUN_FILES = (*MODEL_FILES, CHECKPOINT_FILE, HISTORY_FILE, METRICS_FILE, CURVES_FILE)
 
 
 # Recipe keys that a resumed run may change: where it is written and on what hardware, how many

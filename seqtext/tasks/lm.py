@@ -17,7 +17,6 @@ encoder initialises classifiers/taggers (``init_from``) that use the same separa
 from __future__ import annotations
 
 import math
-import numbers
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +35,7 @@ from ..generate import (
     StreamDetokenizer,
     banned_ids,
     choose,
+    is_number,
     is_plain,
     leaves_quote_open,
     make_generator,
@@ -54,18 +54,14 @@ CACHE_THETAS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0)
 CACHE_LAMBDAS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)  # 0: where the cache does not help
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def check_cache_lambda(lam: float) -> None:
-    if not _is_number(lam) or not 0.0 <= lam < 1.0:
+    if not is_number(lam) or not 0.0 <= lam < 1.0:
         raise SeqtextError(f"cache_lambda: expected a number in [0, 1), got {lam!r}")
 
 
 def check_cache_theta(theta: float) -> None:
     """θ = 0 is a uniform vote over the cache; larger θ trusts the most similar states more."""
-    if not _is_number(theta) or not math.isfinite(theta) or theta < 0:
+    if not is_number(theta) or not math.isfinite(theta) or theta < 0:
         raise SeqtextError(f"cache_theta: expected a finite number ≥ 0, got {theta!r}")
 
 

@@ -414,17 +414,6 @@ class TagTask(Task):
                 raise SeqtextError(f"[tokenizer] lang: spaCy has no language {lang!r} ({e})") from None
         return self._spacy
 
-    def text_units(self, docs) -> tuple[list[list], list[int]]:
-        """The sentences a tagger reads in tokenized docs: the non-space tokens of each sentence
-        (:func:`doc_sentences`) and the index of its doc, for :meth:`tag_tokens`' ``documents``."""
-        units, owners = [], []
-        for i, doc in enumerate(docs):
-            for sent in doc_sentences(doc):
-                if words := [t for t in sent if not t.is_space]:
-                    units.append(words)
-                    owners.append(i)
-        return units, owners
-
     @torch.inference_mode()
     def tag_tokens(self, net: Net, sentences: list[list[str]], device, batch_size: int = 64,
                    documents: list[int] | None = None) -> list[list[str]]:
@@ -459,7 +448,8 @@ class TagTask(Task):
         exclusive), ``tokens`` and ``tags`` (in the training data's scheme).
         """
         docs = list(self._nlp().tokenizer.pipe([t or "" for t in texts], batch_size=256))
-        units, owners = self.text_units(docs)
+        spans, owners = sentence_units(docs)
+        units = [[t for t in span if not t.is_space] for span in spans]
         tagged = self.tag_tokens(net, [[t.text for t in u] for u in units], device, batch_size, documents=owners)
         toks: list[list] = [[] for _ in docs]
         ents: list[list] = [[] for _ in docs]
@@ -575,6 +565,20 @@ def doc_sentences(doc) -> list:
         _SENTENCIZER = Sentencizer()
     starts = [0] + [i for i, first in enumerate(_SENTENCIZER.predict([doc])[0]) if first and i]
     return [doc[a:b] for a, b in zip(starts, [*starts[1:], len(doc)])]
+
+
+def sentence_units(docs, per_sentence: bool = True) -> tuple[list, list[int]]:
+    """What a tagger reads as one sequence in spaCy docs, and the index of each one's doc (for
+    :meth:`TagTask.tag_tokens`' ``documents``): each sentence (:func:`doc_sentences`), or with
+    ``per_sentence=False`` each whole doc; spans of whitespace alone are left out. Shared by
+    ``seqtext predict`` and the ``seqtext_ner`` spaCy component, so the two agree."""
+    units, owners = [], []
+    for i, doc in enumerate(docs):
+        for span in doc_sentences(doc) if per_sentence else [doc[:]] if len(doc) else []:
+            if any(not t.is_space for t in span):
+                units.append(span)
+                owners.append(i)
+    return units, owners
 
 
 def _class_names(feature) -> list[str] | None:
