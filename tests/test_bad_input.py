@@ -29,8 +29,19 @@ def bad_file(tmp_path, name: str, content: bytes) -> str:
     return str(path)
 
 
+def jsonl_rows(tmp_path, row: int, name: str = "train.jsonl", **bad) -> str:
+    """A .jsonl file of 20 good reviews whose row ``row`` (0-based) gets the values ``bad``."""
+    rows = make_reviews(20)
+    rows[row].update(bad)
+    return str(write_jsonl(tmp_path / "d" / name, rows))
+
+
 def files(path: str) -> str:
     return f'files = {{ train = "{path}" }}'
+
+
+def lm_files(train: str, dev: str) -> str:
+    return f'files = {{ train = "{train}", dev = "{dev}" }}'
 
 
 def R(tmp_path, **kw):
@@ -69,6 +80,16 @@ CASES = {
     "non-utf8": (lambda t: R(t, data_files=files(bad_file(
         t, "u.jsonl", b'{"text": "fine", "label": "pos"}\n{"text": "caf\xe9", "label": "neg"}\n'))),
         r"u\.jsonl:2: not valid UTF-8"),
+    "text not a string": (lambda t: R(t, data_files=files(jsonl_rows(t, 2, text=5))),
+                          r"row 3: column 'text' must hold text \(a string\), got int 5; check \[data\] text_column$"),
+    "lm text not a string": (lambda t: R(t, top='task = "lm"', data_files=lm_files(jsonl_rows(t, 2, text=[1]),
+                                                                                   jsonl_rows(t, 0, "dev.jsonl"))),
+                             r"^error: train data, row 3: column 'text' must hold text \(a string\), got list \[1\]"),
+    "labels of two types": (lambda t: R(t, data_files=files(jsonl_rows(t, 2, label=1))),
+                            r"train data, row 3: label int 1, but train data, row \d+ has str '(neg|pos)': write every "
+                            r"label in column 'label' the same way"),
+    "label a list": (lambda t: R(t, data_files=files(jsonl_rows(t, 2, label=["pos"]))),
+                     r"row 3: label column 'label' must hold a single label .* per row, got list \['pos'\]$"),
     "conll wrong column count": (lambda t: R(t, top='task = "tag"', data_files=files(bad_file(
         t, "train.conll", b"EU B-ORG\nrejects O\nGerman B-MISC extra\n"))), r"train\.conll:3: expected 2 columns"),
     # CLI

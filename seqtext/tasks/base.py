@@ -58,6 +58,27 @@ def require_column(ds, column: str, what: str, hint: str, kind: str = "", hide: 
         raise SeqtextError(f"{what} has no {kind + ' ' if kind else ''}column {column!r} (columns: {have}); {hint}")
 
 
+def shown(value, limit: int = 40) -> str:
+    """A data value as an error message shows it: its type and a short repr."""
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= limit else text[:limit] + '...'}"
+
+
+def require_text(ds, column: str, split: str) -> None:
+    """One-line error, naming the first such row, when the text column holds something other than
+    strings (numbers, lists, a JSON file's mix of types); null rows are empty texts."""
+    import datasets
+
+    feature = ds.features[column]
+    if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string", "null"):
+        return
+    where = row_locator(ds, split)
+    for i, value in enumerate(ds[column]):  # only for a column that is not all strings
+        if value is not None and not isinstance(value, str):
+            raise SeqtextError(f"{where(i)}: column {column!r} must hold text (a string), got {shown(value)}; "
+                               "check [data] text_column")
+
+
 class Net(nn.Module):
     """Embedder → Encoder → head. One class for every task; ``head`` differs."""
 
@@ -180,6 +201,7 @@ class Task:
         """Add a ``tokens`` column (cached datasets.map)."""
         col = self.recipe.data.text_column
         require_column(ds, col, f"{split} data", "set [data] text_column")
+        require_text(ds, col, split)
         self.row_names[split] = row_locator(ds, split)
         tok = self.tokenizer
 

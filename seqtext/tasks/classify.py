@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from ..data.batching import Batch
 from ..errors import SeqtextError
 from ..nn.heads import ClassifierHead
-from .base import Ensemble, Net, Split, Task, fingerprint, require_column, row_locator
+from .base import Ensemble, Net, Split, Task, fingerprint, require_column, row_locator, shown
 
 
 def truncate(ids: list[int], max_length: int) -> list[int]:
@@ -18,6 +18,28 @@ def truncate(ids: list[int], max_length: int) -> list[int]:
         return ids
     head = max_length // 2
     return ids[:head] + ids[len(ids) - (max_length - head):]
+
+
+def label_values(ds, col: str, where) -> set:
+    """The distinct labels (nulls left out) of a column without label names: one string or number a
+    row, all of one type. A JSON file gives a column of lists, objects or mixed types another feature
+    type; its rows are then read to name the first bad one (``where(i)``: see base.row_locator)."""
+    import datasets
+
+    if isinstance(ds.features[col], datasets.Value):
+        return set(ds.unique(col)) - {None}
+    first: dict[type, tuple[int, object]] = {}  # the first row of each type of label
+    for i, value in enumerate(ds[col]):
+        if isinstance(value, (list, dict)):
+            raise SeqtextError(f"{where(i)}: label column {col!r} must hold a single label (a string or a "
+                               f"number) per row, got {shown(value)}")
+        if value is not None:
+            first.setdefault(type(value), (i, value))
+    if len(first) > 1:
+        (i, a), (j, b) = sorted(first.values(), key=lambda x: x[0])[:2]
+        raise SeqtextError(f"{where(j)}: label {shown(b)}, but {where(i)} has {shown(a)}: write every label "
+                           f"in column {col!r} the same way (all strings or all integers)")
+    return set(ds[col]) - {None}
 
 
 class ClassifyTask(Task):
@@ -45,8 +67,7 @@ class ClassifyTask(Task):
         elif hasattr(feature, "names"):  # datasets.ClassLabel
             self.meta["labels"] = list(feature.names)
         else:
-            values = set(train.unique(col))
-            values.discard(None)
+            values = label_values(train, col, self.row_names.get("train") or row_locator(train, "train"))
             self.meta["labels"] = [str(v) for v in sorted(values, key=lambda v: (str(type(v)), v))]
         if len(self.labels) < 2:
             raise SeqtextError(f"train data: label column {col!r} has fewer than 2 distinct labels")

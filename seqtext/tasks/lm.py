@@ -45,7 +45,7 @@ from ..nn.adaptive import AdaptiveSoftmax
 from ..nn.cache import ContinuousCache, mix_log_prob
 from ..nn.encoder import State, detach_state
 from ..nn.heads import LMHead
-from .base import Net, Task, fingerprint, require_column
+from .base import Net, Task, fingerprint, require_column, require_text
 
 PROMPT_CHUNK = 1024  # prompt tokens per LSTM call in generate(): bounded memory for huge prompts
 TOKENIZE_ROWS = 1000  # rows tokenized (as Python lists) at a time inside one map batch
@@ -132,6 +132,7 @@ class LMTask(Task):
             # text column has another name (PTB's "sentence"): --data-dir works with the same recipe
             col = "text"
         require_column(ds, col, f"{split} data", "set [data] text_column")
+        require_text(ds, col, split)
         import pyarrow as pa
 
         tok = self.tokenizer
