@@ -47,6 +47,35 @@ def test_sentencepiece_train_save_load(tmp_path):
     with pytest.raises(SeqtextError, match=r"bad\.model: not a sentencepiece model"):
         SentencePieceTokenizer(tmp_path / "bad.model")
 
+    with pytest.raises(SeqtextError, match=r"^train data: no text to train the sentencepiece tokenizer on$"):
+        SentencePieceTokenizer.train(["", " "], tmp_path / "d", vocab_size=100, model_type="unigram")
+    many_chars = ["".join(chr(0x4E00 + 7 * i + j) for j in range(7)) for i in range(40)]  # 280 characters
+    with pytest.raises(SeqtextError, match=r"^\[tokenizer\] vocab_size = 100: .* need 28\d sentencepiece pieces; "
+                                           r"raise it to at least 28\d$"):
+        SentencePieceTokenizer.train(many_chars, tmp_path / "d", vocab_size=100, model_type="unigram")
+
+
+def test_sentencepiece_is_trained_on_the_checked_text_column(tmp_path):
+    """The texts sentencepiece learns from are checked like those it tokenizes: a null text is an
+    empty one, a missing column is named, and an LM reads a text file's one column whatever
+    [data] text_column says (a hub recipe used with --data-dir)."""
+    import datasets
+
+    from seqtext.tasks.classify import ClassifyTask
+    from seqtext.tasks.lm import LMTask
+
+    sp = {"kind": "sentencepiece", "vocab_size": 100}
+    recipe = load_recipe({"task": "classify", "tokenizer": sp, "vocab": {"min_freq": 1}})
+    rows = make_reviews(40) + [{"text": None, "label": "pos"}]
+    train, dev = datasets.Dataset.from_list(rows), datasets.Dataset.from_list(make_reviews(4))
+    ClassifyTask(recipe).setup({"train": train, "dev": dev}, tmp_path / "a")
+    recipe = load_recipe({"task": "classify", "tokenizer": sp, "data": {"text_column": "review"}})
+    with pytest.raises(SeqtextError, match=r"^train data has no column 'review' \(columns: text, label\)"):
+        ClassifyTask(recipe).setup({"train": train, "dev": dev}, tmp_path / "b")
+    recipe = load_recipe({"task": "lm", "tokenizer": sp, "data": {"text_column": "sentence"}, "vocab": {"min_freq": 1}})
+    lines = datasets.Dataset.from_dict({"text": [r["text"] for r in make_reviews(40)]})
+    LMTask(recipe).setup({"train": lines, "dev": lines}, tmp_path / "c")
+
 
 def test_vocab_round_trip(tmp_path):
     from collections import Counter

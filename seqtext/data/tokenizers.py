@@ -122,12 +122,15 @@ class SentencePieceTokenizer(Tokenizer):
         # sentences streamed in and the model written to memory: no corpus file on disk, and no
         # temporary paths recorded in the model, whose bytes then depend only on the text and the
         # settings (its hash keys the tokenization cache)
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=(helper.normalize(t).replace("\n", " ") for t in texts), model_writer=model,
-            vocab_size=vocab_size, model_type=model_type, input_sentence_size=200_000,
-            shuffle_input_sentence=True, character_coverage=0.9995, hard_vocab_limit=False, minloglevel=2,
-            num_threads=1,  # deterministic output
-        )
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=(helper.normalize(t).replace("\n", " ") for t in texts), model_writer=model,
+                vocab_size=vocab_size, model_type=model_type, input_sentence_size=200_000,
+                shuffle_input_sentence=True, character_coverage=0.9995, hard_vocab_limit=False, minloglevel=2,
+                num_threads=1,  # deterministic output
+            )
+        except RuntimeError as e:  # a failed check in its C++ trainer, e.g. "INTERNAL: ...cc(576) [count > 0] "
+            raise SeqtextError(_spm_problem(e)) from None
         write_bytes(directory / SPM_FILE, model.getvalue())
         return cls(directory / SPM_FILE, strip_html=strip_html, lowercase=lowercase)
 
@@ -145,6 +148,17 @@ class SentencePieceTokenizer(Tokenizer):
         target = Path(directory) / SPM_FILE
         if self.model_file.resolve() != target.resolve():
             write_bytes(target, self.model_file.read_bytes())
+
+
+def _spm_problem(error: RuntimeError) -> str:
+    """What a failed sentencepiece training means for the recipe: the error message to show."""
+    text = str(error)
+    if chars := re.search(r"required_chars\. (\d+) vs (\d+)", text):
+        return (f"[tokenizer] vocab_size = {chars[1]}: the train data's characters and the special pieces need "
+                f"{chars[2]} sentencepiece pieces; raise it to at least {chars[2]}")
+    if "all_chars_count" in text or "sentences_.empty()" in text:
+        return "train data: no text to train the sentencepiece tokenizer on"
+    return f"train data: sentencepiece training failed ({text.rpartition('] ')[2].strip() or text.strip()})"
 
 
 def build_tokenizer(cfg: TokenizerConfig, directory: Path | None = None,

@@ -179,9 +179,10 @@ class Task:
     def setup(self, splits: dict, run_dir: Path) -> dict[str, Any]:
         """Fit tokenizer, vocab and labels on train (unless given) and encode every split."""
         if self.tokenizer is None:
-            col = self.recipe.data.text_column
-            texts = (t for b in iter_batches(splits["train"], [col]) for t in b.column(col).to_pylist()) \
-                if self.recipe.tokenizer.kind == "sentencepiece" else None
+            texts = None
+            if self.recipe.tokenizer.kind == "sentencepiece":
+                col = self.text_column_of(splits["train"], "train")
+                texts = (t or "" for b in iter_batches(splits["train"], [col]) for t in b.column(col).to_pylist())
             self.tokenizer = build_tokenizer(self.recipe.tokenizer, run_dir, texts)
         tokenized = {k: self.tokenize_split(ds, k) for k, ds in splits.items()}
         if self.vocab is None:
@@ -197,11 +198,16 @@ class Task:
         """What a tokenized split lacks to be scored, e.g. "label column 'label' ([data] label_column)"."""
         return None
 
-    def tokenize_split(self, ds, split: str):
-        """Add a ``tokens`` column (cached datasets.map)."""
+    def text_column_of(self, ds, split: str) -> str:
+        """The column of the raw split ``ds`` that holds its texts, checked to be there and to be text."""
         col = self.recipe.data.text_column
         require_column(ds, col, f"{split} data", "set [data] text_column")
         require_text(ds, col, split)
+        return col
+
+    def tokenize_split(self, ds, split: str):
+        """Add a ``tokens`` column (cached datasets.map)."""
+        col = self.text_column_of(ds, split)
         self.row_names[split] = row_locator(ds, split)
         tok = self.tokenizer
 

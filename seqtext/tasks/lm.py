@@ -45,7 +45,7 @@ from ..nn.adaptive import AdaptiveSoftmax
 from ..nn.cache import ContinuousCache, mix_log_prob
 from ..nn.encoder import State, detach_state
 from ..nn.heads import LMHead
-from .base import Net, Task, fingerprint, require_column, require_text
+from .base import Net, Task, fingerprint
 
 PROMPT_CHUNK = 1024  # prompt tokens per LSTM call in generate(): bounded memory for huge prompts
 TOKENIZE_ROWS = 1000  # rows tokenized (as Python lists) at a time inside one map batch
@@ -123,16 +123,17 @@ class LMTask(Task):
         self._cluster_share: list[float] | None = None
 
     # ------------------------------------------------------------------ data
+    def text_column_of(self, ds, split: str) -> str:
+        if self.recipe.data.text_column not in ds.column_names and ds.column_names == ["text"]:
+            # a plain-text file (always one "text" column) standing in for a hub dataset whose
+            # text column has another name (PTB's "sentence"): --data-dir works with the same recipe
+            return "text"
+        return super().text_column_of(ds, split)
+
     def tokenize_split(self, ds, split: str):
         """Add a ``tokens`` column: each row's tokens followed by ``<eos>`` (also for empty rows,
         as pytorch/examples does for WikiText's blank lines)."""
-        col = self.recipe.data.text_column
-        if col not in ds.column_names and ds.column_names == ["text"]:
-            # a plain-text file (always one "text" column) standing in for a hub dataset whose
-            # text column has another name (PTB's "sentence"): --data-dir works with the same recipe
-            col = "text"
-        require_column(ds, col, f"{split} data", "set [data] text_column")
-        require_text(ds, col, split)
+        col = self.text_column_of(ds, split)
         import pyarrow as pa
 
         tok = self.tokenizer
