@@ -95,7 +95,8 @@ class TokenizerConfig:
 @dataclass
 class VocabConfig:
     min_freq: int = opt(2, "Drop tokens seen fewer times in train.", min=1)
-    max_size: int = opt(50000, "Keep at most this many tokens, most frequent first (0 = no limit).", min=0)
+    max_size: int = opt(50000, "Keep at most this many tokens, the 4 special tokens (padding, unknown, "
+                                 "begin, end) included, most frequent first (0 = no limit).", min=0)
 
 
 @dataclass
@@ -418,6 +419,9 @@ def _check_consistency(recipe: Recipe, where: str, overridden: set[str] = frozen
         raise SeqtextError(f"{_key_label('model.output_dropout', where, overridden)}: expected -1 (same as dropout) "
                            f"or a value from 0 to 0.95, got {recipe.model.output_dropout!r}")
     cutoffs, specials = recipe.model.softmax_cutoffs, len(Vocab(()).itos)
+    if 0 < recipe.vocab.max_size <= specials:
+        raise SeqtextError(f"{_key_label('vocab.max_size', where, overridden)}: expected 0 (no limit) or more than "
+                           f"the {specials} special tokens it includes, got {recipe.vocab.max_size}")
     label = _key_label("model.softmax_cutoffs", where, overridden)
     if not cutoffs or not all(isinstance(c, int) and not isinstance(c, bool) for c in cutoffs):
         raise SeqtextError(f"{label}: expected a non-empty list of integers, got {cutoffs!r}")

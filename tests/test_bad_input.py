@@ -56,6 +56,9 @@ CASES = {
     "wrong type": (lambda t: R(t, extra="batch_size = \"big\"\n"), r"\[train\] batch_size: expected an integer"),
     "negative size": (lambda t: R(t, extra="batch_size = -4\n"), r"\[train\] batch_size: expected a value at least 1"),
     "zero size": (lambda t: R(t, extra="[tokenizer]\nvocab_size = 0\n"), r"\[tokenizer\] vocab_size"),
+    "vocab of specials only": (lambda t: ["train", recipe(t), "--set", "vocab.max_size=4", "-o", str(t / "out")],
+                               r"^error: --set vocab\.max_size: expected 0 \(no limit\) or more than the 4 special "
+                               r"tokens it includes, got 4$"),
     "unknown task": (lambda t: R(t, top='task = "translate"'), r"key 'task': expected one of classify, tag, lm"),
     "unknown tokenizer": (lambda t: R(t, extra="[tokenizer]\nkind = \"bert\"\n"), r"\[tokenizer\] kind: expected one"),
     "unknown pooling": (lambda t: ["train", recipe(t), "--set", "model.pooling=avg", "-o", str(t / "out")],
