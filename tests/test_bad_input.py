@@ -93,6 +93,10 @@ CASES = {
                             r"label in column 'label' the same way"),
     "label a list": (lambda t: R(t, data_files=files(jsonl_rows(t, 2, label=["pos"]))),
                      r"row 3: label column 'label' must hold a single label .* per row, got list \['pos'\]$"),
+    "lower-case tags": (lambda t: R(t, top='task = "tag"', data_files=files(str(write_jsonl(
+        t / "d" / "train.jsonl", [{"tokens": ["Ann", "ran"], "tags": ["b-per", "o"]}] * 20)))),
+        r"row \d+: tag 'b-per' has a lower-case prefix; write O and the B-, I-, E-, S-, L-, U- prefixes in upper "
+        r"case \(entity types may be lower-case: B-per\)$"),
     "conll wrong column count": (lambda t: R(t, top='task = "tag"', data_files=files(bad_file(
         t, "train.conll", b"EU B-ORG\nrejects O\nGerman B-MISC extra\n"))), r"train\.conll:3: expected 2 columns"),
     # CLI

@@ -50,6 +50,18 @@ def test_columns_and_unlabeled_input(tmp_path):
         list(read_conll(path, tag_column=5))
 
 
+def test_lower_case_tag_prefixes_are_named_by_line(tmp_path):
+    """'o' and 'b-per' would be read as entity types of their own (every 'o' token an entity)."""
+    for tags in (("o", "B-PER"), ("O", "b-PER"), ("O", "i-per")):
+        path = _write(tmp_path, f"a {tags[0]}\n\nAnn {tags[1]}\n")
+        with pytest.raises(SeqtextError, match=rf"data.conll:{1 if tags[0] == 'o' else 3}: tag '[^O]\S*' has a "
+                                               r"lower-case prefix; write O and the B-, I-, E-, S-, L-, U- prefixes"):
+            list(read_conll(path))
+    path = _write(tmp_path, "a O\nAnn B-per\nLee I-per\nb\tx\n")  # lower-case entity types and IO tags are fine
+    assert _tokens_tags(path) == [(["a", "Ann", "Lee", "b"], ["O", "B-per", "I-per", "x"])]
+    assert _tokens_tags(path, tag_column=None) == [(["a", "Ann", "Lee", "b"], [])]
+
+
 def test_non_breaking_space_stays_inside_a_token(tmp_path):
     path = _write(tmp_path, "1\u00a0000 CD O\n")
     assert _tokens_tags(path) == [(["1\u00a0000"], ["O"])]

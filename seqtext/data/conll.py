@@ -15,11 +15,12 @@ from dataclasses import dataclass
 
 from ..errors import SeqtextError
 from ..io import atomic_write
+from .tagging import case_problem
 
 DOCSTART = "-DOCSTART-"
 # Part of the key of the Arrow files parsed column files are cached in (data/sources.py): bump it
 # whenever the parser's output changes, so that stale parses are not reused.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 # Column separators: ASCII whitespace only. str.split() would also split on no-break and
 # other Unicode spaces, which do occur inside tokens (e.g. French "1\u00a0000").
 _SEP = re.compile(r"[ \t\f\v]+")
@@ -58,8 +59,8 @@ def read_conll(path: str | os.PathLike, token_column: int = 0, tag_column: int |
         encoding: text encoding of the file; a leading byte-order mark is ignored.
 
     Raises SeqtextError (naming file and line) for a missing file, undecodable bytes,
-    a line whose column count differs from the file's first token line, or columns out
-    of range. An empty file yields no sentences.
+    a line whose column count differs from the file's first token line, columns out
+    of range, or a tag in lower case (``o``, ``b-PER``). An empty file yields no sentences.
     """
     # Check eagerly, so a bad path fails at the call rather than at the first next().
     if not os.path.exists(path):
@@ -120,6 +121,8 @@ def _parse(lines: Iterable[str], path: str, token_column: int, tag_column: int |
             current = Sentence([], [], [], line_no, document)
         current.tokens.append(fields[token_i])
         if tag_column is not None:
+            if problem := case_problem(fields[tag_i]):
+                raise SeqtextError(f"{path}:{line_no}: {problem}")
             current.tags.append(fields[tag_i])
         current.lines.append(fields)
     if current is not None:

@@ -10,6 +10,7 @@ continue the current chunk starts a new one. A tag with no known prefix (``PER``
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable
 
@@ -22,6 +23,7 @@ _PREFIXES = {"B": "B", "I": "I", "E": "E", "S": "S", "L": "E", "U": "S"}
 _SCHEME_PREFIXES = {"IOB1": "OIB", "IOB2": "OBI", "BIOES": "OBIES"}
 
 Entity = tuple[str, int, int]  # (type, start, end_exclusive)
+_LOWER_PREFIX = re.compile(r"o$|[bieslu]-")  # "o", "b-PER": a chunk prefix in lower case
 
 
 def normalize_scheme(name: str) -> str:
@@ -44,6 +46,15 @@ def split_tag(tag: str) -> tuple[str | None, str]:
     if sep and head in _PREFIXES:
         return _PREFIXES[head], rest
     return None, tag
+
+
+def case_problem(tag: str) -> str | None:
+    """Why ``tag`` cannot be read, or None: ``o`` or a lower-case prefix (``b-PER``) would be read as
+    an entity type of its own (every ``o`` token an entity), so data written so are refused."""
+    if tag[:1].islower() and _LOWER_PREFIX.match(tag):
+        return (f"tag {tag!r} has a lower-case prefix; write O and the B-, I-, E-, S-, L-, U- prefixes in upper "
+                "case (entity types may be lower-case: B-per)")
+    return None
 
 
 def _reading(tag: str) -> tuple[str, str]:

@@ -30,7 +30,7 @@ import torch
 
 from ..data.batching import Batch
 from ..data.conll import DOCSTART
-from ..data.tagging import convert, detect_scheme, entities, normalize_scheme, split_tag, validate
+from ..data.tagging import case_problem, convert, detect_scheme, entities, normalize_scheme, split_tag, validate
 from ..errors import SeqtextError, warn
 from ..nn.chars import clip_word
 from ..nn.crf import CRF
@@ -147,7 +147,7 @@ class TagTask(Task):
                     out["gold"].append([_tag_name(t, names, where, i) for t in tags])
             return out
 
-        new_fp = fingerprint(getattr(ds, "_fingerprint", ""), "tokenize-tag-docs", *key)
+        new_fp = fingerprint(getattr(ds, "_fingerprint", ""), "tokenize-tag-docs-2", *key)
         return ds.map(fn, batched=True, batch_size=1000, with_indices=True, num_proc=self._num_proc(ds),
                       desc=f"tokenize {split}", new_fingerprint=new_fp, remove_columns=ds.column_names)
 
@@ -590,10 +590,12 @@ def _class_names(feature) -> list[str] | None:
 
 def _tag_name(value, names: list[str] | None, where, row: int) -> str:
     """A tag as its name; ``where(row)`` names the row in an error (see base.row_locator)."""
-    if isinstance(value, str):
-        return value
     if names is not None and isinstance(value, int) and 0 <= value < len(names):
-        return names[value]
+        value = names[value]
+    if isinstance(value, str):
+        if problem := case_problem(value):
+            raise SeqtextError(f"{where(row)}: {problem}")
+        return value
     if value is None:
         raise SeqtextError(f"{where(row)}: missing tag")
     if names is not None:
