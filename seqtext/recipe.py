@@ -43,8 +43,9 @@ class DataConfig:
     hub_config: str | None = opt(None, "Hub dataset configuration name, e.g. 'wikitext-2-v1'.")
     files: dict = opt({}, "Local files per split, e.g. {train = 'a.jsonl', test = 'b.jsonl'}; "
                       "relative paths are relative to the recipe file.")
-    format: str = opt("auto", "Local file format; 'auto' decides from the extension. A .json(l), .csv or "
-                      ".parquet extension always says the format; this decides for .txt, .tsv, .conll and others.",
+    format: str = opt("auto", "Local file format; 'auto' decides from the extension (.conll, and for the tag task "
+                      ".txt and .tsv: CoNLL columns). A .json(l), .csv or .parquet extension always says the "
+                      "format; this decides for .txt, .tsv, .conll and others.",
                       choices=("auto", "jsonl", "json", "csv", "tsv", "parquet", "text", "conll"))
     splits: dict = opt({"train": "train", "test": "test"},
                        "Map seqtext split (train/dev/test) to the source's split name.")

@@ -157,6 +157,9 @@ def test_json_files_are_read_as_json_whatever_the_format_and_tsv_quotes_are_text
     # the recipe's format decides where the extension cannot; "jsonl" is a name for the JSON reader
     assert sources.file_format(tmp_path / "train.txt", "text", "tag") == "text"
     assert sources.file_format(tmp_path / "train.tsv", "conll", "tag") == "conll"
+    # a tagger's tab-separated files are CoNLL columns (a table has no token lists), a classifier's a table
+    assert sources.file_format(tmp_path / "train.tsv", "auto", "tag") == "conll"
+    assert sources.file_format(tmp_path / "train.tsv", "auto", "classify") == "tsv"
     assert sources.file_format(tmp_path / "x.dat", "jsonl", "classify") == "json"
 
 

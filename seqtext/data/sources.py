@@ -69,17 +69,18 @@ def file_format(path: Path, fmt: str, task: str) -> str:
     """The format to read ``path`` in. A JSON, CSV or Parquet extension says it (an LM recipe's
     ``format = "text"`` must not read a JSON file as lines of text); the recipe's ``fmt`` decides
     for other files (.txt, .tsv and .conll may hold text, table or CoNLL columns), and with
-    ``auto`` their extension does."""
+    ``auto`` their extension does: a tagger's .txt and .tsv files are CoNLL columns (a table cannot
+    hold its token lists)."""
     name = path.name.lower()
     structured = next((kind for ext, kind in STRUCTURED if name.endswith(ext)), None)
     if structured or fmt != "auto":
         return structured or ("json" if fmt == "jsonl" else fmt)
+    if name.endswith(".conll") or (task == "tag" and name.endswith((".tsv", ".txt", ".txt.gz"))):
+        return "conll"
     if name.endswith(".tsv"):
         return "tsv"
-    if name.endswith(".conll"):
-        return "conll"
     if name.endswith((".txt", ".txt.gz")):
-        return "conll" if task == "tag" else "text"
+        return "text"
     raise SeqtextError(f"{path}: cannot tell the file format from the extension; set [data] format")
 
 
