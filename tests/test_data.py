@@ -230,7 +230,11 @@ def test_recipe_dev_block_size_reaches_the_split(tiny):
 @pytest.mark.parametrize("content, msg", [
     (b"", "file is empty"),
     (b'{"text": "ok", "label": 1}\n{"text": "bad \xff byte", "label": 0}\n', r"train.jsonl:2: not valid UTF-8"),
-    (b"not json at all\n", r"could not read as json \(JSON parse error"),  # the parser's words, not datasets'
+    # the line (pyarrow's "in row N" counts from 0 within each block it parses) and what is wrong there
+    (b"not json at all\n", r"train.jsonl:1: not valid JSON \(Expecting value at column 1\)$"),
+    (b'{"text": "ok", "label": 1}\n\n{"text": "no end", "label": 0\n{"text": "ok", "label": 1}\n',
+     r"train.jsonl:3: not valid JSON \(Expecting ',' delimiter at column 30\)$"),
+    (b'[{"text": "ok", "label": 1},\n{"text": "no end"]\n', r"train.jsonl: could not read as json \("),
 ])
 def test_bad_files(tmp_path, content, msg):
     (tmp_path / "train.jsonl").write_bytes(content)

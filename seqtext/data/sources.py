@@ -143,6 +143,8 @@ def load_file(path: Path, fmt: str, recipe: Recipe):
             raise SeqtextError(f"{path}: no examples") from None
         cause = e.__cause__ or e  # datasets wraps the parser's error in "An error occurred while generating"
         msg = str(cause).strip().splitlines()[0][:200] if str(cause).strip() else type(cause).__name__
+        if kind == "json" and (bad := _bad_json_line(path)):  # pyarrow's "in row N" counts within a block, from 0
+            raise SeqtextError(f"{path}:{bad[0]}: not valid JSON ({bad[1]})") from None
         raise SeqtextError(f"{path}: could not read as {kind} ({msg})") from None
     finally:
         datasets.logging.set_verbosity(verbosity)
@@ -203,6 +205,25 @@ def _check_utf8(path: Path, kind: str) -> None:
                     raise SeqtextError(f"{path}:{line_no}: not valid UTF-8 (byte {e.start} of the line)") from None
     except (OSError, EOFError) as e:
         raise SeqtextError(f"{path}: cannot read ({e})") from None
+
+
+def _bad_json_line(path: Path) -> tuple[int, str] | None:
+    """The first line of a JSON Lines file that is not one JSON value, and what is wrong with it
+    (None for a JSON document such as an array, or when every line parses)."""
+    import json
+
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8-sig") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            if line_no == 1 and line.lstrip().startswith("["):
+                return None
+            try:
+                json.loads(line.rstrip("\r\n"))
+            except json.JSONDecodeError as e:
+                return line_no, f"{e.msg} at column {e.colno}"
+    return None
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
