@@ -97,6 +97,9 @@ CASES = {
         t / "d" / "train.jsonl", [{"tokens": ["Ann", "ran"], "tags": ["b-per", "o"]}] * 20)))),
         r"row \d+: tag 'b-per' has a lower-case prefix; write O and the B-, I-, E-, S-, L-, U- prefixes in upper "
         r"case \(entity types may be lower-case: B-per\)$"),
+    "tags as one string": (lambda t: R(t, top='task = "tag"', data_files=files(str(write_jsonl(
+        t / "d" / "train.jsonl", [{"tokens": ["Ann", "ran"], "tags": "B-PER O"}] * 20)))),
+        r"row \d+: column 'tags' must hold a list of tags, got str$"),
     "conll wrong column count": (lambda t: R(t, top='task = "tag"', data_files=files(bad_file(
         t, "train.conll", b"EU B-ORG\nrejects O\nGerman B-MISC extra\n"))), r"train\.conll:3: expected 2 columns"),
     # CLI

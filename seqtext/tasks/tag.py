@@ -141,6 +141,9 @@ class TagTask(Task):
                 out["tokens"].append([word_key(w) for w in words])
                 if has_tags:
                     tags = [] if docstart else batch[tag_col][row] or []
+                    if not isinstance(tags, list):  # a string's characters are no tags: "O O B-PER" has 9
+                        raise SeqtextError(f"{where(i)}: column {tag_col!r} must hold a list of tags, "
+                                           f"got {type(tags).__name__}")
                     if len(tags) != len(words):
                         raise SeqtextError(f"{where(i)}: {len(words)} tokens but {len(tags)} tags "
                                            f"(columns {tok_col!r}, {tag_col!r})")
