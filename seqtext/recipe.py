@@ -242,7 +242,7 @@ class Recipe:
 
     @property
     def output_dir(self) -> Path:
-        return Path(self.output.dir) if self.output.dir else Path("runs") / self.name
+        return Path(self.output.dir).expanduser() if self.output.dir else Path("runs") / self.name
 
 
 # --------------------------------------------------------------------------- loading

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from seqtext.errors import SeqtextError
@@ -94,6 +96,18 @@ def test_resolved_recipe_round_trips(tmp_path):
     again = load_recipe(saved)
     assert again.to_dict() == r.to_dict()
     assert "[model]" in dumps_toml(r.to_dict())
+
+
+def test_paths_expand_the_home_directory(tmp_path, monkeypatch):
+    """'~' in a path is the home directory, not a folder named '~' in the working directory."""
+    from seqtext.data.sources import find_split_files
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text("{}\n")
+    r = load_recipe({"task": "classify", "output": {"dir": "~/runs/x"}, "data": {"files": {"train": "~/t.jsonl"}}})
+    assert r.output_dir == tmp_path / "runs" / "x" and r.data.files["train"] == str(tmp_path / "t.jsonl")
+    assert find_split_files(Path("~/data")) == {"train": tmp_path / "data" / "train.jsonl"}
 
 
 def test_reference_lists_every_key():

@@ -42,6 +42,7 @@ def source_rows(ds) -> np.ndarray | None:
 
 def find_split_files(directory: Path, require_train: bool = True) -> dict[str, Path]:
     """Files named like train.jsonl.gz / valid.txt / test.csv in ``directory``, one per split."""
+    directory = directory.expanduser()  # SEQTEXT_DATA_DIR="~/data" in a config file: no shell expands it
     if directory.is_file():
         raise SeqtextError(f"--data-dir {directory}: is a file; expected the directory that holds train.*, "
                            "dev.* and test.*")
