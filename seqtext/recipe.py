@@ -42,7 +42,8 @@ class DataConfig:
     hub: str | None = opt(None, "Hugging Face hub dataset id, e.g. 'stanfordnlp/imdb'.")
     hub_config: str | None = opt(None, "Hub dataset configuration name, e.g. 'wikitext-2-v1'.")
     files: dict = opt({}, "Local files per split, e.g. {train = 'a.jsonl', test = 'b.jsonl'}; "
-                      "relative paths are relative to the recipe file.")
+                      "relative paths are relative to the recipe file (given with --set: to the working "
+                      "directory).")
     format: str = opt("auto", "Local file format; 'auto' decides from the extension (.conll, and for the tag task "
                       ".txt and .tsv: CoNLL columns). A .json(l), .csv or .parquet extension always says the "
                       "format; this decides for .txt, .tsv, .conll and others.",
@@ -250,8 +251,9 @@ class Recipe:
 def load_recipe(source: str | Path | dict, overrides: list[str] | dict | None = None) -> Recipe:
     """Read a recipe file (or dict), apply ``section.key=value`` overrides, validate.
 
-    Relative data file paths are resolved against the recipe file's folder, so the saved
-    resolved recipe works from any directory.
+    Relative data file paths are resolved against the recipe file's folder (those given by an
+    override, typed on a command line, against the working directory), so the saved resolved
+    recipe works from any directory.
     """
     if isinstance(source, dict):
         raw, where, base = _deepcopy(source), "<recipe>", Path.cwd()
@@ -280,7 +282,7 @@ def load_recipe(source: str | Path | dict, overrides: list[str] | dict | None = 
         overrides = [f"{k}={_toml_value(v)}" for k, v in overrides.items()]
     overridden = {apply_override(raw, item) for item in overrides or []}
     recipe = _build(raw, where, overridden)
-    _resolve_paths(recipe, base)
+    _resolve_paths(recipe, base, overridden)
     return recipe
 
 
@@ -430,18 +432,18 @@ def _check_consistency(recipe: Recipe, where: str, overridden: set[str] = frozen
         raise SeqtextError(f"{label}: expected increasing ids above the {specials} specials, got {cutoffs!r}")
 
 
-def _resolve_paths(recipe: Recipe, base: Path) -> None:
-    def resolve(p: str) -> str:
+def _resolve_paths(recipe: Recipe, base: Path, overridden: set[str] = frozenset()) -> None:
+    def resolve(p: str, key: str) -> str:
         if "://" in p:
             return p
         path = Path(p).expanduser()
-        return str(path if path.is_absolute() else (base / path).resolve())
+        return str(path if path.is_absolute() else ((Path.cwd() if key in overridden else base) / path).resolve())
 
-    recipe.data.files = {k: resolve(v) for k, v in recipe.data.files.items()}
+    recipe.data.files = {k: resolve(v, "data.files") for k, v in recipe.data.files.items()}
     if recipe.tokenizer.model_file:
-        recipe.tokenizer.model_file = resolve(recipe.tokenizer.model_file)
+        recipe.tokenizer.model_file = resolve(recipe.tokenizer.model_file, "tokenizer.model_file")
     if recipe.model.pretrained_vectors:
-        recipe.model.pretrained_vectors = resolve(recipe.model.pretrained_vectors)
+        recipe.model.pretrained_vectors = resolve(recipe.model.pretrained_vectors, "model.pretrained_vectors")
 
 
 def _suggest(word: str, options) -> str:

@@ -110,6 +110,22 @@ def test_paths_expand_the_home_directory(tmp_path, monkeypatch):
     assert find_split_files(Path("~/data")) == {"train": tmp_path / "data" / "train.jsonl"}
 
 
+def test_paths_are_relative_to_the_recipe_file_and_overridden_ones_to_the_working_directory(tmp_path,
+                                                                                           monkeypatch):
+    (tmp_path / "recipes").mkdir()
+    p = write(tmp_path / "recipes", 'task = "classify"\n[data]\nfiles = { train = "t.jsonl" }\n[model]\n'
+                                    'pretrained_vectors = "v.txt"\n')
+    monkeypatch.chdir(tmp_path)
+    r = load_recipe(p)
+    assert r.data.files["train"] == str(tmp_path / "recipes" / "t.jsonl")
+    assert r.model.pretrained_vectors == str(tmp_path / "recipes" / "v.txt")
+    r = load_recipe(p, ["model.pretrained_vectors=glove/v.txt", 'data.files={ test = "d/test.jsonl" }',
+                        "tokenizer.model_file=m.model"])
+    assert r.model.pretrained_vectors == str(tmp_path / "glove" / "v.txt")
+    assert r.data.files == {"test": str(tmp_path / "d" / "test.jsonl")}
+    assert r.tokenizer.model_file == str(tmp_path / "m.model")
+
+
 def test_reference_lists_every_key():
     ref = reference_markdown()
     for key in ("data.hub", "model.pooling", "train.patience", "tokenizer.kind", "vocab.min_freq", "init_from"):
