@@ -410,8 +410,9 @@ def _check_consistency(recipe: Recipe, where: str, overridden: set[str] = frozen
     d = recipe.data
     for split in [*d.splits, *d.files]:
         if split not in ("train", "dev", "test"):
-            raise SeqtextError(f"{where}: [data] split '{split}': expected train, dev or test"
-                               f"{_suggest(split, ('train', 'dev', 'test'))}")
+            hint = " (did you mean 'dev'?)" if split.lower() in ("valid", "validation", "val", "eval") \
+                else _suggest(split, ("train", "dev", "test"))
+            raise SeqtextError(f"{where}: [data] split '{split}': expected train, dev or test{hint}")
     for split, path in d.files.items():
         if not isinstance(path, str):
             raise SeqtextError(f"{where}: [data] files.{split}: expected a file path string")

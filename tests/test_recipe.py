@@ -32,6 +32,7 @@ def test_defaults_and_name(tmp_path):
     ('task = "classify"\n[train]\nepochs = 1.5\n', ["[train] epochs", "expected an integer"]),
     ('task = "classify"\n[model]\nbidirectional = 1\n', ["[model] bidirectional", "true or false"]),
     ('task = "classify"\n[data]\nsplits = { training = "train" }\n', ["split 'training'", "did you mean 'train'"]),
+    ('task = "classify"\n[data]\nfiles = { validation = "v.txt" }\n', ["split 'validation'", "did you mean 'dev'"]),
     ('task = "classify"\n[train]\nlr = inf\n', ["[train] lr", "expected a finite number, got inf"]),
     ('task = "classify"\n[train]\nlr = nan\n', ["[train] lr", "expected a finite number, got nan"]),
     ('task = "classify"\n[model]\ndropout = 1.5\n', ["[model] dropout", "at most 0.95"]),
