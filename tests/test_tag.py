@@ -189,6 +189,19 @@ def test_malformed_tags_warn_with_counts(tmp_path, capsys):
     assert [task.labels[i] for i in data["train"].cols["target"].row(0)] == ["O", "B-PER", "E-PER"]
 
 
+def test_entity_types_unseen_in_training_warn(tmp_path, capsys):
+    """A classifier refuses labels it was not trained on; a tagger can score them (as missed
+    entities), but says so."""
+    recipe = load_recipe(write_recipe(tmp_path))
+    train = datasets.Dataset.from_dict({"tokens": [["Ann", "ran"]], "ner_tags": [["B-PER", "O"]]})
+    test = datasets.Dataset.from_dict({"tokens": [["Ann", "saw", "EU", "Rome"]],
+                                       "ner_tags": [["B-PER", "O", "B-ORG", "B-LOC"]]})
+    TagTask(recipe).setup({"train": train, "dev": train, "test": test}, tmp_path)
+    err = capsys.readouterr().err
+    assert "warning: test data: entity types LOC, ORG not in the training data: the model never predicts them, " \
+           "so they are scored as missed" in err and "dev data" not in err
+
+
 @pytest.mark.parametrize("scheme", ["auto", "BILOU"])
 def test_bilou_data_is_detected_or_named_and_written_back_as_bilou(tmp_path, scheme):
     recipe = load_recipe(write_recipe(tmp_path), [f"data.scheme={scheme}"])

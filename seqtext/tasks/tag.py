@@ -217,12 +217,17 @@ class TagTask(Task):
         encode = self.encode_tokens
         if has_tags:
             first: dict[str, int] = {}
-            issues = validate(ds["gold"], source, first)
+            gold = ds["gold"]
+            issues = validate(gold, source, first)
             if issues:
                 shown = ", ".join(f"{k} ×{n} (first in sentence {first[k] + 1})" for k, n in issues.most_common(5))
                 more = f" and {len(issues) - 5} more kinds" if len(issues) > 5 else ""
                 warn(f"{split} data: {sum(issues.values())} malformed tags for {source}: {shown}{more} "
                      "(read like conlleval does)")
+            types = {typ for tags in set(map(tuple, gold)) for typ, _, _ in entities(tags, source)}
+            if unseen := sorted(types - set(self.meta["types"])):
+                warn(f"{split} data: entity type{'s' if len(unseen) > 1 else ''} {', '.join(unseen)} not in the "
+                     "training data: the model never predicts them, so they are scored as missed")
 
         def fn(batch):
             out: dict[str, list] = {k: [] for k in ("ids", "casing", "char_ids", "char_lens")}
