@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from .data.sources import DATA_DIR_ENV
-from .errors import Interrupted, SeqtextError
+from .errors import Interrupted, SeqtextError, not_utf8
 
 _OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory")
 
@@ -214,9 +214,9 @@ def _chunks(handle, name, size: int = 1000):
     chunk = []
     for line_no, raw in enumerate(handle, 1):
         try:
-            chunk.append(raw.decode("utf-8-sig" if line_no == 1 else "utf-8").rstrip("\r\n"))  # no BOM
+            chunk.append(raw.decode("utf-8").removeprefix("\ufeff" if line_no == 1 else "").rstrip("\r\n"))  # no BOM
         except UnicodeDecodeError as e:
-            raise SeqtextError(f"{name}:{line_no}: not valid UTF-8 (byte {e.start} of the line)") from None
+            raise SeqtextError(f"{name}:{line_no}: {not_utf8(raw, e)}") from None
         if len(chunk) == size:
             yield chunk
             chunk = []

@@ -15,3 +15,10 @@ def warn(message: str) -> None:
     """A problem that does not stop the work (bad rows skipped, a setting that cannot apply here),
     printed as one ``warning:`` line on stderr, the same from the CLI, the Python API and spaCy."""
     print(f"warning: {message}", file=sys.stderr)
+
+
+def not_utf8(line: bytes, error: UnicodeDecodeError) -> str:
+    """What is wrong with a line of a file that is not UTF-8 (after ``FILE:LINE: ``): the byte and
+    its place, counted from 1, and the fix."""
+    return (f"not valid UTF-8 (byte 0x{line[error.start]:02x} at byte {error.start + 1} of the line); convert the "
+            "file to UTF-8 (e.g. iconv -f latin1 -t utf-8)")

@@ -82,7 +82,8 @@ CASES = {
                              r"label_column$"),
     "non-utf8": (lambda t: R(t, data_files=files(bad_file(
         t, "u.jsonl", b'{"text": "fine", "label": "pos"}\n{"text": "caf\xe9", "label": "neg"}\n'))),
-        r"u\.jsonl:2: not valid UTF-8"),
+        r"u\.jsonl:2: not valid UTF-8 \(byte 0xe9 at byte 14 of the line\); convert the file to UTF-8 \(e\.g\. "
+        r"iconv -f latin1 -t utf-8\)$"),
     "text not a string": (lambda t: R(t, data_files=files(jsonl_rows(t, 2, text=5))),
                           r"row 3: column 'text' must hold text \(a string\), got int 5; check \[data\] text_column$"),
     "lm text not a string": (lambda t: R(t, top='task = "lm"', data_files=lm_files(jsonl_rows(t, 2, text=[1]),

@@ -75,7 +75,8 @@ def test_wrong_column_count_names_file_and_line(tmp_path):
 
 def test_invalid_utf8_names_the_line(tmp_path):
     path = _write(tmp_path, b"a O\nb O\n\ncaf\xe9 O\n")
-    with pytest.raises(SeqtextError, match=r"data.conll:4: not valid utf-8 \(byte 0xe9"):
+    with pytest.raises(SeqtextError, match=r"data.conll:4: not valid utf-8 \(byte 0xe9 at character 4\); convert the "
+                                           r"file to UTF-8 \(e\.g\. iconv -f latin1 -t utf-8\)$"):
         list(read_conll(path))
     assert _tokens_tags(path, encoding="latin-1")[1] == (["café"], ["O"])
 

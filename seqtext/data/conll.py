@@ -94,8 +94,10 @@ def _parse(lines: Iterable[str], path: str, token_column: int, tag_column: int |
         bad = _BAD_BYTE.search(line)
         if bad:
             byte = ord(bad.group()) - 0xDC00
+            fix = "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)" if codecs.lookup(encoding).name == \
+                "utf-8" else "convert the file or set its encoding"  # recipes read UTF-8: they have no encoding
             raise SeqtextError(f"{path}:{line_no}: not valid {encoding} (byte 0x{byte:02x} at "
-                               f"character {bad.start() + 1}); convert the file or set its encoding")
+                               f"character {bad.start() + 1}); {fix}")
         if line_no == 1:
             line = line.lstrip("\ufeff")
         line = line.strip(_STRIP)

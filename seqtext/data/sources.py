@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SeqtextError
+from ..errors import SeqtextError, not_utf8
 from ..recipe import Recipe
 
 SPLIT_ALIASES = {"train": ("train",), "dev": ("dev", "valid", "validation"), "test": ("test",)}
@@ -203,7 +203,7 @@ def _check_utf8(path: Path, kind: str) -> None:
                 try:
                     line.decode("utf-8")
                 except UnicodeDecodeError as e:
-                    raise SeqtextError(f"{path}:{line_no}: not valid UTF-8 (byte {e.start} of the line)") from None
+                    raise SeqtextError(f"{path}:{line_no}: {not_utf8(line, e)}") from None
     except (OSError, EOFError) as e:
         raise SeqtextError(f"{path}: cannot read ({e})") from None
 
