@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from .data.sources import DATA_DIR_ENV
-from .errors import Interrupted, SeqtextError, not_utf8
+from .errors import Interrupted, RankError, SeqtextError, not_utf8
 
 _OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory")
 
@@ -35,7 +35,9 @@ class _Group(click.Group):
                 click.echo(str(e), err=True)
             ctx.exit(130)
         except SeqtextError as e:
-            self._fail(ctx, str(e))
+            if not str(e):  # under torchrun, another process failed first and said why
+                ctx.exit(2)
+            self._fail(ctx, str(e), every_process=isinstance(e, RankError))
         except OSError as e:  # the filesystem said no: a read-only or full disk, a file where a folder goes
             if e.errno in (errno.ENOSPC, errno.EDQUOT):  # a write or fsync names no file
                 self._fail(ctx, f"{e.filename or 'writing'}: {e.strerror}; free some space (a killed or "
@@ -47,16 +49,23 @@ class _Group(click.Group):
         except (MemoryError, RuntimeError) as e:
             if isinstance(e, MemoryError) or any(m in str(e).lower() for m in _OOM_MARKERS):
                 self._fail(ctx, "out of memory: lower [train] batch_size or batch_tokens (e.g. --set "
-                                "train.batch_size=16), the [model] sizes, or for a classifier [data] max_length")
+                                "train.batch_size=16), the [model] sizes, or for a classifier [data] max_length",
+                           every_process=True)
             raise
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
 
     @staticmethod
-    def _fail(ctx, message: str):
-        if ctx.obj and ctx.obj.get("debug"):
+    def _fail(ctx, message: str, every_process: bool = False):
+        debug = ctx.obj and ctx.obj.get("debug")
+        if debug:
             traceback.print_exc()
+        # Under torchrun every process of a machine runs the same command on the same files, so an
+        # error (a bad recipe, option or run directory) comes from all of them: the machine's first
+        # process says it. Errors about a process's own state (its loss, its memory) are said by each.
+        if not every_process and not debug and os.environ.get("LOCAL_RANK", "0") != "0":
+            ctx.exit(2)
         click.echo(f"error: {message.splitlines()[0] if message else 'failed'}", err=True)
         ctx.exit(2)
 

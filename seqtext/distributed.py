@@ -194,12 +194,30 @@ def all_equal(value) -> bool:
 
 @contextlib.contextmanager
 def main_first():
-    """Rank 0 runs the block first (filling caches, writing files); the others follow."""
-    if not is_main():
-        barrier()
-    yield
+    """Rank 0 runs the block first (filling caches, writing files); the others follow. Where rank
+    0's block fails (bad data, a run directory it refuses), the others stop with an empty
+    SeqtextError, which the CLI does not print: rank 0 says why. (Waiting in a barrier instead,
+    each printed a traceback of "Connection closed by peer" when rank 0 exited.)"""
+    if not active():
+        yield
+        return
+    if not is_main() and not _main_succeeded():
+        raise SeqtextError("")
+    try:
+        yield
+    except BaseException:
+        if is_main():
+            _main_succeeded(False)
+        raise
     if is_main():
-        barrier()
+        _main_succeeded(True)
+
+
+def _main_succeeded(ok: bool = False) -> bool:
+    """Rank 0 passes ``ok`` (whether its block succeeded); every rank returns it."""
+    t = torch.tensor([float(ok)], device=_collective_device())
+    tdist.broadcast(t, 0)
+    return bool(t[0])
 
 
 def barrier() -> None:

@@ -106,13 +106,13 @@ def train_ensemble(recipe: Recipe, resume: bool, force: bool, quiet: bool) -> Pa
             warn(f"[train] parallel_members = {parallel}: under torchrun the members train one after another")
         parallel = 1
     created = dist.is_main() and not holds_files(run_dir)
-    if dist.is_main():
-        prepare_run_dir(run_dir, recipe, resume, force)
-        if force:
-            shutil.rmtree(run_dir / "members", ignore_errors=True)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run_dir / RECIPE_FILE, recipe.to_toml())  # marks the directory as this run's
-    dist.barrier()
+    with dist.main_first():  # where rank 0 refuses the run directory, the others stop quietly
+        if dist.is_main():
+            prepare_run_dir(run_dir, recipe, resume, force)
+            if force:
+                shutil.rmtree(run_dir / "members", ignore_errors=True)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_text(run_dir / RECIPE_FILE, recipe.to_toml())  # marks the directory as this run's
     threads = recipe.train.threads or len(os.sched_getaffinity(0))
     members = []
     for i in range(n):

@@ -7,6 +7,11 @@ class SeqtextError(Exception):
     """A user-facing error: printed as one line, CLI exits 2."""
 
 
+class RankError(SeqtextError):
+    """An error about one torchrun process's own state (its loss): every process that meets it
+    says it, where the CLI prints other errors, the same in every process of a machine, once."""
+
+
 class Interrupted(SeqtextError):
     """Training stopped by Ctrl-C after saving a checkpoint (CLI exits 130)."""
 

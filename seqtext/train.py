@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from . import distributed as dist
 from .data.sources import find_split_files, load_splits
-from .errors import Interrupted, SeqtextError, warn
+from .errors import Interrupted, RankError, SeqtextError, warn
 from .hardware import bf16_setting, freed_memory_kept, matmul_peak_flops
 from .io import LOCK_FILE, append_line, atomic_write, own_temp_files, read_json, run_lock, write_json
 from .model import (
@@ -530,9 +530,10 @@ class Trainer:
         s.bad_steps += 1
         self.optimizer.zero_grad(set_to_none=True)
         if s.bad_steps > self.cfg.max_bad_steps:
-            raise SeqtextError(f"{what} at step {s.global_step + 1}; the last good checkpoint is kept in "
-                               f"{self.run_dir / CHECKPOINT_FILE}. Lower [train] lr or clip, or allow skips with "
-                               "train.max_bad_steps")
+            # a RankError: under torchrun every process says it, each with its own loss
+            raise RankError(f"{what} at step {s.global_step + 1}; the last good checkpoint is kept in "
+                            f"{self.run_dir / CHECKPOINT_FILE}. Lower [train] lr or clip, or allow skips with "
+                            "train.max_bad_steps")
 
     def _evaluate(self) -> None:
         s = self.state
@@ -774,8 +775,12 @@ def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None
 
 
 def _train(recipe: Recipe, resume: bool, force: bool, quiet: bool) -> Path:
-    # one training per run directory at a time (rank 0 holds it for all of torchrun's processes)
-    with run_lock(recipe.output_dir) if dist.is_main() else contextlib.nullcontext():
+    # one training per run directory at a time (rank 0 holds it for all of torchrun's processes;
+    # the others stop quietly where it cannot take it)
+    with contextlib.ExitStack() as lock:
+        with dist.main_first():
+            if dist.is_main():
+                lock.enter_context(run_lock(recipe.output_dir))
         try:
             return _train_locked(recipe, resume, force, quiet)
         except KeyboardInterrupt:  # before training started (the loop and the ensemble say their own)
@@ -838,11 +843,14 @@ def _train_locked(recipe: Recipe, resume: bool, force: bool, quiet: bool) -> Pat
             print(f"pretrained vectors: {stats['vectors_found']}/{stats['vocab']} words "
                   f"({100 * stats['coverage']:.1f}%)", file=sys.stderr)
     net.to(dev)
-    if dist.is_main():
-        write_model_files(run_dir, task)
-    shutil.rmtree(staging, ignore_errors=True)
-
-    trainer = Trainer(task, net, data, run_dir, dev, quiet)
+    try:
+        # before the model files are written: a recipe refused here (fewer batches than torchrun's
+        # processes) leaves no run behind, so the corrected command is not refused as another run's
+        trainer = Trainer(task, net, data, run_dir, dev, quiet)
+        if dist.is_main():
+            write_model_files(run_dir, task)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     if trainer.bf16_warning and not quiet:
         warn(trainer.bf16_warning)
     if resuming and trainer.load_checkpoint() and not quiet:
@@ -858,12 +866,12 @@ def _train_locked(recipe: Recipe, resume: bool, force: bool, quiet: bool) -> Pat
               file=sys.stderr)
     try:
         summary = trainer.fit()
-        if dist.is_main():
-            finish(run_dir, task, net, data, dev, summary, quiet)
+        with dist.main_first():  # the others wait while rank 0 scores and writes the model
+            if dist.is_main():
+                finish(run_dir, task, net, data, dev, summary, quiet)
     except KeyboardInterrupt:  # while training, or while the final scores are computed
         raise Interrupted(f"interrupted; checkpoint saved. Resume with: {resume_command(run_dir)}"
                           if dist.is_main() else "") from None
-    dist.barrier()
     return run_dir
 
 

@@ -286,3 +286,32 @@ def test_stopping_torchrun_stops_every_rank_at_one_step_with_a_checkpoint(ddp_re
         keys, meta = set(f.keys()), f.metadata()
     assert {"rank0.rng.cpu", "rank1.rng.cpu"} <= keys and meta["world"] == "2"
     assert not json.loads(meta["loop"])["done"]
+
+
+def test_an_error_that_every_process_meets_is_printed_once_per_machine(tmp_path):
+    """Every process of a machine runs the same command on the same files, so a bad recipe or
+    option fails in all of them: the machine's first process (LOCAL_RANK 0) prints the error line,
+    the others exit 2 quietly."""
+    from click.testing import CliRunner
+
+    from seqtext.cli import main
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('task = "classify"\n[train]\nepochs = "x"\n')
+    for local, says in (("0", True), ("1", False)):
+        env = {"RANK": local, "LOCAL_RANK": local, "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
+        for args in (["train", str(bad)], ["train", str(bad), "--bogus"]):
+            r = CliRunner().invoke(main, args, env=env)
+            assert r.exit_code == 2 and ("error: " in r.output) == says, r.output
+
+def test_failures_before_training_print_one_error_line_and_leave_no_run(tiny, tmp_path):
+    """Bad data fails rank 0 while the others wait for it: they stop quietly instead of each
+    printing a traceback of the barrier its exit broke. Fewer batches than processes (found on
+    every rank) is said once, and leaves no run directory, so the corrected command runs."""
+    out = tmp_path / "run"
+    for override in ("data.label_column=nope", "train.batch_size=1000"):
+        r = run(torchrun(["-m", "seqtext", "train", str(tiny), "-o", str(out), "-q", "--set", override]), timeout=200)
+        assert r.returncode != 0
+        assert r.stderr.count("error: ") == 1, why(r)
+        assert "[rank" not in r.stderr and "closed by peer" not in r.stderr, why(r)  # no worker tracebacks
+        assert not out.exists()
