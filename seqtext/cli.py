@@ -21,6 +21,8 @@ from .data.sources import DATA_DIR_ENV
 from .errors import Interrupted, RankError, SeqtextError, not_utf8
 
 _OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory")
+# how gloo reports a collective whose peer process exited (killed, crashed, or stopped by its own error)
+_PEER_GONE_MARKERS = ("closed by peer", "reset by peer")
 
 
 class _Group(click.Group):
@@ -51,6 +53,10 @@ class _Group(click.Group):
                 self._fail(ctx, "out of memory: lower [train] batch_size or batch_tokens (e.g. --set "
                                 "train.batch_size=16), the [model] sizes, or for a classifier [data] max_length",
                            every_process=True)
+            if "WORLD_SIZE" in os.environ and any(m in str(e) for m in _PEER_GONE_MARKERS):
+                self._fail(ctx, "another process of this torchrun job stopped (torchrun's summary below names it; "
+                                "its own error, if it printed one, is above); resume from the last checkpoint "
+                                "with --resume", every_process=True)
             raise
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)

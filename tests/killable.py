@@ -5,6 +5,8 @@
                                                           # step, any task (each rank under torchrun)
     python tests/killable.py checkpoint N seqtext-args...  # die in the N-th checkpoint write,
                                                           # after the temp file, before the rename
+
+Under torchrun, KILL_RANK=R kills that rank only (the others must notice).
 """
 
 import os
@@ -22,7 +24,7 @@ count = 0
 def die_at_n():
     global count
     count += 1
-    if count == n:
+    if count == n and os.environ.get("KILL_RANK", os.environ.get("RANK")) == os.environ.get("RANK"):
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -315,3 +315,13 @@ def test_failures_before_training_print_one_error_line_and_leave_no_run(tiny, tm
         assert r.stderr.count("error: ") == 1, why(r)
         assert "[rank" not in r.stderr and "closed by peer" not in r.stderr, why(r)  # no worker tracebacks
         assert not out.exists()
+
+def test_a_killed_process_leaves_the_others_one_line_saying_so(tiny, tmp_path):
+    """kill -9 of one rank mid-training: the other, whose gradient all-reduce lost its peer, says
+    so in one line (not gloo's traceback) with the way on, --resume."""
+    r = subprocess.run(torchrun([str(HERE / "killable.py"), "trainstep", "3", "train", str(tiny), "-o",
+                                 str(tmp_path / "run"), "-q"], launch=["--monitor-interval", "5"]),
+                       env={**ENV, "KILL_RANK": "1"}, capture_output=True, text=True, timeout=200)
+    assert r.returncode != 0
+    assert r.stderr.count("error: another process of this torchrun job stopped") == 1, why(r)
+    assert "[rank0]" not in r.stderr, why(r)
