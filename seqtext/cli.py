@@ -90,6 +90,10 @@ def main(ctx, debug):
       seqtext predict runs/demo_sentiment "A wonderful, moving film."
     """
     ctx.ensure_object(dict)["debug"] = debug
+    if ctx.invoked_subcommand not in (None, "train") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # each process would do all of the work and print it again (export-spacy: all writing one directory)
+        raise SeqtextError(f"seqtext {ctx.invoked_subcommand} runs in one process: start it without torchrun "
+                           "(only 'seqtext train' uses torchrun's processes)")
 
 
 # ---------------------------------------------------------------------- train

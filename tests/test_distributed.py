@@ -304,6 +304,18 @@ def test_an_error_that_every_process_meets_is_printed_once_per_machine(tmp_path)
             r = CliRunner().invoke(main, args, env=env)
             assert r.exit_code == 2 and ("error: " in r.output) == says, r.output
 
+@pytest.mark.parametrize("command", [["evaluate", "runs/x"], ["predict", "runs/x", "a film"], ["info", "runs/x"],
+                                     ["generate", "--model", "runs/x"], ["export-spacy", "runs/x", "out"]])
+def test_commands_other_than_train_refuse_to_run_under_torchrun(command):
+    """Each process would do all of the work and print it again (export-spacy: all of them writing one directory)."""
+    from click.testing import CliRunner
+
+    from seqtext.cli import main
+
+    r = CliRunner().invoke(main, command, env={"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2"})
+    assert r.exit_code == 2
+    assert f"error: seqtext {command[0]} runs in one process: start it without torchrun" in r.output
+
 def test_failures_before_training_print_one_error_line_and_leave_no_run(tiny, tmp_path):
     """Bad data fails rank 0 while the others wait for it: they stop quietly instead of each
     printing a traceback of the barrier its exit broke. Fewer batches than processes (found on
