@@ -168,7 +168,8 @@ class TrainConfig:
     max_steps: int = opt(0, "Stop after this many optimizer steps (0 = no limit).", min=0)
     max_minutes: float = opt(0.0, "Stop after this much training time (0 = no limit).", min=0.0)
     seed: int = opt(1, "Seed for data order, dropout and initialisation.", min=0, max=2**32 - 1)
-    threads: int = opt(0, "CPU threads for torch (0 = all cores).", min=0)
+    threads: int = opt(0, "CPU threads for torch (0 = all cores; under torchrun, shared among the machine's "
+                          "processes).", min=0)
     device: str = opt("auto", "auto (CUDA when present), cpu or cuda.", choices=("auto", "cpu", "cuda"))
     bf16: bool = opt(False, "bf16 autocast for training steps (CUDA, or CPUs with AVX512-BF16/AMX: "
                             "faster LSTM and output-layer matmuls, see benchmarks/README.md); evaluation stays fp32. "
