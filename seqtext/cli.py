@@ -116,11 +116,16 @@ def train(recipe, overrides, output, data_dir, resume, force, device, quiet):
     Prints progress (loss, tokens/s, MFU) and dev metrics; Ctrl-C saves a checkpoint that
     --resume continues from.
 
+    Under torchrun the processes train one model (DDP; only rank 0 prints and writes files).
+    [train] batch_size is per process, and --resume needs the number of processes the run
+    started with.
+
     \b
     Examples:
       seqtext train recipes/demo_sentiment.toml
       seqtext train recipes/imdb_sentiment.toml --data-dir ../data/imdb --set model.ensemble=1 -o runs/imdb1
       seqtext train runs/imdb1/recipe.toml --resume      # continue an interrupted run
+      torchrun --standalone --nproc_per_node 2 -m seqtext train recipes/demo_sentiment.toml
     """
     from .train import train as run
 
