@@ -90,10 +90,12 @@ def main(ctx, debug):
       seqtext predict runs/demo_sentiment "A wonderful, moving film."
     """
     ctx.ensure_object(dict)["debug"] = debug
-    if ctx.invoked_subcommand not in (None, "train") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    world = int(os.environ.get("WORLD_SIZE", "1")) if "RANK" in os.environ else 1  # as distributed.init reads it
+    if ctx.invoked_subcommand not in (None, "train") and world > 1:
         # each process would do all of the work and print it again (export-spacy: all writing one directory)
-        raise SeqtextError(f"seqtext {ctx.invoked_subcommand} runs in one process: start it without torchrun "
-                           "(only 'seqtext train' uses torchrun's processes)")
+        raise SeqtextError(f"seqtext {ctx.invoked_subcommand} runs in one process, and RANK/WORLD_SIZE say this is "
+                           f"one of torchrun's {world}: start it without torchrun (only 'seqtext train' uses its "
+                           "processes)")
 
 
 # ---------------------------------------------------------------------- train

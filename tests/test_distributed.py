@@ -315,7 +315,8 @@ def test_commands_other_than_train_refuse_to_run_under_torchrun(command):
 
     r = CliRunner().invoke(main, command, env={"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2"})
     assert r.exit_code == 2
-    assert f"error: seqtext {command[0]} runs in one process: start it without torchrun" in r.output
+    assert f"error: seqtext {command[0]} runs in one process, and RANK/WORLD_SIZE say this is one of torchrun's 2: " \
+           "start it without torchrun" in r.output
 
 
 def test_threads_default_to_the_cores_shared_among_the_processes_of_a_machine(monkeypatch):
