@@ -1,5 +1,6 @@
 """User-facing problems: errors (one line; the CLI exits 2) and warnings (one line on stderr)."""
 
+import os
 import sys
 
 
@@ -18,8 +19,11 @@ class Interrupted(SeqtextError):
 
 def warn(message: str) -> None:
     """A problem that does not stop the work (bad rows skipped, a setting that cannot apply here),
-    printed as one ``warning:`` line on stderr, the same from the CLI, the Python API and spaCy."""
-    print(f"warning: {message}", file=sys.stderr)
+    printed as one ``warning:`` line on stderr, the same from the CLI, the Python API and spaCy.
+    Under torchrun every process of a machine reads the same data and settings, so its first
+    process (LOCAL_RANK 0) says it for all."""
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        print(f"warning: {message}", file=sys.stderr)
 
 
 def not_utf8(line: bytes, error: UnicodeDecodeError) -> str:

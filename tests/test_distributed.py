@@ -360,3 +360,14 @@ def test_a_killed_process_leaves_the_others_one_line_saying_so(tiny, tmp_path):
     assert r.returncode != 0
     assert r.stderr.count("error: another process of this torchrun job stopped") == 1, why(r)
     assert "[rank0]" not in r.stderr, why(r)
+
+
+def test_a_warning_is_printed_once_per_machine(monkeypatch, capsys):
+    """Data warnings (malformed tags, say) come from every process of a machine, which read the
+    same files: its first process says them."""
+    from seqtext.errors import warn
+
+    for local, says in (("0", True), ("1", False)):
+        monkeypatch.setenv("LOCAL_RANK", local)
+        warn("train data: 3 malformed tags")
+        assert ("warning: train data: 3 malformed tags" in capsys.readouterr().err) == says
