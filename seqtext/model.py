@@ -78,7 +78,7 @@ def positive_int(value, name: str) -> int:
 
 def set_threads(threads: int = 0) -> None:
     """``threads`` torch threads; 0: the cores, shared among the processes torchrun started on this
-    machine (each taking all of them, 2 processes on 2 cores trained the demo tagger 3x slower)."""
+    machine (each taking all of them would oversubscribe the cores: every thread waits at each step)."""
     per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0)) // per_machine))
 
