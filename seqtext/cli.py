@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from .data.sources import DATA_DIR_ENV
-from .errors import Interrupted, RankError, SeqtextError, not_utf8
+from .errors import Interrupted, RankError, SeqtextError, not_utf8, speaks_for_machine
 
 _OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory")
 # how gloo reports a collective whose peer process exited (killed, crashed, or stopped by its own error)
@@ -70,7 +70,7 @@ class _Group(click.Group):
         # Under torchrun every process of a machine runs the same command on the same files, so an
         # error (a bad recipe, option or run directory) comes from all of them: the machine's first
         # process says it. Errors about a process's own state (its loss, its memory) are said by each.
-        if not every_process and not debug and os.environ.get("LOCAL_RANK", "0") != "0":
+        if not every_process and not debug and not speaks_for_machine():
             ctx.exit(2)
         click.echo(f"error: {message.splitlines()[0] if message else 'failed'}", err=True)
         ctx.exit(2)

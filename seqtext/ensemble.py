@@ -24,6 +24,7 @@ from .model import (
     METRICS_FILE,
     RECIPE_FILE,
     WEIGHTS_FILE,
+    cpu_threads,
     resolve_device,
     save_state_dict,
     task_class,
@@ -113,7 +114,7 @@ def train_ensemble(recipe: Recipe, resume: bool, force: bool, quiet: bool) -> Pa
                 shutil.rmtree(run_dir / "members", ignore_errors=True)
             run_dir.mkdir(parents=True, exist_ok=True)
             write_text(run_dir / RECIPE_FILE, recipe.to_toml())  # marks the directory as this run's
-    threads = recipe.train.threads or len(os.sched_getaffinity(0))
+    threads = cpu_threads(recipe.train.threads)
     members = []
     for i in range(n):
         member = copy.deepcopy(recipe)

@@ -22,8 +22,14 @@ def warn(message: str) -> None:
     printed as one ``warning:`` line on stderr, the same from the CLI, the Python API and spaCy.
     Under torchrun every process of a machine reads the same data and settings, so its first
     process (LOCAL_RANK 0) says it for all."""
-    if os.environ.get("LOCAL_RANK", "0") == "0":
+    if speaks_for_machine():
         print(f"warning: {message}", file=sys.stderr)
+
+
+def speaks_for_machine() -> bool:
+    """False in torchrun's processes other than a machine's first (LOCAL_RANK 0): they read the same
+    data and settings, so the first one reports what they all would."""
+    return os.environ.get("LOCAL_RANK", "0") == "0"
 
 
 def not_utf8(line: bytes, error: UnicodeDecodeError) -> str:

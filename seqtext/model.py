@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from .data.tokenizers import build_tokenizer
-from .data.vocab import Vocab
+from .data.tokenizers import SPM_FILE, build_tokenizer
+from .data.vocab import VOCAB_FILE, Vocab
 from .errors import SeqtextError, warn
 from .io import inside, load_tensors, read_json, save_tensors, write_json, write_text
 from .recipe import Recipe, load_recipe
@@ -33,7 +33,7 @@ RECIPE_FILE, META_FILE, WEIGHTS_FILE = "recipe.toml", "meta.json", "weights.safe
 METRICS_FILE, HISTORY_FILE, CURVES_FILE = "metrics.json", "metrics.jsonl", "curves.png"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 # What a model directory holds (tokenizer.model for sentencepiece tokenizers only); nothing else is read.
-MODEL_FILES = (RECIPE_FILE, META_FILE, "vocab.txt", WEIGHTS_FILE, "tokenizer.model")
+MODEL_FILES = (RECIPE_FILE, META_FILE, VOCAB_FILE, WEIGHTS_FILE, SPM_FILE)
 
 
 def task_class(name: str):
@@ -76,11 +76,16 @@ def positive_int(value, name: str) -> int:
     return value
 
 
-def set_threads(threads: int = 0) -> None:
-    """``threads`` torch threads; 0: the cores, shared among the processes torchrun started on this
-    machine (each taking all of them would oversubscribe the cores: every thread waits at each step)."""
+def cpu_threads(threads: int = 0) -> int:
+    """``threads``, or for 0 this process's share of the cores: all of them, shared among the
+    processes torchrun started on this machine (each taking all of them would oversubscribe the
+    cores: every thread waits at each step)."""
     per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0)) // per_machine))
+    return threads or max(1, len(os.sched_getaffinity(0)) // per_machine)
+
+
+def set_threads(threads: int = 0) -> None:
+    torch.set_num_threads(cpu_threads(threads))
 
 
 def save_state_dict(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -143,7 +148,7 @@ def check_model_dir(directory: str | Path, task: str | None = None, run: bool = 
     path = Path(directory)
     if not path.is_dir():
         raise SeqtextError(f"{directory}: no such model directory")
-    for name in (RECIPE_FILE, META_FILE, "vocab.txt", WEIGHTS_FILE):
+    for name in (RECIPE_FILE, META_FILE, VOCAB_FILE, WEIGHTS_FILE):
         if not (path / name).is_file():
             hint = " (training has not finished; resume with --resume)" if name == WEIGHTS_FILE and run else ""
             raise SeqtextError(f"{directory}: incomplete model directory, missing {name}{hint}")

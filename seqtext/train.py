@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from . import distributed as dist
 from .data.sources import find_split_files, load_splits
+from .data.vocab import VOCAB_FILE
 from .errors import Interrupted, RankError, SeqtextError, warn
 from .hardware import bf16_setting, freed_memory_kept, matmul_peak_flops
 from .io import LOCK_FILE, append_line, atomic_write, own_temp_files, read_json, run_lock, write_json
@@ -676,7 +677,7 @@ def init_from(net: nn.Module, source_dir: str, task: str) -> tuple[list[str], li
 def _make_task(recipe: Recipe, run_dir: Path, resume: bool, resuming: bool):
     cls = task_class(recipe.task)
     # meta.json is written last of the model files: without it a kill interrupted their writing
-    if resuming or (resume and all((run_dir / f).is_file() for f in ("vocab.txt", META_FILE))):
+    if resuming or (resume and all((run_dir / f).is_file() for f in (VOCAB_FILE, META_FILE))):
         task = load_task(run_dir)  # identical tokenizer/vocab/labels to the interrupted run
         task.recipe = recipe
         return task
@@ -739,7 +740,7 @@ def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None
     if isinstance(recipe, (str, Path)):
         path = Path(recipe)
         if path.name == RECIPE_FILE and (any((path.parent / f).is_file() for f in (META_FILE, CHECKPOINT_FILE,
-                                                                                     "vocab.txt"))
+                                                                                     VOCAB_FILE))
                                          or (path.parent / "members").is_dir()):  # an unfinished ensemble
             own_run = path.parent
     if not isinstance(recipe, Recipe):

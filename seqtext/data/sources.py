@@ -192,13 +192,17 @@ def _load_conll(path: Path, recipe: Recipe):
     return ds
 
 
+def _open(path: Path, mode: str, **kwargs):
+    """``path`` opened as ``open`` would, decompressed if its name ends in .gz."""
+    return (gzip.open if path.name.endswith(".gz") else open)(path, mode, **kwargs)
+
+
 def _check_utf8(path: Path, kind: str) -> None:
     """Find the first undecodable line so the error can name it (pyarrow only says 'invalid')."""
     if kind == "parquet":
         return
-    opener = gzip.open if path.name.endswith(".gz") else open
     try:
-        with opener(path, "rb") as f:
+        with _open(path, "rb") as f:
             for line_no, line in enumerate(f, 1):
                 try:
                     line.decode("utf-8")
@@ -213,8 +217,7 @@ def _bad_json_line(path: Path) -> tuple[int, str] | None:
     (None for a JSON document such as an array, or when every line parses)."""
     import json
 
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8-sig") as f:
+    with _open(path, "rt", encoding="utf-8-sig") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue

@@ -29,17 +29,19 @@ def label_values(ds, col: str, where) -> set:
     if isinstance(ds.features[col], datasets.Value):
         return set(ds.unique(col)) - {None}
     first: dict[type, tuple[int, object]] = {}  # the first row of each type of label
+    values = set()
     for i, value in enumerate(ds[col]):
         if isinstance(value, (list, dict)):
             raise SeqtextError(f"{where(i)}: label column {col!r} must hold a single label (a string or a "
                                f"number) per row, got {shown(value)}")
         if value is not None:
             first.setdefault(type(value), (i, value))
+            values.add(value)
     if len(first) > 1:
         (i, a), (j, b) = sorted(first.values(), key=lambda x: x[0])[:2]
         raise SeqtextError(f"{where(j)}: label {shown(b)}, but {where(i)} has {shown(a)}: write every label "
                            f"in column {col!r} the same way (all strings or all integers)")
-    return set(ds[col]) - {None}
+    return values
 
 
 class ClassifyTask(Task):
