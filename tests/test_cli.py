@@ -101,3 +101,38 @@ def test_errors_are_one_line_exit_2(tmp_path, tiny):
     r = run("--debug", "evaluate", tmp_path / "missing")  # --debug: the traceback, then the same line
     assert r.exit_code == 2 and "Traceback" in r.output
     assert r.output.strip().splitlines()[-1].startswith("error: ") and "no such model directory" in r.output
+
+
+def _python(script, *args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_help_does_not_import_torch():
+    # torch takes seconds to import: `seqtext --help` must not wait for it (commands import what they use)
+    r = _python("import sys\nfrom click.testing import CliRunner\nfrom seqtext.cli import main\n"
+                "for args in (['--help'], ['train', '--help'], ['generate', '--help']):\n"
+                "    print(CliRunner().invoke(main, args).exit_code)\n"
+                "print('torch' in sys.modules)")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["0", "0", "0", "False"]
+
+
+def test_seqtext_train_stays_the_function_when_its_module_is_imported():
+    r = _python("import importlib, seqtext\nmodule = importlib.import_module('seqtext.train')\n"
+                "assert seqtext.train is module.train and callable(seqtext.train), seqtext.train\n"
+                "assert seqtext.load is importlib.import_module('seqtext.model').load\n"
+                "assert {'Model', 'Recipe', 'load_recipe', 'train'} <= set(dir(seqtext))")
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_ctrl_c_while_a_command_imports_torch_is_one_line(tiny):
+    # a finder that raises KeyboardInterrupt when torch is imported: Ctrl-C during the slowest part of start-up
+    r = _python("import sys\nclass Interrupt:\n"
+                "    def find_spec(self, name, path=None, target=None):\n"
+                "        if name == 'torch':\n            raise KeyboardInterrupt\n"
+                "sys.meta_path.insert(0, Interrupt())\nfrom seqtext.cli import main\n"
+                "sys.argv = ['seqtext', 'train', sys.argv[1], '--quiet']\nmain()", str(tiny))
+    assert r.returncode == 130 and r.stderr == "interrupted\n", r.stderr[-2000:]
