@@ -11,9 +11,12 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+
+from tqdm import tqdm
 
 from . import distributed as dist
 from .data.sources import load_splits
@@ -51,6 +54,10 @@ def _member_process_init(stopping, parent: int) -> None:
     # stop); an idle process must not die of it inside the pool's queue, holding the queue's lock,
     # which hangs the pool's shutdown. The parent stops idle processes itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # tqdm's default lock holds a multiprocessing lock (a named semaphore, registered with the
+    # ensemble's resource tracker): a member killed by the OOM killer would leave it behind, and the
+    # tracker warns of a "leaked semaphore" as the ensemble exits. One process needs a thread lock.
+    tqdm.set_lock(threading.RLock())
     libc = libc_handle()
     if sys.platform.startswith("linux") and libc is not None and hasattr(libc, "prctl"):
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
