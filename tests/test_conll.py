@@ -90,6 +90,19 @@ def test_missing_empty_and_bad_encoding(tmp_path):
         read_conll(_write(tmp_path, "a O\n"), encoding="utf-99")
 
 
+def test_gzipped_file_is_read_decompressed(tmp_path):
+    """--data-dir takes train.txt.gz and a tagger reads .txt(.gz) as CoNLL columns: the reader
+    must decompress it (it read the compressed bytes and failed as 'not valid utf-8')."""
+    import gzip
+
+    path = _write(tmp_path, gzip.compress(b"EU NNP B-ORG\r\nrejects VBZ O\n\nPeter NNP B-PER\n"),
+                  name="train.txt.gz")
+    assert _tokens_tags(path) == [(["EU", "rejects"], ["B-ORG", "O"]), (["Peter"], ["B-PER"])]
+    bad = _write(tmp_path, gzip.compress(b"caf\xe9 O\n"), name="bad.txt.gz")
+    with pytest.raises(SeqtextError, match=r"bad.txt.gz:1: not valid utf-8"):
+        list(read_conll(bad))
+
+
 def test_records(tmp_path):
     path = _write(tmp_path, "a O\nb B-X\n\nc I-X\n")
     assert conll_to_records(path) == {"tokens": [["a", "b"], ["c"]], "tags": [["O", "B-X"], ["I-X"]]}

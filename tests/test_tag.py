@@ -114,6 +114,19 @@ def test_conll_files_through_load_splits(tmp_path):
     assert load_splits(recipe, data)["train"]["tokens"] == [["Maria", "left"]]
 
 
+def test_gzipped_conll_files_through_data_dir(tmp_path):
+    import gzip
+
+    data = tmp_path / "d"
+    data.mkdir()
+    sents = make_sentences(5, 0)
+    write_conll(tmp_path / "plain.txt", sents)
+    (data / "train.txt.gz").write_bytes(gzip.compress((tmp_path / "plain.txt").read_bytes()))
+    write_conll(data / "valid.txt", make_sentences(2, 1))  # else dev is carved from train, reordering it
+    splits = load_splits(load_recipe(write_recipe(tmp_path)), data)
+    assert splits["train"]["tokens"][1:] == [s[0] for s in sents]
+
+
 def test_conll_file_is_parsed_once_into_a_memory_mapped_cache(tmp_path):
     data = tmp_path / "d"
     write_conll(data / "train.txt", make_sentences(5, 0))

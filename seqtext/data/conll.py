@@ -8,6 +8,7 @@ by hand.
 from __future__ import annotations
 
 import codecs
+import gzip
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -53,7 +54,7 @@ def read_conll(path: str | os.PathLike, token_column: int = 0, tag_column: int |
     """Sentences of a column file, lazily. The file is opened (and checked to exist) at once.
 
     Args:
-        path: the file to read.
+        path: the file to read (gzip-compressed if its name ends in ``.gz``).
         token_column: index of the token column (negative counts from the end).
         tag_column: index of the tag column, or ``None`` for unlabeled input (tags = []).
         encoding: text encoding of the file; a leading byte-order mark is ignored.
@@ -76,12 +77,13 @@ def read_conll(path: str | os.PathLike, token_column: int = 0, tag_column: int |
 
 def _sentences(path: str, token_column: int, tag_column: int | None,
                encoding: str) -> Iterator[Sentence]:
+    opener = gzip.open if path.endswith(".gz") else open  # --data-dir takes train.txt.gz
     try:
         # newline=None: \n, \r\n and \r all end a line.
-        with open(path, encoding=encoding, errors="surrogateescape", newline=None) as f:
+        with opener(path, "rt", encoding=encoding, errors="surrogateescape", newline=None) as f:
             yield from _parse(f, path, token_column, tag_column, encoding)
-    except OSError as e:
-        raise SeqtextError(f"{path}: cannot read ({e.strerror})") from None
+    except (OSError, EOFError) as e:  # EOFError: a truncated .gz
+        raise SeqtextError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
 def _parse(lines: Iterable[str], path: str, token_column: int, tag_column: int | None,
