@@ -209,7 +209,8 @@ SECTIONS: dict[str, type] = {
 }
 TOP_LEVEL = {
     "task": "Which task: classify, tag or lm.",
-    "name": "Run name (default: the recipe file name).",
+    "name": "Run name (default: the recipe file name without .toml; for a file named recipe.toml, "
+            "its folder's name; 'run' for a recipe given as a dict).",
     "init_from": "Run directory of a trained model (e.g. an LM) whose embedding and encoder "
                  "initialise this one (an LM from an LM: its output layer too, to fine-tune it on new "
                  "text); its [tokenizer] and [vocab] replace the recipe's. Relative to "
