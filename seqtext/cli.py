@@ -154,7 +154,7 @@ bf16_option = click.option(
               help="Split of the recipe's data to score.")
 @click.option("--data", "data_file", type=click.Path(path_type=Path), help="Score this file instead.")
 @click.option("--data-dir", type=click.Path(path_type=Path), envvar=DATA_DIR_ENV,
-              help="Directory with local copies of the recipe's data.")
+              help="Directory with local copies of the recipe's data (env SEQTEXT_DATA_DIR).")
 @click.option("--mode", type=click.Choice(["default", "strict"]), default="default", show_default=True,
               help="tag: seqeval mode (default = conlleval-compatible).")
 @click.option("--cache-size", type=click.IntRange(min=0), default=0, show_default=True,
