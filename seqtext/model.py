@@ -330,7 +330,7 @@ def load(directory: str | Path, device: str = "auto", task: str | None = None, b
 
     Args:
         directory: a ``seqtext train`` output directory.
-        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
         task: refuse other tasks' models (``classify``, ``tag``, ``lm``).
         bf16: predict and evaluate under bf16 autocast. Where bf16 is native (CUDA, CPUs with
             AVX512-BF16 or AMX) the CoNLL tagger ran at 1.5-1.8x the tokens/s with the same test F1

@@ -338,7 +338,7 @@ def make_seqtext_ner(nlp: Language, name: str, model: str, batch_size: int, devi
             component first runs; a saved pipeline restores the model from its own directory,
             so ``""`` is fine there.
         batch_size: sentences per forward pass inside the model (32–256 on CPU; 64 default).
-        device: ``auto`` (CUDA when spaCy was told to use the GPU), ``cpu`` or ``cuda``.
+        device: ``auto`` (CUDA when spaCy was told to use the GPU), ``cpu``, ``cuda`` or ``cuda:N``.
         tokenization: ``doc`` (default): the doc's tokens are the model's words; exact and
             what the model was trained on when docs come from CoNLL-style pre-split tokens.
             ``model``: re-tokenize ``doc.text`` with the model's own tokenizer
@@ -373,7 +373,7 @@ def make_seqtext_textcat(nlp: Language, name: str, model: str, batch_size: int, 
         model: seqtext ``classify`` model directory (e.g. ``runs/imdb_sentiment``); see
             :func:`make_seqtext_ner` for when it is read.
         batch_size: texts per forward pass inside the model (32–128 on CPU).
-        device: ``auto``, ``cpu`` or ``cuda`` (as for ``seqtext_ner``).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (as for ``seqtext_ner``).
         bf16: bf16 autocast, as for ``seqtext_ner`` (probabilities still come out in fp32).
     """
     return SeqtextTextCat(nlp, name, model, batch_size, device, bf16)

@@ -729,6 +729,11 @@ def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None
           force: bool = False, device: str | None = None, quiet: bool = False) -> Path:
     """Train a recipe; return the model directory. The CLI's ``train`` is a thin layer over this.
 
+    ``recipe``: a recipe file, a dict of its contents or a :class:`Recipe`; ``overrides``:
+    ``["train.epochs=2", ...]`` or ``{"train.epochs": 2}`` (the CLI's --set); ``force``: retrain
+    over an output directory that holds another run; ``device``: ``auto``, ``cpu`` or ``cuda``
+    (overrides ``[train] device``); ``quiet``: no progress bar or log lines.
+
     With ``resume`` and no ``output``, a run directory's own recipe file (``RUN/recipe.toml``)
     resumes that directory wherever it now is and from any working directory; otherwise the
     run is the recipe's ``[output] dir`` (relative to the working directory). Resuming a
