@@ -220,6 +220,10 @@ TOP_LEVEL = {
 
 @dataclass
 class Recipe:
+    """A validated recipe (build it with :func:`load_recipe`): ``task``, ``name``, ``init_from``
+    and one dataclass per section, ``data``, ``tokenizer``, ``vocab``, ``model``, ``train`` and
+    ``output``. ``to_dict`` / ``to_toml`` write it back; ``output_dir`` is its run directory."""
+
     task: str
     name: str
     init_from: str | None = None
@@ -251,11 +255,13 @@ class Recipe:
 # --------------------------------------------------------------------------- loading
 
 def load_recipe(source: str | Path | dict, overrides: list[str] | dict | None = None) -> Recipe:
-    """Read a recipe file (or dict), apply ``section.key=value`` overrides, validate.
+    """Read a recipe file (or dict), apply overrides (``["section.key=value", ...]`` or
+    ``{"section.key": value}``), validate; return the :class:`Recipe`.
 
-    Relative data file paths are resolved against the recipe file's folder (those given by an
-    override, typed on a command line, against the working directory), so the saved resolved
-    recipe works from any directory.
+    Relative file paths (``[data] files``, ``tokenizer.model_file``, ``model.pretrained_vectors``)
+    are resolved against the recipe file's folder (a dict's, and those given by an override,
+    typed on a command line, against the working directory), so the saved resolved recipe works
+    from any directory.
     """
     if isinstance(source, dict):
         raw, where, base = _deepcopy(source), "<recipe>", Path.cwd()
