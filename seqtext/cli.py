@@ -269,8 +269,9 @@ def predict(model_dir, texts, file, fmt, output, as_json, batch_size, device, bf
 
     One output line per input line, in order (a tagger's text output adds an indented '->' line
     of entities after each; --json gives one line each). A tagger reads each line sentence by
-    sentence, split as spaCy's rule-based sentencizer splits. Files and stdin are read 1,000 lines at a time, so
-    large inputs use bounded memory; --batch-size is the number of texts per forward pass.
+    sentence, split as spaCy's rule-based sentencizer splits. A --file is read 1,000 lines at a time, so
+    large files use bounded memory (stdin is read whole first); --batch-size is the number of texts per
+    forward pass.
 
     \b
     Examples:
