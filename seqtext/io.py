@@ -1,4 +1,4 @@
-"""Crash-safe file writing and model-directory path checks.
+"""Crash-safe file writing, model-directory path checks, and reading gzipped or plain data files.
 
 Every file seqtext writes goes through :func:`atomic_write`: a temporary file in the
 same directory, flushed and fsynced, then renamed over the target. A killed process
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import gzip
 import json
 import os
 import tempfile
@@ -18,6 +19,11 @@ from pathlib import Path
 from typing import IO
 
 from .errors import SeqtextError, warn
+
+
+def open_data(path: str | os.PathLike, mode: str, **kwargs) -> IO:
+    """``path`` opened as ``open`` would, decompressed if its name ends in .gz (train.jsonl.gz, train.txt.gz)."""
+    return (gzip.open if os.fspath(path).endswith(".gz") else open)(path, mode, **kwargs)
 
 
 @contextlib.contextmanager

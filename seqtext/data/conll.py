@@ -8,14 +8,13 @@ by hand.
 from __future__ import annotations
 
 import codecs
-import gzip
 import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from ..errors import SeqtextError
-from ..io import atomic_write
+from ..io import atomic_write, open_data
 from .tagging import case_problem
 
 DOCSTART = "-DOCSTART-"
@@ -77,10 +76,9 @@ def read_conll(path: str | os.PathLike, token_column: int = 0, tag_column: int |
 
 def _sentences(path: str, token_column: int, tag_column: int | None,
                encoding: str) -> Iterator[Sentence]:
-    opener = gzip.open if path.endswith(".gz") else open  # --data-dir takes train.txt.gz
     try:
         # newline=None: \n, \r\n and \r all end a line.
-        with opener(path, "rt", encoding=encoding, errors="surrogateescape", newline=None) as f:
+        with open_data(path, "rt", encoding=encoding, errors="surrogateescape", newline=None) as f:
             yield from _parse(f, path, token_column, tag_column, encoding)
     except (OSError, EOFError) as e:  # EOFError: a truncated .gz
         raise SeqtextError(f"{path}: cannot read ({e.strerror or e})") from None

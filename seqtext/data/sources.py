@@ -7,7 +7,6 @@ Arrow-backed and memory-mapped, and later ``map`` results are cached on disk.
 
 from __future__ import annotations
 
-import gzip
 import os
 import weakref
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SeqtextError, not_utf8
+from ..io import open_data
 from ..recipe import Recipe
 
 SPLIT_ALIASES = {"train": ("train",), "dev": ("dev", "valid", "validation"), "test": ("test",)}
@@ -192,17 +192,12 @@ def _load_conll(path: Path, recipe: Recipe):
     return ds
 
 
-def _open(path: Path, mode: str, **kwargs):
-    """``path`` opened as ``open`` would, decompressed if its name ends in .gz."""
-    return (gzip.open if path.name.endswith(".gz") else open)(path, mode, **kwargs)
-
-
 def _check_utf8(path: Path, kind: str) -> None:
     """Find the first undecodable line so the error can name it (pyarrow only says 'invalid')."""
     if kind == "parquet":
         return
     try:
-        with _open(path, "rb") as f:
+        with open_data(path, "rb") as f:
             for line_no, line in enumerate(f, 1):
                 try:
                     line.decode("utf-8")
@@ -217,7 +212,7 @@ def _bad_json_line(path: Path) -> tuple[int, str] | None:
     (None for a JSON document such as an array, or when every line parses)."""
     import json
 
-    with _open(path, "rt", encoding="utf-8-sig") as f:
+    with open_data(path, "rt", encoding="utf-8-sig") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
