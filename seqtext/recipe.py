@@ -170,7 +170,9 @@ class TrainConfig:
     seed: int = opt(1, "Seed for data order, dropout and initialisation.", min=0, max=2**32 - 1)
     threads: int = opt(0, "CPU threads for torch (0 = all cores; under torchrun, shared among the machine's "
                           "processes).", min=0)
-    device: str = opt("auto", "auto (CUDA when present), cpu or cuda.", choices=("auto", "cpu", "cuda"))
+    device: str = opt("auto", "auto (CUDA when present), cpu or cuda: the first visible GPU (another: set "
+                      "CUDA_VISIBLE_DEVICES=N; under torchrun, each process takes GPU LOCAL_RANK).",
+                      choices=("auto", "cpu", "cuda"))
     bf16: bool = opt(False, "bf16 autocast for training steps (CUDA, or CPUs with AVX512-BF16/AMX: "
                             "faster LSTM and output-layer matmuls, see benchmarks/README.md); evaluation stays fp32. "
                             "Where the CPU cannot run bf16 (AVX2 only), training warns and runs in fp32.")

@@ -758,7 +758,8 @@ def train(recipe: str | Path | dict | Recipe, overrides: list[str] | dict | None
         recipe.output.dir = str(own_run)
     if device:  # as the recipe key takes it (the saved recipe must load again)
         if not isinstance(device, str) or device.lower() not in ("auto", "cpu", "cuda"):
-            raise SeqtextError(f"device {device!r}: expected auto, cpu or cuda")
+            raise SeqtextError(f"device {device!r}: expected auto, cpu or cuda (to train on GPU N, set "
+                               "CUDA_VISIBLE_DEVICES=N)")
         recipe.train.device = device.lower()
     if data_dir:
         # the files found become the recipe's [data] files, so the saved recipe names the data the
