@@ -228,11 +228,19 @@ def _read_inputs(texts, file) -> list[str] | None:
             raise SeqtextError("give TEXTS or --file, not both")
         return None
     if texts == ("-",):
-        lines = [line.rstrip("\n") for line in sys.stdin]
-        if not lines:
-            raise SeqtextError("no input: stdin ('-') was empty")
-        return lines
+        return None  # streamed: _stdin_chunks
     return list(texts)
+
+
+def _stdin_chunks():
+    """stdin's lines as _chunks gives a file's: a pipe 1,000 lines at a time, a terminal line by line
+    (each answer as soon as its line is typed)."""
+    empty = True
+    for chunk in _chunks(sys.stdin.buffer, "stdin", 1 if sys.stdin.isatty() else 1000):
+        empty = False
+        yield chunk
+    if empty:
+        raise SeqtextError("no input: stdin ('-') was empty")
 
 
 def _chunks(handle, name, size: int = 1000):
@@ -269,9 +277,9 @@ def predict(model_dir, texts, file, fmt, output, as_json, batch_size, device, bf
 
     One output line per input line, in order (a tagger's text output adds an indented '->' line
     of entities after each; --json gives one line each). A tagger reads each line sentence by
-    sentence, split as spaCy's rule-based sentencizer splits. A --file is read 1,000 lines at a time, so
-    large files use bounded memory (stdin is read whole first); --batch-size is the number of texts per
-    forward pass.
+    sentence, split as spaCy's rule-based sentencizer splits. A --file or piped stdin is read 1,000 lines
+    at a time, so large inputs use bounded memory (stdin from a terminal: each line is answered as it is
+    typed); --batch-size is the number of texts per forward pass.
 
     \b
     Examples:
@@ -299,7 +307,7 @@ def predict(model_dir, texts, file, fmt, output, as_json, batch_size, device, bf
             click.echo(f"wrote {n} sentences to {output}", err=True)
         return
     inputs = _read_inputs(texts, file)
-    if inputs is not None and not inputs:
+    if inputs == []:
         raise SeqtextError("no input: give TEXTS, --file FILE, or '-' for stdin")
     if file is not None and not file.is_file():
         raise SeqtextError(f"{file}: no such file")
@@ -313,6 +321,8 @@ def predict(model_dir, texts, file, fmt, output, as_json, batch_size, device, bf
             bar = stack.enter_context(tqdm(total=file.stat().st_size, unit="B", unit_scale=True, desc="predict",
                                            disable=True if sys.stdout.isatty() else None, leave=False))
             source = _chunks(handle, file)
+        elif inputs is None:
+            bar, source = None, _stdin_chunks()
         else:
             bar, source = None, [inputs]
         for chunk in source:

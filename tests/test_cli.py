@@ -136,3 +136,29 @@ def test_ctrl_c_while_a_command_imports_torch_is_one_line(tiny):
                 "sys.meta_path.insert(0, Interrupt())\nfrom seqtext.cli import main\n"
                 "sys.argv = ['seqtext', 'train', sys.argv[1], '--quiet']\nmain()", str(tiny))
     assert r.returncode == 130 and r.stderr == "interrupted\n", r.stderr[-2000:]
+
+
+def test_predict_streams_stdin(trained_demo, monkeypatch):
+    """A pipe is read 1,000 lines at a time (bounded memory), a terminal line by line; a line that is
+    not UTF-8 is named by its number."""
+    import io
+    import sys
+
+    from seqtext import cli
+    from seqtext.model import Model
+
+    sizes = []
+    real = Model.predict
+    monkeypatch.setattr(Model, "predict", lambda self, texts, **kw: sizes.append(len(texts)) or real(self, texts, **kw))
+    r = run("predict", trained_demo, "-", input="".join(f"line {i} great\n" for i in range(2500)))
+    assert r.exit_code == 0 and len(r.output.splitlines()) == 2500
+    assert sizes == [1000, 1000, 500]
+    r = run("predict", trained_demo, "-", input=b"fine\n\xff bad\n")
+    assert r.exit_code == 2 and r.output.startswith("error: stdin:2: ")
+
+    class Terminal(io.TextIOWrapper):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Terminal(io.BytesIO(b"one\ntwo\n")))
+    assert list(cli._stdin_chunks()) == [["one"], ["two"]]
