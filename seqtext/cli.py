@@ -104,7 +104,7 @@ def main(ctx, debug):
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override a recipe value (repeatable), e.g. --set train.epochs=3.")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path),
-              help="Run/model directory (default: runs/<recipe name>).")
+              help="Run/model directory (default: the recipe's [output] dir, else runs/<recipe name>).")
 @click.option("--data-dir", type=click.Path(path_type=Path), envvar=DATA_DIR_ENV,
               help="Directory with local train/dev/test files used instead of the recipe's source "
                    "(env SEQTEXT_DATA_DIR).")
