@@ -17,6 +17,7 @@ import torch
 import torch.distributed as tdist
 
 from .errors import SeqtextError
+from .hardware import stop_with_parent
 
 
 @contextlib.contextmanager
@@ -45,6 +46,8 @@ def init(device: torch.device) -> bool:
     call joined it (False: not under torchrun, or already in a group)."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ or tdist.is_initialized():
         return False
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun: if it is killed (kill -9), stop too
+        stop_with_parent(os.getppid())
     if device.type == "cuda":
         per_node, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", 1)), torch.cuda.device_count()
         if per_node > gpus:

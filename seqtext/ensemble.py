@@ -21,7 +21,7 @@ from tqdm import tqdm
 from . import distributed as dist
 from .data.sources import load_splits
 from .errors import Interrupted, SeqtextError, warn
-from .hardware import libc_handle
+from .hardware import stop_with_parent
 from .io import read_json, write_text
 from .model import (
     METRICS_FILE,
@@ -41,13 +41,11 @@ from .train import finish, holds_files, prepare_run_dir, resume_command, signals
 _members_stopping = None
 _members_parent = 0
 _member_interrupted = False  # this member process stopped a member: it starts no other
-_PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 
 
 def _member_process_init(stopping, parent: int) -> None:
-    """A member process: remember the ensemble's stop flag and its parent, and (Linux) ask for a
-    SIGTERM when the parent dies, even by SIGKILL, so a running member saves a checkpoint and
-    stops instead of training on, orphaned, into a directory that a --resume may be using."""
+    """A member process: remember the ensemble's stop flag and its parent, and stop with the parent
+    (:func:`~seqtext.hardware.stop_with_parent`)."""
     global _members_stopping, _members_parent
     _members_stopping, _members_parent = stopping, parent
     # Ctrl-C reaches the whole process group. A member's training handles it (a checkpoint, then
@@ -58,11 +56,7 @@ def _member_process_init(stopping, parent: int) -> None:
     # ensemble's resource tracker): a member killed by the OOM killer would leave it behind, and the
     # tracker warns of a "leaked semaphore" as the ensemble exits. One process needs a thread lock.
     tqdm.set_lock(threading.RLock())
-    libc = libc_handle()
-    if sys.platform.startswith("linux") and libc is not None and hasattr(libc, "prctl"):
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if _orphaned():  # the parent died before the request was in place
-        os.kill(os.getpid(), signal.SIGTERM)
+    stop_with_parent(parent)
 
 
 def _orphaned() -> bool:

@@ -4,6 +4,9 @@ whether bf16 runs (and runs natively), and glibc's allocator setting for trainin
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
+import sys
 import time
 
 import torch
@@ -12,6 +15,7 @@ _PEAK: dict[str, tuple[float, float]] = {}  # device:dtype -> (seconds measured,
 
 # glibc mallopt parameters
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 
 
 def libc_handle():
@@ -23,6 +27,17 @@ def libc_handle():
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:
         return None
+
+
+def stop_with_parent(parent: int) -> None:
+    """(Linux) Have the kernel send this process a SIGTERM when its parent, ``parent`` (a pid read
+    before the call), dies, even by SIGKILL: training then saves a checkpoint and stops, instead of
+    going on, orphaned, into a run directory that a --resume may be using. Elsewhere a no-op."""
+    libc = libc_handle()
+    if sys.platform.startswith("linux") and libc is not None and hasattr(libc, "prctl"):
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the request was in place
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def keep_freed_memory() -> bool:

@@ -288,6 +288,33 @@ def test_stopping_torchrun_stops_every_rank_at_one_step_with_a_checkpoint(ddp_re
     assert not json.loads(meta["loop"])["done"]
 
 
+def test_killing_torchrun_stops_its_workers_with_a_checkpoint(ddp_recipes, tmp_path):
+    """kill -9 of torchrun itself tells its workers nothing, but each asked the kernel for a SIGTERM
+    when its parent dies: the ranks stop at one step with a checkpoint instead of training on, orphaned."""
+    from test_crash import alive, child_pids
+
+    recipe, _ = ddp_recipes["classify"]
+    out = tmp_path / "run"
+    cmd = torchrun(["-m", "seqtext", "train", str(recipe), "-o", str(out), "-q",
+                    "--set", "train.epochs=1000", "--set", "train.patience=0"])
+    proc = subprocess.Popen(cmd, env=ENV, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 200
+    while not (out / "metrics.jsonl").exists() and time.time() < deadline:  # training has started
+        time.sleep(0.2)
+    workers = child_pids(proc.pid)
+    assert len(workers) == 2
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 120
+    while any(map(alive, workers)) and time.time() < deadline:
+        time.sleep(0.2)
+    err = proc.stderr.read()  # the workers held the pipe open until they exited
+    assert err.count("checkpoint saved. Resume with") == 1, err[-2000:]
+    with safe_open(str(out / "checkpoint.safetensors"), "pt") as f:
+        keys, meta = set(f.keys()), f.metadata()
+    assert {"rank0.rng.cpu", "rank1.rng.cpu"} <= keys and meta["world"] == "2"
+
+
 def test_an_error_that_every_process_meets_is_printed_once_per_machine(tmp_path):
     """Every process of a machine runs the same command on the same files, so a bad recipe or
     option fails in all of them: the machine's first process (LOCAL_RANK 0) prints the error line,
