@@ -75,6 +75,10 @@ CASES = {
                    r"e\.jsonl: file is empty"),
     "missing text column": (lambda t: ["train", recipe(t), "--set", "data.text_column=review", "-o", str(t / "out")],
                             r"train data has no column 'review' \(columns: text, label\); set \[data\] text_column$"),
+    "tsv without a header line": (lambda t: R(t, data_files=files(bad_file(t, "nh.tsv", b"a great film\tpos\n" * 20))),
+                                  r"train data has no column 'text' \(columns: a great film, pos\); set \[data\] "
+                                  r"text_column \(a \.csv/\.tsv file's first line names its columns: does this file "
+                                  r"have a header line\?\)$"),
     "empty vocabulary": (lambda t: ["train", recipe(t), "--set", "vocab.min_freq=100000", "-o", str(t / "out")],
                          r"no token occurs at least \[vocab\] min_freq = 100000 times"),
     "missing label column": (lambda t: ["train", recipe(t), "--set", "data.label_column=stars", "-o", str(t / "out")],

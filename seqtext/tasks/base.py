@@ -54,8 +54,11 @@ def require_column(ds, column: str, what: str, hint: str, kind: str = "", hide: 
     """One-line error when the dataset ``ds`` lacks ``column``, listing the columns it has (but
     ``hide``: columns seqtext added itself)."""
     if column not in ds.column_names:
-        have = ", ".join(c for c in ds.column_names if c not in hide)
-        raise SeqtextError(f"{what} has no {kind + ' ' if kind else ''}column {column!r} (columns: {have}); {hint}")
+        have = [c for c in ds.column_names if c not in hide]
+        if any(len(c.split()) > 1 for c in have):  # names that read like text: a .csv/.tsv with no header line
+            hint += " (a .csv/.tsv file's first line names its columns: does this file have a header line?)"
+        raise SeqtextError(f"{what} has no {kind + ' ' if kind else ''}column {column!r} (columns: "
+                           f"{', '.join(have)}); {hint}")
 
 
 def shown(value, limit: int = 40) -> str:
