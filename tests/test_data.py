@@ -417,3 +417,32 @@ def test_token_stream_is_memory_mapped(tmp_path):
     s = token_stream(ds)
     assert isinstance(s, np.memmap) and s.tolist() == list(range(50))
     assert token_stream(ds).tolist() == list(range(50))  # second call reuses the file
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "tsv", "conll"])
+def test_a_file_replaced_with_the_same_modification_time_is_read_again(tmp_path, kind):
+    """datasets keys its cache by path and modification time: `cp -p` of another file over the data
+    (same size here, and the same time) must still be read anew, with its own map caches."""
+    import os
+
+    task = "tag" if kind == "conll" else "classify"
+    r = load_recipe({"task": task})
+    path = tmp_path / f"train.{kind}"
+
+    def write(word):
+        if kind == "jsonl":
+            path.write_text("".join(json.dumps({"text": f"{word} {i}", "label": "pos"}) + "\n" for i in range(4)))
+        elif kind == "tsv":
+            path.write_text("text\tlabel\n" + "".join(f"{word} {i}\tpos\n" for i in range(4)))
+        else:
+            path.write_text("".join(f"{word}{i} B-PER\nran O\n\n" for i in range(4)))
+        os.utime(path, ns=(1_700_000_000_000_000_000,) * 2)
+
+    def first_word():
+        row = sources.load_file(path, "auto", r)[0]
+        return row["tokens"][0] if kind == "conll" else row["text"].split()[0]
+
+    write("Anna")
+    assert first_word() == ("Anna0" if kind == "conll" else "Anna")
+    write("Bert")
+    assert first_word() == ("Bert0" if kind == "conll" else "Bert")

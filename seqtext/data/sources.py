@@ -135,6 +135,10 @@ def load_file(path: Path, fmt: str, recipe: Recipe):
     # batches most of the file would be resident right after loading.
     kwargs["writer_batch_size"] = WRITER_BATCH_ROWS
     _check_utf8(path, kind)
+    # datasets keys its Arrow cache by the file's path and modification time only: the content's
+    # digest (in a config field datasets hashes into the key and otherwise ignores) makes a file
+    # replaced by another with the same time (cp -p, rsync -t) read again
+    kwargs["description"] = f"seqtext content {content_digest(path)}"
     verbosity = datasets.logging.get_verbosity()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its parser-failure log repeats our error
     try:
@@ -163,7 +167,7 @@ def _conll_rows_keyed(stamp, **kwargs):
 
 def _load_conll(path: Path, recipe: Recipe):
     """A CoNLL column file as a memory-mapped Arrow dataset, parsed once: the Arrow file is cached
-    under the file's path, size and modification time, so later runs (and their ``map`` caches)
+    under the file's path, size, modification time and content digest, so later runs (and their ``map`` caches)
     reuse it, and the sentences are streamed into it rather than held in Python lists."""
     import datasets
 
@@ -178,7 +182,7 @@ def _load_conll(path: Path, recipe: Recipe):
             _conll_rows_keyed, features=features, writer_batch_size=WRITER_BATCH_ROWS,
             gen_kwargs={"path": str(path.resolve()), "token_column": d.token_index, "tag_column": d.tag_index,
                         "documents": True, "names": columns,
-                        "stamp": (stat.st_size, stat.st_mtime_ns, CACHE_VERSION)})
+                        "stamp": (stat.st_size, stat.st_mtime_ns, content_digest(path), CACHE_VERSION)})
     except datasets.exceptions.DatasetGenerationError as e:
         if isinstance(e.__cause__, SeqtextError):
             raise e.__cause__ from None
@@ -190,6 +194,20 @@ def _load_conll(path: Path, recipe: Recipe):
     if ds is None or len(ds) == 0:
         raise SeqtextError(f"{path}: no sentences found")
     return ds
+
+
+def content_digest(path: Path) -> str:
+    """A digest of the file's bytes (as stored: a .gz file's compressed bytes), to key caches by."""
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=16)
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    except OSError as e:
+        raise SeqtextError(f"{path}: cannot read ({e.strerror or e})") from None
+    return digest.hexdigest()
 
 
 def _check_utf8(path: Path, kind: str) -> None:
