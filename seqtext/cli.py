@@ -209,7 +209,8 @@ def _print_metrics(metrics: dict) -> None:
         elif isinstance(v, int):
             click.echo(f"{k:>18}: {v}")
     if "cache" in metrics:
-        click.echo(f"{'cache':>18}: " + ", ".join(f"{k} {v:g}" for k, v in metrics["cache"].items()))
+        click.echo(f"{'cache':>18}: " + ", ".join(f"{k} {v}" if isinstance(v, int) else f"{k} {v:g}"
+                                              for k, v in metrics["cache"].items()))
     for table in ("per_class", "per_type"):
         if table in metrics:
             click.echo(f"\n{'':>18}  precision  recall      f1  support")
@@ -399,7 +400,12 @@ def generate(model_dir, prompt, max_tokens, temperature, top_k, top_p, num_sampl
         if piece:
             state["line_open"] = not piece.endswith("\n")
 
-    results = model.generate(prompt, on_token=on_token, **options)
+    try:
+        results = model.generate(prompt, on_token=on_token, **options)
+    except KeyboardInterrupt:
+        if state["line_open"] and state["current"] >= 0:  # end the text's line before 'interrupted'
+            click.echo()
+        raise
     if as_json:
         for r in results:
             click.echo(json.dumps({"prompt": prompt, **r}))

@@ -162,3 +162,10 @@ def test_predict_streams_stdin(trained_demo, monkeypatch):
 
     monkeypatch.setattr(sys, "stdin", Terminal(io.BytesIO(b"one\ntwo\n")))
     assert list(cli._stdin_chunks()) == [["one"], ["two"]]
+
+
+def test_metrics_print_integers_as_integers(capsys):
+    from seqtext.cli import _print_metrics
+
+    _print_metrics({"perplexity": 100.5, "cache": {"size": 100_000_000, "theta": 0.3, "lambda": 0.1}})
+    assert "cache: size 100000000, theta 0.3, lambda 0.1" in capsys.readouterr().out

@@ -593,6 +593,24 @@ def test_cli_samples_are_separated_by_a_line_of_their_own(tmp_path, monkeypatch)
     assert res.stdout == f"x a b\n{line}\nx c d\n{line}\nx e\n"
 
 
+def test_cli_ctrl_c_while_generating_ends_the_text_line_first(tmp_path, monkeypatch):
+    """'interrupted' goes on a line of its own, not after the last word streamed."""
+    from seqtext.model import Model
+
+    r = lm_recipe(tmp_path, "stop")
+    (tmp_path / "stop.toml").write_text(toml_of(r))
+    assert CliRunner().invoke(main, ["train", str(tmp_path / "stop.toml"), "-q", "--set", "train.max_steps=5"]) \
+        .exit_code == 0
+
+    def interrupted(self, prompt, on_token=None, **options):
+        on_token(0, " a")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Model, "generate", interrupted)
+    res = CliRunner().invoke(main, ["generate", "--model", str(tmp_path / "stop"), "--prompt", "x"])
+    assert res.exit_code == 130 and res.stdout == "x a\n" and res.stderr == "interrupted\n"
+
+
 @pytest.mark.parametrize("args, message", [
     (["--max-tokens", "-1"], "--max-tokens"),
     (["--top-p", "0"], "--top-p"),
