@@ -102,6 +102,7 @@ class _SeqtextPipe:
         self.bf16 = bf16
         self._model: SeqtextModel | None = None
         self._files: dict[str, bytes] = {}
+        self._pid = os.getpid()
 
     def _check_batch_size(self, value, what: str) -> None:
         if not is_positive_int(value):
@@ -167,8 +168,17 @@ class _SeqtextPipe:
         return tuple(meta.get(self.labels_key) or ())
 
     # ------------------------------------------------------------------ processing
+    def _in_worker_process(self) -> None:
+        """In a process that inherited this component (``nlp.pipe(n_process=N)`` workers, forked
+        or spawned), run torch on one thread: a forked child that reuses the OpenMP thread pool
+        its parent already ran hangs, and N workers with a thread per core each oversubscribe."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            torch.set_num_threads(1)
+
     def __call__(self, doc: Doc) -> Doc:
         """Annotate one doc."""
+        self._in_worker_process()
         self._process([doc])
         return doc
 
@@ -179,6 +189,7 @@ class _SeqtextPipe:
         time, sorted by length so little compute goes to padding.
         """
         self._check_batch_size(batch_size, "pipe batch_size")
+        self._in_worker_process()
         for docs in minibatch(stream, size=batch_size):
             self._process(docs)
             yield from docs

@@ -180,6 +180,47 @@ def test_ner_component_keeps_preset_entities_and_aligns_by_chars(ner_run):
     assert all(e.end_char >= x["end"] for e, x in zip(doc.ents, expected))
 
 
+WORKERS = """
+import json, os, sys, spacy, torch
+from spacy.language import Language
+
+@Language.component("threads")
+def threads(doc):
+    doc.user_data["threads"], doc.user_data["pid"] = torch.get_num_threads(), os.getpid()
+    return doc
+
+torch.set_num_threads(2)  # OpenMP threads in the parent, even on a one-core machine
+nlp = spacy.blank("en")
+nlp.add_pipe("seqtext_ner", config={"model": sys.argv[1]})
+nlp.add_pipe("seqtext_textcat", config={"model": sys.argv[2]})
+nlp.add_pipe("threads")
+texts = ["John Smith visited Paris.", "", "Maria met Li Wei in Berlin .", "a wonderful film"] * 4
+here = [([e.text for e in d.ents], d.cats) for d in nlp.pipe(texts)]  # the parent runs the models first
+docs = list(nlp.pipe(texts, n_process=2, batch_size=3))
+print(json.dumps({"same": [([e.text for e in d.ents], d.cats) for d in docs] == here,
+                  "threads": sorted({d.user_data["threads"] for d in docs}),
+                  "workers": len({d.user_data["pid"] for d in docs} - {os.getpid()}),
+                  "parent_threads": torch.get_num_threads()}))
+"""
+
+
+def test_nlp_pipe_with_worker_processes(ner_run, trained_demo):
+    """nlp.pipe(n_process=2) after the parent has run the models: forked workers used to hang in
+    torch's OpenMP pool (inherited from the parent); each worker now runs torch on one thread,
+    which also keeps n_process workers from running n_process × cores threads."""
+    proc = subprocess.Popen([sys.executable, "-c", WORKERS, str(ner_run), str(trained_demo)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)  # the hung workers too
+        proc.communicate()
+        pytest.fail("nlp.pipe(n_process=2) hung")
+    assert proc.returncode == 0, stderr[-3000:]
+    out = json.loads(stdout.splitlines()[-1])
+    assert out == {"same": True, "threads": [1], "workers": 2, "parent_threads": 2}
+
+
 def test_textcat_component_matches_cli_and_batches(trained_demo, monkeypatch):
     nlp = spacy.blank("en")
     textcat = nlp.add_pipe("seqtext_textcat", config={"model": str(trained_demo), "batch_size": 4})
