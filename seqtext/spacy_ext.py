@@ -22,6 +22,7 @@ serializes its weights with safetensors instead of thinc's default ``torch.save`
 import json
 import os
 import re
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -392,6 +393,18 @@ def make_seqtext_textcat(nlp: Language, name: str, model: str, batch_size: int, 
 
 # ====================================================================== export
 
+def _new_dir(parent: Path, prefix: str, suffix: str) -> Path:
+    """A new empty directory in ``parent`` with the umask's permissions (mkdtemp's are 0700, and
+    this one is renamed into place as the pipeline)."""
+    while True:
+        path = parent / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+
+
 def export_pipeline(model_dir: str | os.PathLike, out_dir: str | os.PathLike, lang: str | None = None,
                     force: bool = False) -> Path:
     """Write a spaCy pipeline directory holding a seqtext model; ``spacy.load(out_dir)`` opens it.
@@ -433,7 +446,7 @@ def export_pipeline(model_dir: str | os.PathLike, out_dir: str | os.PathLike, la
     nlp.meta["description"] = f"seqtext {task} model '{recipe.name}' as a spaCy {COMPONENTS[task]} component"
     out = out.resolve()  # "." has no name and is its own parent: the temporary folders go beside it
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = _new_dir(out.parent, f".{out.name}.", ".tmp")
     old = None
     try:
         nlp.to_disk(tmp)

@@ -24,6 +24,7 @@ from test_tag import write_conll
 import seqtext
 from seqtext.cli import main
 from seqtext.errors import SeqtextError
+from seqtext.spacy_ext import export_pipeline
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "recipes" / "spacy" / "ner_bilstm.cfg"
@@ -460,6 +461,22 @@ def test_export_spacy_cli(ner_run, trained_demo, tmp_path):
     assert r.exit_code == 0, r.output
     assert spacy.load(here).pipe_names == ["seqtext_ner"] and not (here / "old.txt").exists()
     assert sorted(p.name for p in here.parent.iterdir()) == ["here"]
+
+
+def test_export_spacy_directory_has_the_usual_permissions(ner_run, tmp_path):
+    """The pipeline directory is readable by others as any directory made under the umask (it was
+    a private 0700 temporary directory renamed into place, also when replacing one with --force)."""
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "pipeline"
+        export_pipeline(ner_run, out)
+        assert out.stat().st_mode & 0o777 == 0o755
+        assert (out / "seqtext_ner").stat().st_mode & 0o777 == 0o755
+        os.umask(0o027)
+        export_pipeline(ner_run, out, force=True)
+        assert out.stat().st_mode & 0o777 == 0o750
+    finally:
+        os.umask(old)
 
 
 def test_entry_points_in_a_fresh_process():
