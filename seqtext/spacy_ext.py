@@ -231,7 +231,8 @@ class SeqtextNER(_SeqtextPipe):
     """Sets ``doc.ents`` with a trained seqtext tagger (``task = "tag"``).
 
     Entities already on the doc (e.g. from an ``entity_ruler``) are kept; predicted entities
-    that overlap them are dropped, as spaCy's own ``ner`` does with preset entities.
+    that overlap them or a blocked token are dropped, as spaCy's own ``ner`` does with preset
+    entities.
     """
 
     task_name = "tag"
@@ -325,13 +326,18 @@ class SeqtextTextCat(_SeqtextPipe):
 
 
 def _set_ents(doc: Doc, spans: list[Span]) -> None:
+    """Add predicted entities to the doc's own: those that overlap a preset entity or a blocked
+    token (``doc.set_ents(..., blocked=...)``: never an entity) are dropped, as spaCy's ner does."""
     existing = list(doc.ents)
-    if existing:
+    blocked = [t.i for t in doc if t.ent_iob == 3 and t.ent_type == 0]
+    if existing or blocked:
         taken = np.zeros(len(doc), dtype=bool)
+        taken[blocked] = True
         for e in existing:
             taken[e.start:e.end] = True
         spans = [s for s in spans if not taken[s.start:s.end].any()]
-    doc.ents = sorted([*existing, *spans], key=lambda s: s.start)
+    doc.set_ents(sorted([*existing, *spans], key=lambda s: s.start), blocked=[doc[i:i + 1] for i in blocked],
+                 default="outside")
 
 
 @Language.factory(

@@ -222,6 +222,21 @@ def test_nlp_pipe_with_worker_processes(ner_run, trained_demo):
     assert out == {"same": True, "threads": [1], "workers": 2, "parent_threads": 2}
 
 
+def test_ner_component_respects_blocked_tokens(ner_run):
+    """Tokens set as blocked (doc.set_ents(..., blocked=...): never an entity) get no predicted
+    entity and stay blocked, as with spaCy's own ner."""
+    nlp = spacy.blank("en")
+    ner = nlp.add_pipe("seqtext_ner", config={"model": str(ner_run)})
+    text = "John Smith visited Paris."
+    free = ents(nlp(text))
+    assert [e[:2] for e in free] == [("John Smith", "PER"), ("Paris", "LOC")]
+    doc = nlp.make_doc(text)
+    doc.set_ents([], blocked=[doc[0:2]])
+    ner(doc)
+    assert ents(doc) == free[1:]
+    assert [(t.ent_iob, t.ent_type) for t in doc[0:2]] == [(3, 0), (3, 0)]  # still blocked
+
+
 def test_textcat_component_matches_cli_and_batches(trained_demo, monkeypatch):
     nlp = spacy.blank("en")
     textcat = nlp.add_pipe("seqtext_textcat", config={"model": str(trained_demo), "batch_size": 4})
