@@ -365,7 +365,7 @@ def make_seqtext_ner(nlp: Language, name: str, model: str, batch_size: int, devi
         per_sentence: tag each sentence as its own sequence, as the tagger was trained on
             sentences, and as ``seqtext predict`` does: the doc's boundaries where a
             ``sentencizer``, ``senter`` or parser set them, else spaCy's rule-based
-            sentencizer's (not written to the doc). Recommended (True): more accurate than
+            sentencizer's and blank lines (not written to the doc). Recommended (True): more accurate than
             whole docs, and much faster on long ones. A model trained with ``[data]
             context_tokens`` still sees a doc's neighbouring sentences together, as in its
             training. False: each doc is one sequence.

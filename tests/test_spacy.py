@@ -161,6 +161,24 @@ def test_ner_component_and_predict_split_raw_text_into_sentences(ner_run, monkey
     assert calls == [1]
 
 
+def test_ner_component_and_predict_split_at_blank_lines(ner_run, monkeypatch):
+    """A blank line ends a sentence (a heading, a list item without a full stop): no entity spans
+    it, and each paragraph is tagged as on its own, by the component and by `seqtext predict`."""
+    first, second = "Maria", "John Smith visited Paris ."
+    a, b = cli_predict(ner_run, [first, second])
+    shift = len(first) + 2
+    separate = [(e["text"], e["label"], e["start"], e["end"]) for e in a["entities"]] + \
+        [(e["text"], e["label"], e["start"] + shift, e["end"] + shift) for e in b["entities"]]
+    text = f"{first}\n\n{second}"
+    both = cli_predict(ner_run, [text])[0]
+    assert [(e["text"], e["label"], e["start"], e["end"]) for e in both["entities"]] == separate and separate
+    nlp = spacy.blank("en")
+    ner = nlp.add_pipe("seqtext_ner", config={"model": str(ner_run)})
+    calls = count_calls(monkeypatch, ner.seqtext_model.task, "tag_tokens")
+    assert ents(nlp(text)) == separate
+    assert calls == [2]  # two sequences, one per paragraph
+
+
 def test_ner_component_keeps_preset_entities_and_aligns_by_chars(ner_run):
     nlp = spacy.blank("en")
     ruler = nlp.add_pipe("entity_ruler")

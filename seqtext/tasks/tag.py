@@ -559,8 +559,8 @@ _SENTENCIZER = None
 
 def doc_sentences(doc) -> list:
     """A spaCy doc's sentences as spans: the boundaries a pipe set (sentencizer, senter, parser),
-    else those of spaCy's rule-based ``sentencizer`` (after . ! ? and the like), found without
-    setting them on the doc. A tagger trained on sentences tags each one as its own sequence: a
+    else those of spaCy's rule-based ``sentencizer`` (after . ! ? and the like) and blank lines,
+    found without setting them on the doc. A tagger trained on sentences tags each one as its own sequence: a
     whole text as one sequence scores lower and decodes slower (the CRF runs token by token)."""
     global _SENTENCIZER
     if not len(doc):
@@ -571,7 +571,10 @@ def doc_sentences(doc) -> list:
         from spacy.pipeline import Sentencizer
 
         _SENTENCIZER = Sentencizer()
-    starts = [0] + [i for i, first in enumerate(_SENTENCIZER.predict([doc])[0]) if first and i]
+    starts = {i for i, first in enumerate(_SENTENCIZER.predict([doc])[0]) if first and i}
+    # a blank line ends a sentence too (a heading or list item without a full stop): no entity spans it
+    starts.update(t.i + 1 for t in doc[:-1] if t.is_space and t.text.count("\n") >= 2)
+    starts = [0, *sorted(starts)]
     return [doc[a:b] for a, b in zip(starts, [*starts[1:], len(doc)])]
 
 
