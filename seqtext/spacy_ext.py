@@ -124,6 +124,9 @@ class _SeqtextPipe:
     def load_model(self, directory: str | os.PathLike, run: bool = True) -> "_SeqtextPipe":
         """Load a seqtext model directory into this component (its files are kept in memory);
         ``run=False``: the directory is a saved pipeline's, not a training run's."""
+        if run and Path(directory, "config.cfg").is_file() and not Path(directory, RECIPE_FILE).is_file():
+            raise SeqtextError(f"{directory}: is a spaCy pipeline directory, not a seqtext model; open it with "
+                               f"spacy.load({str(directory)!r})")
         path = check_model_dir(directory, run=run)
         task = read_json(inside(path, META_FILE)).get("task")
         if task != self.task_name:

@@ -339,6 +339,15 @@ def test_component_errors(ner_run, trained_demo, tmp_path):
         spacy.load(tmp_path / "pipe")
 
 
+def test_a_spacy_pipeline_as_model_says_to_spacy_load_it(ner_run, tmp_path):
+    export_pipeline(ner_run, tmp_path / "pipeline")
+    nlp = spacy.blank("en")
+    nlp.add_pipe("seqtext_ner", config={"model": str(tmp_path / "pipeline")})
+    with pytest.raises(SeqtextError, match=r"pipeline: is a spaCy pipeline directory, not a seqtext model; open it "
+                                           r"with spacy.load\(.*pipeline'\)$"):
+        nlp("Paris")
+
+
 # ---------------------------------------------------------------------- serialization
 
 def test_pipeline_round_trip_without_run_dirs(ner_run, trained_demo, tmp_path):
