@@ -266,25 +266,36 @@ def test_resume_with_another_number_of_processes_is_refused(ddp_recipes, tmp_pat
     assert "a run of 2 process(es), resumed with 1" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_stopping_torchrun_stops_every_rank_at_one_step_with_a_checkpoint(ddp_recipes, tmp_path):
-    """Ctrl-C on torchrun (it passes SIGINT or SIGTERM on to the workers): the ranks agree on the step to stop at,
-    save one checkpoint holding each rank's state, and exit without waiting to be killed."""
-    recipe, _ = ddp_recipes["classify"]
-    out = tmp_path / "run"
+def start_endless_torchrun(recipe: Path, out: Path) -> subprocess.Popen:
+    """A 2-process training into ``out`` that would run for 1,000 epochs, once it has started training."""
     cmd = torchrun(["-m", "seqtext", "train", str(recipe), "-o", str(out), "-q",
                     "--set", "train.epochs=1000", "--set", "train.patience=0"])
     proc = subprocess.Popen(cmd, env=ENV, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 200
     while not (out / "metrics.jsonl").exists() and time.time() < deadline:  # training has started
         time.sleep(0.2)
+    return proc
+
+
+def both_ranks_checkpoint(out: Path) -> dict:
+    """The metadata of ``out``'s checkpoint, checked to hold both ranks' random state."""
+    with safe_open(str(out / "checkpoint.safetensors"), "pt") as f:
+        keys, meta = set(f.keys()), f.metadata()
+    assert {"rank0.rng.cpu", "rank1.rng.cpu"} <= keys and meta["world"] == "2"
+    return meta
+
+
+def test_stopping_torchrun_stops_every_rank_at_one_step_with_a_checkpoint(ddp_recipes, tmp_path):
+    """Ctrl-C on torchrun (it passes SIGINT or SIGTERM on to the workers): the ranks agree on the step to stop at,
+    save one checkpoint holding each rank's state, and exit without waiting to be killed."""
+    out = tmp_path / "run"
+    proc = start_endless_torchrun(ddp_recipes["classify"][0], out)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     # (workers that ignored SIGTERM would be killed by torchrun after 30 s and write no checkpoint)
     assert err.count("checkpoint saved. Resume with") == 1, err[-2000:]  # rank 0 alone explains
     assert f"Resume with: torchrun --nproc_per_node 2 -m seqtext train {out / 'recipe.toml'} --resume" in err
-    with safe_open(str(out / "checkpoint.safetensors"), "pt") as f:
-        keys, meta = set(f.keys()), f.metadata()
-    assert {"rank0.rng.cpu", "rank1.rng.cpu"} <= keys and meta["world"] == "2"
+    meta = both_ranks_checkpoint(out)
     assert not json.loads(meta["loop"])["done"]
 
 
@@ -293,14 +304,8 @@ def test_killing_torchrun_stops_its_workers_with_a_checkpoint(ddp_recipes, tmp_p
     when its parent dies: the ranks stop at one step with a checkpoint instead of training on, orphaned."""
     from test_crash import alive, child_pids
 
-    recipe, _ = ddp_recipes["classify"]
     out = tmp_path / "run"
-    cmd = torchrun(["-m", "seqtext", "train", str(recipe), "-o", str(out), "-q",
-                    "--set", "train.epochs=1000", "--set", "train.patience=0"])
-    proc = subprocess.Popen(cmd, env=ENV, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 200
-    while not (out / "metrics.jsonl").exists() and time.time() < deadline:  # training has started
-        time.sleep(0.2)
+    proc = start_endless_torchrun(ddp_recipes["classify"][0], out)
     workers = child_pids(proc.pid)
     assert len(workers) == 2
     proc.kill()
@@ -310,9 +315,7 @@ def test_killing_torchrun_stops_its_workers_with_a_checkpoint(ddp_recipes, tmp_p
         time.sleep(0.2)
     err = proc.stderr.read()  # the workers held the pipe open until they exited
     assert err.count("checkpoint saved. Resume with") == 1, err[-2000:]
-    with safe_open(str(out / "checkpoint.safetensors"), "pt") as f:
-        keys, meta = set(f.keys()), f.metadata()
-    assert {"rank0.rng.cpu", "rank1.rng.cpu"} <= keys and meta["world"] == "2"
+    both_ranks_checkpoint(out)
 
 
 def test_an_error_that_every_process_meets_is_printed_once_per_machine(tmp_path):
